@@ -1,0 +1,546 @@
+r"""PER: projected error function regularization (Joo, Kang & Kim, ICLR 2020).
+
+Everything about the method's math lives in this file.
+
+Let :math:`h_1, \dots, h_N \in \mathbb{R}^d` be the rows of a layer's activations and
+:math:`\theta` a direction drawn uniformly from the unit sphere. PER bounds the sliced
+Wasserstein-1 distance between the empirical distribution :math:`\nu` of the rows and
+:math:`\mu = \mathcal{N}(0, I_d)` with Minkowski's inequality:
+
+.. math::
+    SW_1(\mu, \nu) \le L_{per}(\nu) = \frac{1}{N} \sum_i \mathbb{E}_\theta\,
+    \mathbb{E}_{Z \sim \mathcal{N}(0,1)} |Z - \langle h_i, \theta \rangle|,
+    \qquad \mathbb{E}|Z - a| = a\,\mathrm{erf}(a/\sqrt{2}) + \sqrt{2/\pi}\, e^{-a^2/2},
+
+whose gradient needs no sort and no interaction between samples (Algorithm 1):
+
+.. math::
+    \frac{\partial L_{per}}{\partial h_i} = \frac{1}{N}\,
+    \mathbb{E}_\theta\big[\mathrm{erf}(\langle \theta, h_i \rangle / \sqrt{2})\, \theta\big].
+
+The expectation over :math:`\theta` is estimated with ``n_slices`` directions
+(normalized standard Gaussian vectors). Caution: :math:`L_{per}` is an *upper bound*; it is
+minimized by a point mass at 0 (value :math:`\sqrt{2/\pi}`), not by :math:`\mathcal{N}(0, I)`
+(value :math:`2/\sqrt{\pi}`), so it bounds the spread of the activations rather than matching
+the Gaussian exactly. ``analysis`` measures the true distance.
+
+References
+----------
+.. [1] Joo, T., Kang, D., Kim, B. "Regularizing activations in neural networks via
+   distribution matching with the Wasserstein metric", ICLR 2020, arXiv:2002.05366.
+.. [2] Bonneel, N., Rabin, J., Peyré, G., Pfister, H. "Sliced and Radon Wasserstein
+   barycenters of measures", J. Math. Imaging Vis. 51 (2015).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+__all__ = ["PER", "as_samples", "folded_normal_mean", "from_samples", "per_grad", "per_loss", "sample_slices"]
+
+Layout = Literal["auto", "features_last", "channels_first"]
+
+_SQRT2 = math.sqrt(2.0)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+#: Elements of one (rows x slices) projection chunk: bounds the memory of the gradient path.
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
+
+
+def _check_rows(h: Tensor, name: str = "h") -> None:
+    if not isinstance(h, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, d), got {type(h).__name__}")
+    if h.ndim != 2:
+        raise ValueError(
+            f"{name} must have shape (N, d) (rows are samples), got shape {tuple(h.shape)}; "
+            "use per_core.as_samples(h) to turn a conv or LSTM output into rows"
+        )
+    if not h.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {h.dtype}")
+    if h.shape[0] < 1 or h.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one row and one column, got shape {tuple(h.shape)}")
+
+
+def _check_n_slices(n_slices: int) -> None:
+    if isinstance(n_slices, bool) or not isinstance(n_slices, int) or n_slices < 1:
+        raise ValueError(f"n_slices must be a positive integer, got {n_slices!r}")
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float16/bfloat16 are computed in float32 (erf/exp and long sums lose too much otherwise)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def sample_slices(
+    n_slices: int,
+    dim: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    r"""Directions :math:`\theta_1..\theta_s` uniform on the unit sphere :math:`S^{d-1}`.
+
+    .. math::
+        \theta_j = v_j / \lVert v_j \rVert, \qquad v_j \sim \mathcal{N}(0, I_d)
+
+    Parameters
+    ----------
+    n_slices : int
+        Number of directions s.
+    dim : int
+        Dimension d.
+    generator : torch.Generator, optional
+        Source of randomness; the global generator is used when None. The draw happens on the
+        generator's device and is moved to ``device``.
+    device, dtype : optional
+        Where and how the result is stored.
+
+    Returns
+    -------
+    theta : Tensor, shape (n_slices, dim)
+        Unit-norm rows.
+
+    Example
+    -------
+    >>> theta = sample_slices(4, 3, generator=torch.Generator().manual_seed(0))
+    >>> theta.shape, bool(torch.allclose(theta.norm(dim=1), torch.ones(4)))
+    (torch.Size([4, 3]), True)
+    """
+    _check_n_slices(n_slices)
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    gen_device = generator.device if generator is not None else device
+    v = torch.randn(n_slices, dim, generator=generator, device=gen_device, dtype=_compute_dtype(dtype))
+    theta = v / v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+    return theta.to(device=device if device is not None else theta.device, dtype=dtype)
+
+
+def folded_normal_mean(a: Tensor) -> Tensor:
+    r"""Closed form of :math:`\mathbb{E}_{Z \sim \mathcal{N}(0,1)} |Z - a|`, elementwise.
+
+    .. math::
+        \mathbb{E}|Z - a| = a\,\mathrm{erf}(a/\sqrt{2}) + \sqrt{2/\pi}\, e^{-a^2/2}
+
+    It equals :math:`W_1(\delta_a, \mathcal{N}(0,1))`, is minimal at :math:`a = 0`
+    (value :math:`\sqrt{2/\pi}`) and grows like :math:`|a|` (a Pseudo-Huber shape).
+
+    Example
+    -------
+    >>> round(float(folded_normal_mean(torch.tensor(0.0))), 6)  # sqrt(2/pi)
+    0.797885
+    """
+    return a * torch.erf(a / _SQRT2) + _SQRT_2_OVER_PI * torch.exp(-0.5 * a * a)
+
+
+def _slices_for(h: Tensor, n_slices: int, generator: torch.Generator | None, theta: Tensor | None) -> Tensor:
+    if theta is None:
+        return sample_slices(n_slices, h.shape[1], generator=generator, device=h.device, dtype=h.dtype)
+    if theta.ndim != 2 or theta.shape[1] != h.shape[1]:
+        raise ValueError(f"theta must have shape (n_slices, {h.shape[1]}), got {tuple(theta.shape)}")
+    return theta.to(device=h.device, dtype=h.dtype)
+
+
+def _chunk_rows(n_slices: int, chunk_elements: int) -> int:
+    return max(1, chunk_elements // n_slices)
+
+
+def per_loss(
+    h: Tensor,
+    n_slices: int = 256,
+    generator: torch.Generator | None = None,
+    *,
+    theta: Tensor | None = None,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> Tensor:
+    r"""The PER loss: the Minkowski upper bound on :math:`SW_1(\nu, \mathcal{N}(0, I))`.
+
+    .. math::
+        L_{per} = \frac{1}{N s} \sum_{i=1}^{N} \sum_{j=1}^{s}
+        \Big[a_{ij}\,\mathrm{erf}(a_{ij}/\sqrt{2}) + \sqrt{2/\pi}\, e^{-a_{ij}^2/2}\Big],
+        \qquad a_{ij} = \langle h_i, \theta_j \rangle
+
+    (paper [1]_, Eq. 6 with the expectation over :math:`\theta` estimated by s slices).
+    Differentiable by autograd; float32/float64 (half precision is computed in float32).
+
+    Parameters
+    ----------
+    h : Tensor, shape (N, d)
+        Rows are samples (see :func:`as_samples`).
+    n_slices : int
+        Number of random directions s (ignored when ``theta`` is given).
+    generator : torch.Generator, optional
+        Randomness for the directions.
+    theta : Tensor, shape (s, d), optional
+        Use these unit directions instead of drawing new ones.
+    chunk_elements : int
+        The rows x slices projection is computed in chunks of at most this many elements.
+
+    Returns
+    -------
+    loss : Tensor, shape ()
+        In the dtype of ``h`` (float32 for half inputs).
+
+    Example
+    -------
+    >>> h = torch.zeros(5, 3, dtype=torch.float64)  # a point mass at 0 attains the minimum sqrt(2/pi)
+    >>> round(float(per_loss(h, 16, torch.Generator().manual_seed(0))), 6)
+    0.797885
+    """
+    _check_rows(h)
+    _check_n_slices(n_slices)
+    x = h.to(_compute_dtype(h.dtype))
+    theta = _slices_for(x, n_slices, generator, theta)
+    step = _chunk_rows(theta.shape[0], chunk_elements)
+    total = sum(folded_normal_mean(x[i : i + step] @ theta.T).sum() for i in range(0, x.shape[0], step))
+    return total / (x.shape[0] * theta.shape[0])
+
+
+def _grad_and_loss(
+    x: Tensor, theta: Tensor, with_loss: bool, chunk_elements: int
+) -> tuple[Tensor, Tensor | None]:
+    """Algorithm 1 on rows x (N, d) with slices theta (s, d): the gradient of L_per and, if asked, L_per.
+
+    erf is evaluated once per chunk and serves both; memory is one (chunk x s) block.
+    """
+    n, s = x.shape[0], theta.shape[0]
+    grad = torch.empty_like(x)
+    loss = x.new_zeros(()) if with_loss else None
+    step = _chunk_rows(s, chunk_elements)
+    for i in range(0, n, step):
+        a = x[i : i + step] @ theta.T  # (rows, s)
+        e = torch.erf(a / _SQRT2)
+        torch.matmul(e, theta, out=grad[i : i + step])  # (rows, s) @ (s, d) -> (rows, d)
+        if loss is not None:
+            loss += (a * e + _SQRT_2_OVER_PI * torch.exp(-0.5 * a * a)).sum()
+    grad /= n * s
+    return grad, (loss / (n * s) if loss is not None else None)
+
+
+def per_grad(
+    h: Tensor,
+    n_slices: int = 256,
+    generator: torch.Generator | None = None,
+    *,
+    theta: Tensor | None = None,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> Tensor:
+    r"""Closed-form gradient of :func:`per_loss` (Algorithm 1 of [1]_), without autograd.
+
+    .. math::
+        \frac{\partial L_{per}}{\partial h_i} = \frac{1}{N s} \sum_{j=1}^{s}
+        \mathrm{erf}\big(\langle \theta_j, h_i \rangle / \sqrt{2}\big)\, \theta_j
+
+    No sort and no interaction between rows given the slices. Memory beyond the output is one
+    (chunk x s) block.
+
+    Parameters
+    ----------
+    h : Tensor, shape (N, d)
+    n_slices, generator, theta, chunk_elements
+        As in :func:`per_loss`; the same generator state or ``theta`` gives the same slices.
+
+    Returns
+    -------
+    grad : Tensor, shape (N, d)
+        Detached, in the dtype of ``h``.
+
+    Example
+    -------
+    >>> h = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    >>> theta = sample_slices(32, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    >>> per_loss(h, theta=theta).backward()
+    >>> bool(torch.allclose(h.grad, per_grad(h, theta=theta)))
+    True
+    """
+    _check_rows(h)
+    _check_n_slices(n_slices)
+    x = h.detach().to(_compute_dtype(h.dtype))
+    theta = _slices_for(x, n_slices, generator, theta)
+    grad, _ = _grad_and_loss(x, theta, False, chunk_elements)
+    return grad.to(h.dtype)
+
+
+# --- how a layer's output becomes rows ---------------------------------------------------------
+
+
+def _resolve_layout(shape: tuple[int, ...], layout: Layout) -> Layout:
+    if layout not in ("auto", "features_last", "channels_first"):
+        raise ValueError(f"layout must be 'auto', 'features_last' or 'channels_first', got {layout!r}")
+    if layout == "auto":
+        return "channels_first" if len(shape) >= 4 else "features_last"
+    if layout == "channels_first" and len(shape) < 3:
+        raise ValueError(f"layout 'channels_first' needs a (N, C, *spatial) tensor, got shape {shape}")
+    return layout
+
+
+def as_samples(h: Tensor, layout: Layout = "auto") -> Tensor:
+    r"""View a layer's output as rows of samples, shape (N', d), the way PER and the recorder see it.
+
+    - Linear ``(N, d)`` -> ``(N, d)``; any ``(..., d)`` with features last -> ``(prod(...), d)``.
+    - Conv ``(N, C, *spatial)`` (``layout='channels_first'``) -> ``(N * prod(spatial), C)``: every
+      spatial location of every image is one sample of the C channels. This matches what BN
+      normalizes (per channel over batch and locations) and keeps the target :math:`\mathcal{N}(0, I_C)`
+      meaningful. :class:`PER` can instead use a random subset of locations per image
+      (``locations=m``), an unbiased estimate of the same gradient.
+    - LSTM output ``(T, N, H)`` (or ``(N, T, H)``) -> ``(T * N, H)``: every time step of every
+      sequence is one sample of the H hidden units.
+
+    ``layout='auto'`` means channels first for 4-D and 5-D tensors and features last otherwise;
+    a Conv1d output ``(N, C, L)`` therefore needs ``layout='channels_first'``
+    (:class:`PER` picks it from the module type).
+
+    Parameters
+    ----------
+    h : Tensor, shape (N, d), (N, C, *spatial) or (T, N, H)
+    layout : {'auto', 'features_last', 'channels_first'}
+
+    Returns
+    -------
+    rows : Tensor, shape (N', d)
+
+    Example
+    -------
+    >>> as_samples(torch.zeros(8, 16, 5, 5)).shape  # (N, C, H, W) -> (N*H*W, C)
+    torch.Size([200, 16])
+    >>> as_samples(torch.zeros(35, 20, 650)).shape  # (T, N, H) -> (T*N, H)
+    torch.Size([700, 650])
+    """
+    if not isinstance(h, Tensor):
+        raise TypeError(f"h must be a torch.Tensor, got {type(h).__name__}")
+    if h.ndim < 2:
+        raise ValueError(f"h must have at least 2 dimensions (samples, features), got shape {tuple(h.shape)}")
+    if _resolve_layout(tuple(h.shape), layout) == "channels_first":
+        return h.movedim(1, -1).reshape(-1, h.shape[1])  # (N, C, *S) -> (N * prod(S), C)
+    return h.reshape(-1, h.shape[-1])  # (..., d) -> (prod(...), d)
+
+
+def from_samples(rows: Tensor, shape: torch.Size | tuple[int, ...], layout: Layout = "auto") -> Tensor:
+    """Inverse of :func:`as_samples`: rows (N', d) back to a tensor of ``shape``."""
+    shape = tuple(shape)
+    if _resolve_layout(shape, layout) == "channels_first":
+        moved = (shape[0], *shape[2:], shape[1])
+        return rows.reshape(moved).movedim(-1, 1)  # (N * prod(S), C) -> (N, C, *S)
+    return rows.reshape(shape)
+
+
+# --- Algorithm 1 attached to modules ----------------------------------------------------------
+
+_CHANNELS_FIRST = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+
+def _layout_of(module: nn.Module) -> Layout:
+    return "channels_first" if isinstance(module, _CHANNELS_FIRST) else "auto"
+
+
+class PER:
+    r"""Attach PER (Algorithm 1 of [1]_) to layers: in backward, add :math:`\lambda \nabla L_{per}`.
+
+    For each attached module, a forward hook keeps a detached reference to the module's output
+    (no copy) and draws fresh slices; a hook on that output's gradient then adds
+
+    .. math::
+        \lambda\, \frac{1}{N s} \sum_j \mathrm{erf}(\langle \theta_j, h_i \rangle / \sqrt{2})\, \theta_j
+
+    to every row :math:`h_i` (rows as in :func:`as_samples`). The loss itself is never computed in
+    forward, nothing is added to the model (no parameters, no buffers), and the result is exactly
+    the gradient of ``task_loss + lam * sum_layers per_loss(layer)`` with the same slices.
+
+    Which tensor is regularized is the choice of modules: pass the Linear/Conv/LSTM modules to
+    regularize their outputs, which are the *pre-activations* of the next nonlinearity (the default
+    of the models in :mod:`per_core.models`, the place where BN normalizes and where a Gaussian
+    target is attainable), or pass the activation modules (e.g. ``nn.ELU``) to regularize
+    post-activations. For ``nn.LSTM``/``nn.GRU``/``nn.RNN`` the hidden-state sequence (the first
+    output) is regularized, each time step a sample.
+
+    Parameters
+    ----------
+    modules : nn.Module, iterable of nn.Module, or mapping name -> nn.Module
+        The layers whose outputs are regularized.
+    lam : float
+        Regularization strength :math:`\lambda \ge 0` (one value for all layers, as in the paper).
+    n_slices : int
+        Slices s drawn for every forward pass (paper: 256).
+    seed : int
+        Seed of PER's own generators (one per device). Use the same seed on every data-parallel
+        rank so that all ranks use the same slices.
+    locations : int, optional
+        For channels-first (conv) outputs, use a random subset of this many spatial locations per
+        image instead of all (an unbiased estimate of the same gradient). None uses all.
+    track_penalty : bool
+        When True, each backward also stores :math:`L_{per}` per layer (cheap: it reuses the
+        projections and erf); read it with :meth:`penalty`. Can be switched at any time.
+    chunk_elements : int
+        Memory bound of one (rows x slices) projection block.
+
+    Example
+    -------
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ELU(), nn.Linear(8, 2))
+    >>> with PER(net[0], lam=1e-3, track_penalty=True) as per:
+    ...     net(torch.randn(16, 4)).pow(2).mean().backward()
+    ...     per.penalty() > 0.79  # L_per is never below sqrt(2/pi)
+    True
+    """
+
+    def __init__(
+        self,
+        modules: nn.Module | Iterable[nn.Module] | Mapping[str, nn.Module],
+        lam: float,
+        n_slices: int = 256,
+        *,
+        seed: int = 0,
+        locations: int | None = None,
+        track_penalty: bool = False,
+        chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    ) -> None:
+        if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
+            raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+        _check_n_slices(n_slices)
+        if locations is not None and (
+            isinstance(locations, bool) or not isinstance(locations, int) or locations < 1
+        ):
+            raise ValueError(f"locations must be None (all) or a positive integer, got {locations!r}")
+        if isinstance(modules, nn.Module):
+            named = {type(modules).__name__: modules}
+        elif isinstance(modules, Mapping):
+            named = dict(modules)
+        else:
+            named = {f"{i}:{type(m).__name__}": m for i, m in enumerate(modules)}
+        if not named:
+            raise ValueError("PER needs at least one module to attach to")
+        for name, m in named.items():
+            if not isinstance(m, nn.Module):
+                raise TypeError(f"PER can attach only to nn.Module objects; {name!r} is a {type(m).__name__}")
+        self.lam = float(lam)
+        self.n_slices = n_slices
+        self.seed = seed
+        self.locations = locations
+        self.track_penalty = track_penalty
+        self.chunk_elements = chunk_elements
+        self.modules = named
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._penalties: dict[str, Tensor] = {}
+        self._handles = [m.register_forward_hook(self._make_forward_hook(n, m)) for n, m in named.items()]
+
+    # -- randomness -----------------------------------------------------------------------------
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[device]
+
+    def state_dict(self) -> dict[str, object]:
+        """Generator states (for exact resume) and settings."""
+        return {
+            "lam": self.lam,
+            "n_slices": self.n_slices,
+            "seed": self.seed,
+            "generators": {str(d): g.get_state() for d, g in self._generators.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Restore generator states saved by :meth:`state_dict`."""
+        gens = state["generators"]
+        assert isinstance(gens, Mapping)
+        for dev, st in gens.items():
+            self._generator(torch.device(dev)).set_state(st)
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def _make_forward_hook(self, name: str, module: nn.Module):
+        layout = _layout_of(module)
+
+        def forward_hook(mod: nn.Module, args: tuple, out: object) -> None:
+            h = out[0] if isinstance(out, tuple) else out
+            if isinstance(h, PackedSequence):
+                h = h.data  # (sum of lengths, H): already rows
+            if not isinstance(h, Tensor) or not h.requires_grad or not h.is_floating_point():
+                return
+            if self.lam == 0.0 and not self.track_penalty:
+                return
+            lay = _resolve_layout(tuple(h.shape), layout)
+            d = h.shape[1] if lay == "channels_first" else h.shape[-1]
+            dtype = _compute_dtype(h.dtype)
+            theta = sample_slices(
+                self.n_slices, d, generator=self._generator(h.device), device=h.device, dtype=dtype
+            )
+            index = self._pick_locations(h) if lay == "channels_first" else None
+            saved, version = h.detach(), h._version
+            h.register_hook(self._make_grad_hook(name, saved, version, theta, lay, index))
+
+        return forward_hook
+
+    def _pick_locations(self, h: Tensor) -> Tensor | None:
+        """Random subset of `locations` spatial positions per image, shape (N, m), or None for all."""
+        n_loc = math.prod(h.shape[2:])
+        if self.locations is None or self.locations >= n_loc:
+            return None
+        keys = torch.rand(h.shape[0], n_loc, generator=self._generator(h.device), device=h.device)
+        return keys.argsort(dim=1)[:, : self.locations]
+
+    def _make_grad_hook(self, name: str, saved: Tensor, version: int, theta: Tensor, layout: Layout, index):
+        def grad_hook(grad: Tensor) -> Tensor:
+            if saved._version != version:
+                raise RuntimeError(
+                    f"PER: the output of layer {name!r} was modified in place after the forward pass; "
+                    "use out-of-place operations (e.g. nn.ELU(inplace=False)) after regularized layers"
+                )
+            x = saved.to(theta.dtype)
+            if index is None:
+                rows = as_samples(x, layout)
+            else:  # (N, C, *S) -> (N, L, C) -> chosen (N, m, C) -> (N*m, C)
+                flat = x.flatten(2).transpose(1, 2)
+                idx = index.unsqueeze(-1).expand(-1, -1, flat.shape[2])
+                rows = flat.gather(1, idx).reshape(-1, flat.shape[2])
+            g_rows, loss = _grad_and_loss(rows, theta, self.track_penalty, self.chunk_elements)
+            if loss is not None:
+                self._penalties[name] = loss.detach()
+            if self.lam == 0.0:
+                return grad
+            if index is None:
+                g = from_samples(g_rows, x.shape, layout)
+            else:
+                full = torch.zeros_like(flat).scatter_(1, idx, g_rows.reshape(idx.shape))
+                g = full.transpose(1, 2).reshape(x.shape)
+            return grad + (self.lam * g).to(grad.dtype)
+
+        return grad_hook
+
+    # -- logging and removal --------------------------------------------------------------------
+    def penalty(self, per_layer: bool = False) -> float | dict[str, float]:
+        r"""Last tracked :math:`\sum_{layers} L_{per}` (without :math:`\lambda`), or per layer.
+
+        Values come from the most recent backward pass run with ``track_penalty=True``; reading
+        them synchronizes with the device, so call it when logging, not every step.
+        """
+        if not self._penalties:
+            raise RuntimeError(
+                "PER.penalty(): no penalty was tracked yet; set track_penalty=True before a backward pass"
+            )
+        values = {k: float(v) for k, v in self._penalties.items()}
+        return values if per_layer else sum(values.values())
+
+    def remove(self) -> None:
+        """Detach from all modules; later passes are exactly vanilla."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> PER:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        return f"PER(lam={self.lam:g}, n_slices={self.n_slices}, layers={list(self.modules)})"

@@ -1,0 +1,278 @@
+"""The PER core against independent references: quadrature, Monte Carlo and autograd."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import integrate, stats
+from torch import nn
+
+from per_core import PER, as_samples, folded_normal_mean, from_samples, per_grad, per_loss, sample_slices
+
+F64 = torch.float64
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def quad_abs_dev(a: float) -> float:
+    """E|Z - a| for Z ~ N(0,1) by numerical quadrature, independent of the closed form."""
+    val, _ = integrate.quad(lambda z: abs(z - a) * stats.norm.pdf(z), -np.inf, a, limit=200)
+    val2, _ = integrate.quad(lambda z: abs(z - a) * stats.norm.pdf(z), a, np.inf, limit=200)
+    return val + val2
+
+
+@given(st.floats(-30, 30))
+@settings(max_examples=40, deadline=None)
+def test_folded_normal_mean_matches_quadrature(a):
+    got = float(folded_normal_mean(torch.tensor(a, dtype=F64)))
+    assert got == pytest.approx(quad_abs_dev(a), rel=1e-7, abs=1e-9)
+
+
+def test_reference_values_from_the_paper():
+    # point mass at 0: sqrt(2/pi); N(0, I) itself: 2/sqrt(pi) (for every direction, <h, theta> ~ N(0,1))
+    assert float(per_loss(torch.zeros(3, 5, dtype=F64), 8, gen())) == pytest.approx(math.sqrt(2 / math.pi))
+    h = torch.randn(200_000, 3, generator=gen(1), dtype=F64)
+    assert float(per_loss(h, 64, gen(2))) == pytest.approx(2 / math.sqrt(math.pi), abs=5e-3)
+
+
+def test_per_loss_matches_monte_carlo_over_z_and_quadrature():
+    h = torch.randn(7, 4, generator=gen(3), dtype=F64) * 2 + 0.5
+    theta = sample_slices(16, 4, generator=gen(4), dtype=F64)
+    a = (h @ theta.T).flatten()
+    # Monte Carlo of E|Z - a| with Z drawn independently
+    z = torch.randn(200_000, generator=gen(5), dtype=F64)
+    per_a = (z[:, None] - a[None, :]).abs().mean(0)
+    mc, se = float(per_a.mean()), float((z[:, None] - a[None, :]).abs().mean(1).std() / math.sqrt(len(z)))
+    got = float(per_loss(h, theta=theta))
+    assert abs(got - mc) < 5 * se
+    assert got == pytest.approx(np.mean([quad_abs_dev(float(v)) for v in a]), rel=1e-8)
+
+
+def test_slices_are_uniform_on_the_sphere():
+    theta = sample_slices(20_000, 3, generator=gen(6), dtype=F64)
+    assert torch.allclose(theta.norm(dim=1), torch.ones(20_000, dtype=F64))
+    # uniform on S^2: each coordinate is U(-1, 1) (Archimedes); KS test against it
+    assert stats.kstest(theta[:, 0].numpy(), "uniform", args=(-1, 2)).pvalue > 1e-3
+
+
+@given(
+    n=st.integers(1, 40),
+    d=st.integers(1, 12),
+    s=st.integers(1, 50),
+    scale=st.floats(0.01, 20),
+    seed=st.integers(0, 99),
+)
+@settings(max_examples=60, deadline=None)
+def test_per_grad_equals_autograd_of_per_loss(n, d, s, scale, seed):
+    h = (torch.randn(n, d, generator=gen(seed), dtype=F64) * scale).requires_grad_()
+    theta = sample_slices(s, d, generator=gen(seed + 1), dtype=F64)
+    per_loss(h, theta=theta).backward()
+    torch.testing.assert_close(per_grad(h, theta=theta), h.grad, rtol=1e-10, atol=1e-13)
+
+
+def test_same_generator_state_gives_same_slices_and_chunking_changes_nothing():
+    h = torch.randn(300, 6, generator=gen(7), dtype=F64)
+    assert torch.equal(per_grad(h, 32, gen(8)), per_grad(h, 32, gen(8)))
+    torch.testing.assert_close(per_grad(h, 32, gen(8), chunk_elements=40), per_grad(h, 32, gen(8)))
+    torch.testing.assert_close(per_loss(h, 32, gen(8), chunk_elements=40), per_loss(h, 32, gen(8)))
+    assert not torch.equal(per_grad(h, 32, gen(8)), per_grad(h, 32, gen(9)))
+
+
+def test_half_precision_is_computed_in_float32():
+    h = torch.randn(64, 8, generator=gen(10))
+    for dt in (torch.float16, torch.bfloat16):
+        g = per_grad(h.to(dt), 32, gen(11))
+        assert g.dtype == dt
+        torch.testing.assert_close(g.float(), per_grad(h.to(dt).float(), 32, gen(11)), rtol=2e-2, atol=1e-4)
+    assert per_loss(h.half(), 8, gen(1)).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("shape", "layout", "rows"),
+    [
+        ((8, 5), "auto", (8, 5)),
+        ((4, 3, 6, 7), "auto", (4 * 6 * 7, 3)),  # conv2d: every location a sample of C channels
+        ((4, 3, 2, 6, 7), "auto", (4 * 2 * 6 * 7, 3)),  # conv3d
+        ((4, 3, 9), "channels_first", (4 * 9, 3)),  # conv1d
+        ((35, 20, 11), "auto", (35 * 20, 11)),  # LSTM (T, N, H)
+    ],
+)
+def test_as_samples_shapes_and_round_trip(shape, layout, rows):
+    h = torch.randn(*shape, generator=gen(12))
+    r = as_samples(h, layout)
+    assert tuple(r.shape) == rows
+    assert torch.equal(from_samples(r, h.shape, layout), h)
+
+
+def test_as_samples_rows_are_channel_vectors_at_one_location():
+    h = torch.randn(2, 3, 4, 5, generator=gen(13))
+    r = as_samples(h)
+    # row for image 1, location (2, 3) holds that location's 3 channels
+    assert torch.equal(r[1 * 20 + 2 * 5 + 3], h[1, :, 2, 3])
+
+
+class ThreeLayer(nn.Module):
+    """Linear -> conv -> LSTM so that one test covers every kind of layer PER attaches to."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 2 * 4 * 4)
+        self.conv = nn.Conv2d(2, 5, 3, padding=1)
+        self.lstm = nn.LSTM(5, 7)
+        self.head = nn.Linear(7, 3)
+
+    def forward(self, x, capture=None):
+        a = self.fc(x)  # (N, 32)
+        b = self.conv(torch.tanh(a).view(-1, 2, 4, 4))  # (N, 5, 4, 4)
+        seq = torch.relu(b).flatten(2).permute(2, 0, 1)  # (T=16, N, 5)
+        c, _ = self.lstm(seq)  # (T, N, 7)
+        if capture is not None:
+            capture.extend([a, b, c])
+        return self.head(c[-1])
+
+
+def _param_grads(model):
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def test_attached_per_equals_autograd_of_loss_plus_lam_per_loss_with_same_slices():
+    torch.manual_seed(0)
+    model = ThreeLayer().double()
+    x, y = torch.randn(9, 6, dtype=F64), torch.randint(0, 3, (9,))
+    lam, s, seed = 0.37, 24, 5
+
+    with PER([model.fc, model.conv, model.lstm], lam, s, seed=seed):
+        nn.functional.cross_entropy(model(x), y).backward()
+    got = _param_grads(model)
+    model.zero_grad()
+
+    g = gen(seed)  # the slices PER drew, in forward order
+    thetas = [sample_slices(s, d, generator=g, dtype=F64) for d in (32, 5, 7)]
+    acts = []
+    loss = nn.functional.cross_entropy(model(x, acts), y)
+    loss = loss + lam * sum(per_loss(as_samples(h), theta=t) for h, t in zip(acts, thetas, strict=True))
+    loss.backward()
+    for a, b in zip(got, _param_grads(model), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_removing_per_restores_vanilla_gradients_bit_for_bit_and_adds_no_parameters():
+    torch.manual_seed(1)
+    model = ThreeLayer()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(9, 6), torch.randint(0, 3, (9,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    vanilla = _param_grads(model)
+    model.zero_grad()
+
+    per = PER([model.fc, model.conv, model.lstm], 0.5)
+    assert list(model.state_dict()) == list(before) and sum(1 for _ in model.buffers()) == 0
+    nn.functional.cross_entropy(model(x), y).backward()
+    assert any(not torch.equal(a, b) for a, b in zip(vanilla, _param_grads(model), strict=True))
+    model.zero_grad()
+    per.remove()
+    nn.functional.cross_entropy(model(x), y).backward()
+    for a, b in zip(vanilla, _param_grads(model), strict=True):
+        assert torch.equal(a, b)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_context_manager_removes_hooks_even_on_error():
+    model = nn.Linear(3, 3)
+    with pytest.raises(ZeroDivisionError), PER(model, 1.0):
+        1 / 0  # noqa: B018
+    assert not model._forward_hooks
+
+
+def test_tracked_penalty_equals_per_loss_with_the_same_slices():
+    model = nn.Sequential(nn.Linear(4, 6), nn.ELU(), nn.Linear(6, 1)).double()
+    x = torch.randn(20, 4, dtype=F64)
+    with PER({"fc0": model[0]}, 1e-2, 16, seed=3, track_penalty=True) as per:
+        model(x).sum().backward()
+        got = per.penalty(per_layer=True)
+    theta = sample_slices(16, 6, generator=gen(3), dtype=F64)
+    assert got["fc0"] == pytest.approx(float(per_loss(model[0](x).detach(), theta=theta)), rel=1e-12)
+
+
+def test_penalty_before_tracking_is_a_clear_error():
+    per = PER(nn.Linear(2, 2), 0.1)
+    with pytest.raises(RuntimeError, match="track_penalty=True"):
+        per.penalty()
+
+
+def test_no_work_without_grad_and_eval_forward_untouched():
+    model = nn.Linear(3, 2)
+    with PER(model, 1.0, track_penalty=True) as per, torch.no_grad():
+        model(torch.randn(4, 3))
+        assert not per._penalties
+
+
+def test_subsampled_locations_are_an_unbiased_estimate_of_the_all_location_gradient():
+    h0 = torch.randn(3, 4, 5, 5, generator=gen(14), dtype=F64) * 1.5 + 0.3
+    layer = nn.Identity()
+    reps, acc = 600, torch.zeros_like(h0)
+    PER(layer, 1.0, 64, seed=0, locations=7)
+    for _ in range(reps):
+        h = h0.clone().requires_grad_()
+        (layer(h) * 0).sum().backward()
+        acc += h.grad
+        # only 7 locations per image receive a gradient on each step
+        assert int((h.grad.abs().sum(1) > 0).sum()) == 3 * 7
+    ref = from_samples(per_grad(as_samples(h0), 20_000, gen(15)), h0.shape)
+    rel = float((acc / reps - ref).norm() / ref.norm())
+    assert rel < 0.08, rel
+
+
+def test_in_place_modification_of_a_regularized_output_is_reported():
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(inplace=True), nn.Linear(3, 1))
+    with PER(model[0], 1.0), pytest.raises(RuntimeError, match="modified in place"):
+        model(torch.randn(4, 3)).sum().backward()
+
+
+def test_state_dict_resumes_the_same_slices():
+    model = nn.Linear(3, 3)
+    x = torch.randn(5, 3)
+    per = PER(model, 1.0, 8, seed=2, track_penalty=True)
+    model(x).sum().backward()
+    state = per.state_dict()
+    model(x).sum().backward()
+    expected = per.penalty()
+    per.remove()
+    per2 = PER(model, 1.0, 8, seed=99, track_penalty=True)
+    per2.load_state_dict(state)
+    model(x).sum().backward()
+    assert per2.penalty() == expected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lam": -1.0}, "lam"),
+        ({"lam": float("nan")}, "lam"),
+        ({"lam": 1.0, "n_slices": 0}, "n_slices"),
+        ({"lam": 1.0, "locations": 0}, "locations"),
+    ],
+)
+def test_bad_per_arguments_name_the_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PER(nn.Linear(2, 2), **kwargs)
+
+
+def test_bad_inputs_name_what_is_expected():
+    with pytest.raises(ValueError, match=r"shape \(N, d\).*as_samples"):
+        per_loss(torch.zeros(2, 3, 4))
+    with pytest.raises(TypeError, match="floating-point"):
+        per_grad(torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="at least one row"):
+        per_loss(torch.zeros(0, 3))
+    with pytest.raises(ValueError, match="theta must have shape"):
+        per_loss(torch.zeros(2, 3), theta=torch.ones(4, 2))
+    with pytest.raises(TypeError, match=r"nn\.Module"):
+        PER([nn.Linear(2, 2), "fc"], 1.0)
+    with pytest.raises(ValueError, match="layout"):
+        as_samples(torch.zeros(2, 3), "nchw")

@@ -1,0 +1,217 @@
+"""The run directory: one place that builds every path, writes atomically and reads with clear errors.
+
+Layout (format version :data:`FORMAT_VERSION`)::
+
+    RUN_DIR/config.json                  resolved config, seed, package versions, format version
+    RUN_DIR/metrics.jsonl                one JSON object per finished epoch
+    RUN_DIR/activations/epoch_NNNN.npz   recorded activation statistics (see analysis.recorder)
+    RUN_DIR/checkpoints/last.pt          model, optimizer, scheduler, RNG states, epoch
+    RUN_DIR/analysis/*.csv               written by analysis
+    RUN_DIR/figures/*.png                written by ``python -m analysis.plot``
+
+Every write goes to a temporary file in the same folder, is flushed and fsync'ed, then renamed
+over the target (``os.replace`` is atomic on POSIX), so a reader never sees a torn file and a
+killed process leaves either the old or the new version.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+__all__ = [
+    "FORMAT_VERSION",
+    "RunDir",
+    "RunDirError",
+    "atomic_write",
+    "find_runs",
+]
+
+#: Bumped whenever a file's layout changes in a way old readers cannot handle.
+FORMAT_VERSION = 1
+
+
+class RunDirError(ValueError):
+    """A run directory or one of its files is missing, unreadable or inconsistent."""
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+    """Write ``path`` atomically: ``write(f)`` fills a temp file that is then renamed over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+class RunDir:
+    """Paths and atomic I/O of one run directory.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> rd = RunDir(tempfile.mkdtemp())
+    >>> rd.activation_path(7).name
+    'epoch_0007.npz'
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    # -- paths ----------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def activations_dir(self) -> Path:
+        return self.root / "activations"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.root / "checkpoints" / "last.pt"
+
+    @property
+    def analysis_dir(self) -> Path:
+        return self.root / "analysis"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.root / "figures"
+
+    def activation_path(self, epoch: int) -> Path:
+        return self.activations_dir / f"epoch_{epoch:04d}.npz"
+
+    def activation_epochs(self) -> list[int]:
+        """Epochs with a recorded activation file, sorted."""
+        if not self.activations_dir.is_dir():
+            return []
+        out = []
+        for p in self.activations_dir.glob("epoch_*.npz"):
+            stem = p.stem.removeprefix("epoch_")
+            if stem.isdigit():
+                out.append(int(stem))
+        return sorted(out)
+
+    def is_run(self) -> bool:
+        return self.config_path.is_file()
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    # -- writing --------------------------------------------------------------------------------
+    def write_config(self, config: Mapping[str, Any]) -> Path:
+        data = {"format_version": FORMAT_VERSION, **config}
+        return _write_text(self.config_path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+    def write_metrics(self, rows: list[Mapping[str, Any]]) -> Path:
+        """Rewrite metrics.jsonl with ``rows`` (atomic; the file is small, one line per epoch)."""
+        text = "".join(json.dumps(dict(r), sort_keys=True) + "\n" for r in rows)
+        return _write_text(self.metrics_path, text)
+
+    def write_npz(self, path: Path, arrays: Mapping[str, np.ndarray]) -> Path:
+        def write(f: IO[bytes]) -> None:
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **arrays)
+            f.write(buf.getvalue())
+
+        return atomic_write(path, write)
+
+    def write_csv(self, name: str, frame: Any) -> Path:
+        """Write a pandas DataFrame to RUN_DIR/analysis/NAME (atomic)."""
+        return _write_text(self.analysis_dir / name, frame.to_csv(index=False))
+
+    def save_checkpoint(self, state: Mapping[str, Any]) -> Path:
+        import torch
+
+        return atomic_write(self.checkpoint_path, lambda f: torch.save(dict(state), f))
+
+    # -- reading --------------------------------------------------------------------------------
+    def read_config(self) -> dict[str, Any]:
+        path = self.config_path
+        if not path.is_file():
+            raise RunDirError(f"{self.root} is not a run directory: {path.name} is missing")
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise RunDirError(f"{path}: unreadable JSON ({err}); the file is damaged") from err
+        version = config.get("format_version")
+        if version != FORMAT_VERSION:
+            raise RunDirError(
+                f"{path}: run-directory format version {version!r}, this toolkit reads {FORMAT_VERSION}"
+            )
+        return config
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        path = self.metrics_path
+        if not path.is_file():
+            return []
+        rows = []
+        for i, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError as err:
+                raise RunDirError(f"{path}, line {i}: not valid JSON ({err})") from err
+        return rows
+
+    def read_npz(self, path: Path) -> dict[str, np.ndarray]:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except FileNotFoundError as err:
+            raise RunDirError(f"{path}: file not found") from err
+        except Exception as err:  # zipfile.BadZipFile, ValueError, EOFError, OSError ...
+            raise RunDirError(
+                f"{path}: unreadable npz ({type(err).__name__}: {err}); the file is damaged"
+            ) from err
+
+    def load_checkpoint(self, map_location: Any = "cpu") -> dict[str, Any]:
+        import torch
+
+        path = self.checkpoint_path
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        except FileNotFoundError as err:
+            raise RunDirError(f"{path}: no checkpoint to resume from") from err
+        except Exception as err:
+            raise RunDirError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from err
+
+
+def find_runs(path: str | os.PathLike[str]) -> list[RunDir]:
+    """The run directories at ``path``: itself if it is one, else every run below it (a sweep), sorted."""
+    root = Path(path)
+    if not root.exists():
+        raise RunDirError(f"{root}: no such directory")
+    if RunDir(root).is_run():
+        return [RunDir(root)]
+    runs = sorted({p.parent for p in root.rglob("config.json")})
+    if not runs:
+        raise RunDirError(
+            f"{root} is neither a run directory nor a sweep of them (no config.json found below it)"
+        )
+    return [RunDir(p) for p in runs]

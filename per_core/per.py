@@ -201,9 +201,7 @@ def per_loss(
     return total / (x.shape[0] * theta.shape[0])
 
 
-def _grad_and_loss(
-    x: Tensor, theta: Tensor, with_loss: bool, chunk_elements: int
-) -> tuple[Tensor, Tensor | None]:
+def _grad_and_loss(x: Tensor, theta: Tensor, with_loss: bool, chunk_elements: int) -> tuple[Tensor, Tensor | None]:
     """Algorithm 1 on rows x (N, d) with slices theta (s, d): the gradient of L_per and, if asked, L_per.
 
     erf is evaluated once per chunk and serves both; memory is one (chunk x s) block.
@@ -408,9 +406,7 @@ class PER:
         if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
             raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
         _check_n_slices(n_slices)
-        if locations is not None and (
-            isinstance(locations, bool) or not isinstance(locations, int) or locations < 1
-        ):
+        if locations is not None and (isinstance(locations, bool) or not isinstance(locations, int) or locations < 1):
             raise ValueError(f"locations must be None (all) or a positive integer, got {locations!r}")
         if isinstance(modules, nn.Module):
             named = {type(modules).__name__: modules}
@@ -471,9 +467,7 @@ class PER:
             lay = _resolve_layout(tuple(h.shape), layout)
             d = h.shape[1] if lay == "channels_first" else h.shape[-1]
             dtype = _compute_dtype(h.dtype)
-            theta = sample_slices(
-                self.n_slices, d, generator=self._generator(h.device), device=h.device, dtype=dtype
-            )
+            theta = sample_slices(self.n_slices, d, generator=self._generator(h.device), device=h.device, dtype=dtype)
             index = self._pick_locations(h) if lay == "channels_first" else None
             saved, version = h.detach(), h._version
             h.register_hook(self._make_grad_hook(name, saved, version, theta, lay, index))

@@ -160,9 +160,7 @@ class RunDir:
             raise RunDirError(f"{path}: unreadable JSON ({err}); the file is damaged") from err
         version = config.get("format_version")
         if version != FORMAT_VERSION:
-            raise RunDirError(
-                f"{path}: run-directory format version {version!r}, this toolkit reads {FORMAT_VERSION}"
-            )
+            raise RunDirError(f"{path}: run-directory format version {version!r}, this toolkit reads {FORMAT_VERSION}")
         return config
 
     def read_metrics(self) -> list[dict[str, Any]]:
@@ -186,9 +184,7 @@ class RunDir:
         except FileNotFoundError as err:
             raise RunDirError(f"{path}: file not found") from err
         except Exception as err:  # zipfile.BadZipFile, ValueError, EOFError, OSError ...
-            raise RunDirError(
-                f"{path}: unreadable npz ({type(err).__name__}: {err}); the file is damaged"
-            ) from err
+            raise RunDirError(f"{path}: unreadable npz ({type(err).__name__}: {err}); the file is damaged") from err
 
     def load_checkpoint(self, map_location: Any = "cpu") -> dict[str, Any]:
         import torch
@@ -211,7 +207,5 @@ def find_runs(path: str | os.PathLike[str]) -> list[RunDir]:
         return [RunDir(root)]
     runs = sorted({p.parent for p in root.rglob("config.json")})
     if not runs:
-        raise RunDirError(
-            f"{root} is neither a run directory nor a sweep of them (no config.json found below it)"
-        )
+        raise RunDirError(f"{root} is neither a run directory nor a sweep of them (no config.json found below it)")
     return [RunDir(p) for p in runs]

@@ -1,0 +1,27 @@
+"""The models: one file per family, a factory per model and an explicit registry.
+
+Every model defines ``pre_activations() -> dict[label, nn.Module]``: the modules whose outputs are
+the pre-activations of its hidden layers, in depth order. PER attaches to them and the activation
+recorder records them, so every method is compared on the same tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from per_core.models.small_cnn import SmallCNN, small_cnn
+
+__all__ = ["MODELS", "SmallCNN", "build_model"]
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "small_cnn": small_cnn,
+}
+
+
+def build_model(name: str, **kwargs: object) -> nn.Module:
+    """Build the registered model ``name`` with keyword arguments for its factory."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
+    return MODELS[name](**kwargs)

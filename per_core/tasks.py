@@ -1,0 +1,125 @@
+"""Tasks: what one training step and one evaluation mean for a kind of data.
+
+A task owns its data on the training device and knows how to batch it, how to compute the loss
+of a batch and how to evaluate. The trainer (:mod:`per_core.train`) is the same for every task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from per_core.configs import TrainConfig
+from per_core.data import (
+    ImageData,
+    image_batches,
+    load_cifar,
+    load_digits,
+    synthetic_images,
+)
+
+__all__ = ["ImageClassification", "StepResult", "Task", "build_task"]
+
+
+@dataclass
+class StepResult:
+    """Loss of one batch (a graph to backpropagate) and device-side counters (no host sync)."""
+
+    loss: Tensor  # scalar, mean over the batch
+    errors: Tensor  # number of wrong predictions (0 for language models)
+    count: int  # samples (or tokens) in the batch
+
+
+class Task(Protocol):
+    """What the trainer needs from a task."""
+
+    def model_kwargs(self) -> dict[str, Any]: ...
+
+    def steps_per_epoch(self, world_size: int) -> int: ...
+
+    def train_batches(self, generator: torch.Generator, rank: int, world_size: int) -> Iterator[Any]: ...
+
+    def step(self, model: nn.Module, batch: Any) -> StepResult: ...
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]: ...
+
+    def record_batch(self) -> Any: ...
+
+    def forward(self, model: nn.Module, batch: Any) -> Tensor: ...
+
+
+class ImageClassification:
+    """Image classification with cross-entropy; metrics: train/val loss and error (%)."""
+
+    def __init__(self, data: ImageData, cfg: TrainConfig, device: torch.device) -> None:
+        self.data = data
+        self.cfg = cfg
+        self.device = device
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"num_classes": self.data.num_classes, "in_channels": self.data.in_channels}
+
+    def steps_per_epoch(self, world_size: int = 1) -> int:
+        return -(-len(self.data.train_y) // self.cfg.batch_size)
+
+    def train_batches(self, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Iterator[Any]:
+        batches = image_batches(
+            self.data.train_x,
+            self.data.train_y,
+            self.cfg.batch_size,
+            generator=generator,
+            augment=self.cfg.augment,
+            rank=rank,
+            world_size=world_size,
+        )
+        for x, y in batches:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def forward(self, model: nn.Module, batch: Any) -> Tensor:
+        return model(batch[0] if isinstance(batch, tuple) else batch)
+
+    def step(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> StepResult:
+        x, y = batch
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        return StepResult(loss, (logits.argmax(1) != y).sum(), len(y))
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        wrong = torch.zeros((), device=self.device, dtype=torch.int64)
+        for x, y in image_batches(self.data.val_x, self.data.val_y, self.cfg.eval_batch_size):
+            x, y = x.to(self.device), y.to(self.device)
+            logits = model(x)
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
+            wrong += (logits.argmax(1) != y).sum()
+        n = len(self.data.val_y)
+        return {"val_loss": float(loss_sum) / n, "val_error": 100.0 * float(wrong) / n}
+
+    def record_batch(self) -> Tensor:
+        """The fixed validation images recorded in eval mode at each recorded epoch."""
+        return self.data.val_x[: self.cfg.record_eval_samples].to(self.device)
+
+
+#: Shapes of synthetic stand-ins for ``--smoke`` runs: data name -> (channels, height, width, classes).
+SYNTHETIC_IMAGE_SHAPES = {"digits": (1, 8, 8, 10), "cifar10": (3, 32, 32, 10), "cifar100": (3, 32, 32, 100)}
+
+
+def build_task(cfg: TrainConfig, device: torch.device) -> Task:
+    """The task for ``cfg.data``; with ``cfg.smoke``, synthetic data of the same shape (nothing is read)."""
+    if cfg.data in SYNTHETIC_IMAGE_SHAPES or cfg.data == "synthetic_images":
+        if cfg.smoke or cfg.data == "synthetic_images":
+            c, h, w, k = SYNTHETIC_IMAGE_SHAPES.get(cfg.data, (3, 32, 32, 10))
+            data = synthetic_images(n=4 * cfg.batch_size, shape=(c, h, w), num_classes=k, seed=cfg.seed)
+        elif cfg.data == "digits":
+            data = load_digits()
+        else:
+            if cfg.data_dir is None:
+                raise ValueError(f"data {cfg.data!r} needs --data-dir (the folder with the CIFAR python batches)")
+            data = load_cifar(cfg.data_dir, num_classes=SYNTHETIC_IMAGE_SHAPES[cfg.data][3])
+        return ImageClassification(data, cfg, device)
+    raise ValueError(f"unknown data {cfg.data!r}; available: digits, cifar10, cifar100, synthetic_images")

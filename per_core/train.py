@@ -1,0 +1,384 @@
+"""The trainer and its CLI.
+
+    python -m per_core.train --preset demo --method per --epochs 30 --out runs/demo/per [--seed 0]
+                             [--lam 3e-3] [--resume | --overwrite] [--record all|layer3,layer6|none]
+
+One epoch: train on shuffled batches (optionally with gradient clipping), evaluate on the
+validation split, record activations (when asked), then write metrics.jsonl, the activation file
+and checkpoints/last.pt, each atomically. A killed run continues with ``--resume`` from the last
+finished epoch and reaches bit-identical results on the CPU (every RNG state is checkpointed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+import per_core
+from per_core.configs import METHODS, PRESETS, SMOKE_STEPS, TrainConfig, get_preset
+from per_core.models import build_model
+from per_core.per import PER
+from per_core.rundir import RunDir, RunDirError
+from per_core.tasks import Task, build_task
+
+__all__ = ["TrainingError", "main", "train"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is intact."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available; use --device cpu")
+    return device
+
+
+def package_versions() -> dict[str, str]:
+    import scipy
+
+    return {
+        "per_core": per_core.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+    }
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weight matrices and kernels (p.ndim > 1) only, not on biases or norm scales."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def norm_for(method: str) -> str:
+    return "bn" if method == "bn" else "none"
+
+
+@dataclass
+class Setup:
+    """Everything a run is made of; built identically for a fresh run and a resumed one."""
+
+    cfg: TrainConfig
+    device: torch.device
+    task: Task
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    per: PER  # the regularizer for method 'per'; a lam=0 monitor of L_per for the others
+    recorder: Any  # analysis.recorder.ActivationRecorder or None
+    data_generator: torch.Generator
+
+
+def _record_layers(model: nn.Module, spec: str) -> str | dict[str, nn.Module]:
+    if spec == "all":
+        return "all"
+    pre, named = model.pre_activations(), dict(model.named_modules())
+    out = {}
+    for label in (s.strip() for s in spec.split(",") if s.strip()):
+        if label not in pre and label not in named:
+            raise ValueError(f"--record: unknown layer {label!r}; layers: {', '.join(pre)} (or any module name)")
+        out[label] = pre.get(label) or named[label]
+    return out
+
+
+def build(cfg: TrainConfig) -> Setup:
+    """Seed, then build task, model, optimizer, schedule, PER and recorder from ``cfg``."""
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # the trainer owns the process: model init and dropout draw from here
+    task = build_task(cfg, device)
+    model = build_model(cfg.model, **task.model_kwargs(), norm=norm_for(cfg.method), **cfg.model_args).to(device)
+    optimizer = torch.optim.SGD(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov
+    )
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
+    lam = cfg.lam if cfg.method == "per" else 0.0
+    per = PER(model.pre_activations(), lam, cfg.n_slices, seed=cfg.seed, locations=cfg.per_locations)
+    recorder = None
+    if cfg.record:
+        layers = _record_layers(model, cfg.record)
+        from analysis.recorder import ActivationRecorder
+
+        recorder = ActivationRecorder(model, layers, seed=cfg.seed)
+    return Setup(cfg, device, task, model, optimizer, scheduler, per, recorder, torch.Generator().manual_seed(cfg.seed))
+
+
+def _rng_state(s: Setup) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "data": s.data_generator.get_state()}
+    if s.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(s.device)
+    return state
+
+
+def _set_rng_state(s: Setup, state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    s.data_generator.set_state(state["data"])
+    if "cuda" in state and s.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], s.device)
+
+
+def save_checkpoint(run: RunDir, s: Setup, epoch: int, metrics: list[dict[str, Any]]) -> None:
+    run.save_checkpoint(
+        {
+            "epoch": epoch,
+            "config": s.cfg.to_dict(),
+            "model": s.model.state_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "scheduler": s.scheduler.state_dict(),
+            "rng": _rng_state(s),
+            "per": s.per.state_dict(),
+            "recorder": s.recorder.state_dict() if s.recorder is not None else None,
+            "metrics": metrics,
+        }
+    )
+
+
+def load_checkpoint(run: RunDir, s: Setup) -> tuple[int, list[dict[str, Any]]]:
+    ckpt = run.load_checkpoint(map_location=s.device)
+    s.model.load_state_dict(ckpt["model"])
+    s.optimizer.load_state_dict(ckpt["optimizer"])
+    s.scheduler.load_state_dict(ckpt["scheduler"])
+    s.per.load_state_dict(ckpt["per"])
+    if s.recorder is not None and ckpt["recorder"] is not None:
+        s.recorder.load_state_dict(ckpt["recorder"])
+    _set_rng_state(s, ckpt["rng"])
+    return int(ckpt["epoch"]), list(ckpt["metrics"])
+
+
+# Fields that may change when a run is resumed (continuing a finished run for more epochs, or
+# moving it to another device); any other difference is refused.
+RESUMABLE_CHANGES = {"epochs", "device"}
+
+
+def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix runs: a non-empty directory needs --resume (same config) or --overwrite."""
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    occupied = run.root.exists() and any(run.root.iterdir())
+    if resume:
+        saved = run.read_config()
+        diff = {
+            k: (saved.get(k), v) for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v
+        }
+        if diff:
+            lines = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
+            raise RunDirError(f"{run.config_path}: cannot resume with a different config ({lines})")
+    elif occupied and not overwrite:
+        raise RunDirError(f"{run.root} is not empty; pass --resume to continue that run or --overwrite to replace it")
+    elif occupied:
+        import shutil
+
+        shutil.rmtree(run.root)
+
+
+def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
+    """One pass over the training data: mean loss, error (%) and ``per_penalty``.
+
+    ``per_penalty`` is L_per averaged over the regularized layers and over the steps where it was
+    measured (every ``log_every`` steps), for every method (a lam=0 monitor for non-PER runs).
+    Reference values: sqrt(2/pi) = 0.798 (its floor, a point mass at 0), 2/sqrt(pi) = 1.128 at N(0, I).
+    """
+    cfg, model = s.cfg, s.model
+    model.train()
+    loss_sum = torch.zeros((), device=s.device, dtype=torch.float64)
+    wrong = torch.zeros((), device=s.device, dtype=torch.int64)
+    count, penalties = 0, []
+    batches = s.task.train_batches(s.data_generator)
+    total = min(SMOKE_STEPS, s.task.steps_per_epoch(1)) if cfg.smoke else s.task.steps_per_epoch(1)
+    desc = f"{cfg.method} epoch {epoch}/{cfg.epochs}"
+    bar = tqdm(batches, desc=desc, total=total, leave=False, disable=not progress, dynamic_ncols=True)
+    for step, batch in enumerate(bar):
+        if cfg.smoke and step >= SMOKE_STEPS:
+            break
+        track = step % cfg.log_every == 0
+        s.per.track_penalty = track
+        s.optimizer.zero_grad(set_to_none=True)
+        out = s.task.step(model, batch)
+        out.loss.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        s.optimizer.step()
+        loss_sum += out.loss.detach().double() * out.count
+        wrong += out.errors
+        count += out.count
+        if track:  # the only host syncs: one every log_every steps
+            mean_loss = float(loss_sum) / count
+            pen = s.per.penalty() / len(s.per.modules)
+            if not (math.isfinite(mean_loss) and math.isfinite(pen)):
+                what = "training loss" if not math.isfinite(mean_loss) else "PER penalty"
+                layers = {k: v for k, v in s.per.penalty(per_layer=True).items() if not math.isfinite(v)}
+                raise TrainingError(
+                    f"non-finite {what} at epoch {epoch}, step {step}"
+                    + (f" (layers {', '.join(layers)})" if layers else "")
+                    + "; lower the learning rate or lambda, or clip gradients (--grad-clip)"
+                )
+            penalties.append(pen)
+            bar.set_postfix(loss=f"{mean_loss:.3f}", err=f"{100 * float(wrong) / count:.1f}%")
+    s.per.track_penalty = False
+    if count == 0:
+        raise TrainingError("the training split yielded no batch; check --batch-size against the data size")
+    mean_loss = float(loss_sum) / count
+    if not math.isfinite(mean_loss):
+        raise TrainingError(f"non-finite training loss at the end of epoch {epoch}")
+    return {
+        "train_loss": mean_loss,
+        "train_error": 100.0 * float(wrong) / count,
+        "per_penalty": float(np.mean(penalties)) if penalties else float("nan"),
+    }
+
+
+def _should_record(cfg: TrainConfig, epoch: int) -> bool:
+    return cfg.record is not None and (epoch % cfg.record_every == 0 or epoch == cfg.epochs)
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train ``cfg`` into the run directory ``out``; returns the metrics of every epoch."""
+    run = RunDir(out)
+    prepare_run_dir(run, cfg, resume, overwrite)
+    s = build(cfg)
+    start, metrics = 0, []
+    if resume:
+        start, metrics = load_checkpoint(run, s)
+    run.write_config({**cfg.to_dict(), "versions": package_versions(), "command": sys.argv})
+    for epoch in range(start + 1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        recording = s.recorder is not None and _should_record(cfg, epoch)
+        if recording:
+            s.recorder.start_epoch(epoch)
+        row: dict[str, Any] = {"epoch": epoch, "lr": s.optimizer.param_groups[0]["lr"]}
+        row.update(train_epoch(s, epoch, progress))
+        if recording:
+            s.recorder.end_epoch()
+        s.scheduler.step()
+        s.model.eval()
+        row.update(s.task.evaluate(s.model))
+        if recording:
+            with s.recorder.eval_pass(), torch.no_grad():
+                s.task.forward(s.model, s.task.record_batch())
+            s.recorder.save(run.root, epoch)
+        row["seconds"] = time.perf_counter() - t0
+        metrics.append(row)
+        run.write_metrics(metrics)
+        save_checkpoint(run, s, epoch, metrics)  # the commit point of an epoch
+        if progress:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "lr"))
+            tqdm.write(f"[{cfg.method}] epoch {epoch}/{cfg.epochs}: {shown}")
+    s.per.remove()
+    if s.recorder is not None:
+        s.recorder.remove()
+    return metrics
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m per_core.train",
+        description="Train a model with PER or a baseline into a run directory.",
+    )
+    p.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="starting configuration")
+    p.add_argument("--method", choices=METHODS, help="vanilla, bn (batch norm) or per")
+    p.add_argument("--out", required=True, type=Path, help="run directory to write")
+    p.add_argument("--epochs", type=int, help="number of epochs")
+    p.add_argument("--seed", type=int, help="seed of init, data order, PER slices and recorder")
+    p.add_argument("--lam", type=float, help="PER strength lambda")
+    p.add_argument("--n-slices", type=int, help="PER slices per step (paper: 256)")
+    p.add_argument("--lr", type=float, help="initial learning rate")
+    p.add_argument("--batch-size", type=int, help="training batch size")
+    p.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
+    p.add_argument("--data-dir", help="folder with the real data files")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--record", help="layers to record: all, none, or comma-separated labels (layer3,layer6)")
+    p.add_argument("--record-every", type=int, help="record activations every k epochs")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace whatever is in --out")
+    p.add_argument("--smoke", action="store_true", help="a few steps on synthetic data of the right shape")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The preset (or, with --resume, the run's saved config) with the flags given on the command line."""
+    cfg = TrainConfig.from_dict(RunDir(args.out).read_config()) if args.resume else get_preset(args.preset)
+    changes = {
+        k: getattr(args, k)
+        for k in (
+            "method",
+            "epochs",
+            "seed",
+            "lam",
+            "n_slices",
+            "lr",
+            "batch_size",
+            "grad_clip",
+            "data_dir",
+            "device",
+        )
+        if getattr(args, k) is not None
+    }
+    if args.record is not None:
+        changes["record"] = None if args.record == "none" else args.record
+    if args.record_every is not None:
+        changes["record_every"] = args.record_every
+    if args.smoke:
+        changes["smoke"] = True
+        changes.setdefault("epochs", 2)
+    return cfg.replace(**changes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        metrics = train(
+            cfg,
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+    except (ValueError, OSError, TrainingError) as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; finished epochs are saved in {args.out} (continue with --resume)",
+            file=sys.stderr,
+        )
+        return 130
+    last = metrics[-1] if metrics else {}
+    print(f"done: {args.out} (epoch {last.get('epoch')}, val_error {last.get('val_error', float('nan')):.2f}%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

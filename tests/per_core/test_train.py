@@ -1,0 +1,114 @@
+"""The trainer and the run directory: determinism, exact resume, refusals and clear errors."""
+
+import json
+
+import pytest
+import torch
+
+from per_core.configs import TrainConfig, get_preset
+from per_core.rundir import FORMAT_VERSION, RunDir, RunDirError
+from per_core.train import TrainingError, main, train
+
+METRIC_KEYS = {"epoch", "lr", "train_loss", "train_error", "per_penalty", "val_loss", "val_error", "seconds"}
+
+
+def small(method: str = "per", **changes) -> TrainConfig:
+    """The demo preset shrunk to seconds: a narrower net, 3 epochs, a milestone inside them."""
+    cfg = get_preset("demo").replace(
+        method=method,
+        epochs=3,
+        milestones=[2],
+        record=None,
+        model_args={"width": 8, "depth": 6, "activation": "elu"},
+    )
+    return cfg.replace(**changes)
+
+
+def strip_time(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+@pytest.mark.parametrize("method", ["vanilla", "bn", "per"])
+def test_a_run_writes_the_run_directory_contract(tmp_path, method):
+    metrics = train(small(method), tmp_path / "run", progress=False)
+    run = RunDir(tmp_path / "run")
+    config = run.read_config()
+    assert config["format_version"] == FORMAT_VERSION and config["method"] == method and config["seed"] == 0
+    assert {"torch", "numpy", "python"} <= set(config["versions"])
+    assert run.read_metrics() == metrics and [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert all(METRIC_KEYS <= set(m) for m in metrics)
+    assert metrics[0]["lr"] == 0.05 and metrics[2]["lr"] == pytest.approx(0.005)  # milestone at epoch 2
+    assert all(m["per_penalty"] >= (2 / torch.pi) ** 0.5 for m in metrics)  # never below the floor
+    ckpt = run.load_checkpoint()
+    assert ckpt["epoch"] == 3 and set(ckpt["rng"]) >= {"torch", "data"}
+    assert not list(run.root.rglob("*.tmp")), "temporary files left behind"
+
+
+def test_same_seed_same_metrics_and_another_seed_differs(tmp_path):
+    a = train(small(), tmp_path / "a", progress=False)
+    b = train(small(), tmp_path / "b", progress=False)
+    c = train(small(seed=1), tmp_path / "c", progress=False)
+    assert strip_time(a) == strip_time(b)
+    assert strip_time(a) != strip_time(c)
+
+
+def test_resume_reaches_the_same_final_state_as_an_uninterrupted_run(tmp_path):
+    full = train(small(epochs=4), tmp_path / "full", progress=False)
+    train(small(epochs=2), tmp_path / "part", progress=False)
+    resumed = train(small(epochs=4), tmp_path / "part", resume=True, progress=False)
+    assert strip_time(resumed) == strip_time(full)
+    a = RunDir(tmp_path / "full").load_checkpoint()["model"]
+    b = RunDir(tmp_path / "part").load_checkpoint()["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_per_changes_training_and_lambda_zero_is_vanilla(tmp_path):
+    vanilla = train(small("vanilla"), tmp_path / "v", progress=False)
+    per0 = train(small("per", lam=0.0), tmp_path / "p0", progress=False)
+    per = train(small("per", lam=0.5), tmp_path / "p", progress=False)
+    assert strip_time(per0) == strip_time(vanilla)
+    assert per[-1]["train_loss"] != vanilla[-1]["train_loss"]
+    # a strong PER pulls the bound down towards its floor
+    assert per[-1]["per_penalty"] < vanilla[-1]["per_penalty"]
+
+
+def test_a_non_empty_directory_is_refused_without_resume_or_overwrite(tmp_path):
+    train(small(epochs=1), tmp_path / "r", progress=False)
+    with pytest.raises(RunDirError, match="--resume .* --overwrite"):
+        train(small(epochs=1), tmp_path / "r", progress=False)
+    train(small(epochs=1, seed=3), tmp_path / "r", overwrite=True, progress=False)
+    assert RunDir(tmp_path / "r").read_config()["seed"] == 3
+
+
+def test_resume_with_a_different_config_says_what_differs(tmp_path):
+    train(small(epochs=1), tmp_path / "r", progress=False)
+    with pytest.raises(RunDirError, match=r"lam: saved 0\.01 vs now 0\.5"):
+        train(small(epochs=2, lam=0.5), tmp_path / "r", resume=True, progress=False)
+
+
+def test_divergence_stops_with_the_epoch_and_step_and_keeps_the_last_checkpoint(tmp_path):
+    train(small(epochs=1), tmp_path / "r", progress=False)
+    before = (tmp_path / "r" / "checkpoints" / "last.pt").read_bytes()
+    cfg = small(epochs=3, lr=1e12)
+    with pytest.raises(TrainingError, match=r"non-finite .* epoch \d+, step \d+"):
+        train(cfg, tmp_path / "d", progress=False)
+    assert (tmp_path / "r" / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_cli_smoke_run_and_resume(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["--method", "per", "--smoke", "--out", str(out), "--no-progress", "--record", "none"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and RunDir(out).read_config()["smoke"] is True
+    assert main(["--resume", "--epochs", "3", "--out", str(out), "--no-progress"]) == 0
+    assert len(RunDir(out).read_metrics()) == 3
+
+
+def test_cli_user_errors_are_one_line_messages(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "x"), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "config.json is missing" in err and "Traceback" not in err
+    assert main(["--out", str(tmp_path / "y"), "--lam", "-1", "--no-progress"]) == 2
+    assert "lam must be >= 0" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "z"), "--record", "layer99", "--smoke", "--no-progress"]) == 2
+    assert "unknown layer 'layer99'" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""analysis: activation-distribution analysis (recorder, Wasserstein distances, bounds, plots)."""

@@ -1,0 +1,408 @@
+r"""The Minkowski bound :math:`L_{per}` and the checks :math:`SW_1 \le L_{per}` and :math:`SW_1 \le W_1`.
+
+PER [1]_ minimizes an upper bound of the sliced Wasserstein distance [2]_ to :math:`\mathcal{N}(0, I_d)`:
+for every unit direction :math:`\theta`, with :math:`a_i = \langle x_i, \theta \rangle`,
+
+.. math::
+    W_1(\nu_\theta, \mathcal{N}(0,1)) \le \frac{1}{n} \sum_i W_1(\delta_{a_i}, \mathcal{N}(0,1))
+    = \frac{1}{n} \sum_i \mathbb{E}|Z - a_i|
+
+(convexity of :math:`W_1` in its first argument, i.e. Minkowski's inequality moved outside the
+absolute value), and, since a projection is 1-Lipschitz, :math:`W_1(\nu_\theta, \mathcal{N}(0,1))
+\le W_1(\nu, \mathcal{N}(0, I_d))`. Averaged over the same slices:
+
+.. math::
+    SW_1 \le L_{per}, \qquad SW_1 \le W_1.
+
+The first inequality holds *slice by slice*, so with the same slices it is a deterministic check
+(equality for a point mass). The bound is loose and has the wrong minimizer: :math:`L_{per}` is
+smallest at a point mass at 0 (:data:`LPER_FLOOR` :math:`= \sqrt{2/\pi} \approx 0.798`), not at
+:math:`\mathcal{N}(0, I)` (:data:`LPER_AT_GAUSSIAN` :math:`= 2/\sqrt{\pi} \approx 1.128`), while
+:math:`SW_1` of the point mass is :math:`\sqrt{2/\pi}`: a small :math:`L_{per}` can mean that the
+activations shrank, not that they became Gaussian. :func:`check_bounds` reports this.
+
+The closed form is not reimplemented here: :func:`per_bound` calls :func:`per_core.per.per_loss`
+and :func:`per_bound_slices` calls :func:`per_core.per.folded_normal_mean`, on the slices of
+:func:`analysis.distances._projections` (the slices of :func:`analysis.distances.sliced_w1_to_normal`).
+
+References
+----------
+.. [1] Joo, T., Kang, D., Kim, B. "Regularizing activations in neural networks via
+   distribution matching with the Wasserstein metric", ICLR 2020, arXiv:2002.05366.
+.. [2] Bonneel, N., Rabin, J., Peyré, G., Pfister, H. "Sliced and Radon Wasserstein
+   barycenters of measures", J. Math. Imaging Vis. 51 (2015).
+.. [3] Rabin, J., Peyré, G., Delon, J., Bernot, M. "Wasserstein barycenter and its application
+   to texture mixing", SSVM 2011.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from analysis.distances import (
+    _check_positive_int,
+    _check_seed,
+    _resolve_projections,
+    _samples_2d,
+    _slice_chunks,
+    sliced_w1,
+    sliced_w1_to_normal_slices,
+    w1,
+    w1_to_normal,
+)
+from per_core.per import folded_normal_mean, per_loss
+
+__all__ = [
+    "EXACT_MAX_SAMPLES",
+    "LPER_AT_GAUSSIAN",
+    "LPER_FLOOR",
+    "BoundReport",
+    "check_bounds",
+    "per_bound",
+    "per_bound_slices",
+]
+
+#: :math:`L_{per}` of a point mass at 0, its minimum: :math:`\mathbb{E}|Z| = \sqrt{2/\pi}`.
+LPER_FLOOR = math.sqrt(2.0 / math.pi)
+#: :math:`L_{per}` of :math:`\mathcal{N}(0, I)` itself: :math:`\mathbb{E}|Z - Z'| = 2/\sqrt{\pi}`.
+LPER_AT_GAUSSIAN = 2.0 / math.sqrt(math.pi)
+
+_RNG_TAG = 0x5045_5242  # "PERB": separates check_bounds' numpy stream from default_rng(seed)
+
+#: Default number of rows given to exact OT in :func:`check_bounds` (2000 x 2000: under a second).
+EXACT_MAX_SAMPLES = 2000
+
+
+def per_bound(X: Any, n_projections: int = 256, seed: int = 0, *, projections: Any = None) -> float:
+    r"""The Minkowski bound :math:`L_{per}` of the rows of ``X``, on the slices of :func:`sliced_w1_to_normal`.
+
+    .. math::
+        L_{per} = \frac{1}{n s} \sum_{i=1}^{n} \sum_{j=1}^{s} \mathbb{E}_{Z \sim \mathcal{N}(0,1)}
+        |Z - \langle x_i, \theta_j \rangle| \;\ge\; \frac{1}{s} \sum_{j=1}^{s}
+        W_1(\nu_{\theta_j}, \mathcal{N}(0,1))
+
+    computed by :func:`per_core.per.per_loss` in float64 (paper [1]_, Eq. 6).
+
+    Parameters
+    ----------
+    X : array_like, shape (n_samples, dim)
+    n_projections : int
+        Number of slices s (ignored when ``projections`` is given).
+    seed : int
+        Seed of the slices: the same as ``sliced_w1_to_normal(X, n_projections, seed)``.
+    projections : array_like, shape (n_projections, dim), optional
+        Unit directions to use instead.
+
+    Returns
+    -------
+    lper : float
+
+    Example
+    -------
+    >>> round(per_bound(np.zeros((4, 3))), 6)  # the floor sqrt(2/pi), attained by a point mass at 0
+    0.797885
+    >>> X = np.random.default_rng(0).normal(size=(20_000, 3))
+    >>> abs(per_bound(X, 64) - LPER_AT_GAUSSIAN) < 0.02  # N(0, I) is *not* the minimizer
+    True
+
+    References
+    ----------
+    .. [1] Joo, Kang, Kim, "Regularizing activations in neural networks via distribution matching
+       with the Wasserstein metric", ICLR 2020, arXiv:2002.05366.
+    """
+    X = _samples_2d(X, "X")
+    P = _resolve_projections(X.shape[1], n_projections, seed, projections)
+    theta = torch.from_numpy(P)
+    return float(per_loss(torch.from_numpy(np.ascontiguousarray(X)), n_slices=P.shape[0], theta=theta))
+
+
+def per_bound_slices(X: Any, n_projections: int = 256, seed: int = 0, *, projections: Any = None) -> np.ndarray:
+    r"""Per-slice Minkowski bound :math:`\frac{1}{n} \sum_i \mathbb{E}|Z - \langle x_i, \theta_j \rangle|`.
+
+    .. math::
+        \ell_j = \frac{1}{n} \sum_{i=1}^n \Big[a_{ij}\,\mathrm{erf}(a_{ij}/\sqrt{2})
+        + \sqrt{2/\pi}\, e^{-a_{ij}^2/2}\Big] \;\ge\; W_1(\nu_{\theta_j}, \mathcal{N}(0,1)),
+        \qquad a_{ij} = \langle x_i, \theta_j \rangle
+
+    by :func:`per_core.per.folded_normal_mean`; ``per_bound_slices(...).mean() == per_bound(...)``.
+
+    Parameters
+    ----------
+    X : array_like, shape (n_samples, dim)
+    n_projections, seed, projections
+        As in :func:`per_bound`.
+
+    Returns
+    -------
+    lper : ndarray, shape (n_projections,)
+
+    Example
+    -------
+    >>> per_bound_slices(np.zeros((2, 2)), 3).round(6)
+    array([0.797885, 0.797885, 0.797885])
+    """
+    X = _samples_2d(X, "X")
+    P = _resolve_projections(X.shape[1], n_projections, seed, projections)
+    Xt, Pt = torch.from_numpy(np.ascontiguousarray(X)), torch.from_numpy(P)
+    out = np.empty(P.shape[0])
+    for cols in _slice_chunks(X.shape[0], P.shape[0]):
+        out[cols] = folded_normal_mean(Xt @ Pt[cols].T).mean(dim=0).numpy()  # (n, c) -> (c,)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundReport:
+    r"""Result of :func:`check_bounds`; ``passed`` is True when both inequalities hold.
+
+    Attributes
+    ----------
+    n_samples, dim, n_projections, seed : int
+        What was checked.
+    sw1 : float
+        :math:`SW_1(\nu, \mathcal{N}(0, I))`, exact per slice, averaged over the slices.
+    lper : float
+        :math:`L_{per}` on the same slices.
+    gap : float
+        ``lper - sw1`` (>= 0): how loose the bound is.
+    per_slice_max_violation : float
+        :math:`\max_j (w_j - \ell_j)`; <= 0 up to rounding (0 for a point mass).
+    per_slice_ok : bool
+        :math:`w_j \le \ell_j (1 + r) + a` for every slice (``rtol`` r, ``atol`` a).
+    w1 : float
+        The :math:`W_1` side: exact (``dim == 1``) or exact OT to a Gaussian sample (see ``w1_method``).
+    w1_method : str
+        How ``w1`` was obtained.
+    w1_slack : float
+        What the comparison adds to ``w1`` so that :math:`SW_1 \le W_1 + slack` is rigorous.
+    w1_ok : bool
+        ``sw1 <= w1 + w1_slack`` (with the tolerance).
+    projected_std : float
+        :math:`\sqrt{\mathrm{mean}_j \mathrm{Var}_i \langle x_i, \theta_j \rangle}`: 1 for
+        :math:`\mathcal{N}(0, I)`, 0 for a point mass.
+    collapsed : bool
+        ``projected_std < collapse_std`` and ``lper < lper_at_gaussian``: :math:`L_{per}` is small
+        because the activations shrank (see ``notes``).
+    rtol, atol, collapse_std : float
+        Settings used.
+    lper_floor, lper_at_gaussian : float
+        :math:`\sqrt{2/\pi}` (minimum of :math:`L_{per}`, at a point mass at 0) and :math:`2/\sqrt{\pi}`
+        (:math:`L_{per}` of :math:`\mathcal{N}(0, I)`).
+    notes : tuple of str
+        Human-readable findings and caveats.
+    """
+
+    n_samples: int
+    dim: int
+    n_projections: int
+    seed: int
+    sw1: float
+    lper: float
+    gap: float
+    per_slice_max_violation: float
+    per_slice_ok: bool
+    w1: float
+    w1_method: str
+    w1_slack: float
+    w1_ok: bool
+    projected_std: float
+    collapsed: bool
+    rtol: float
+    atol: float
+    collapse_std: float
+    lper_floor: float = LPER_FLOOR
+    lper_at_gaussian: float = LPER_AT_GAUSSIAN
+    notes: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        """Both checks hold: SW1 <= L_per on every slice and SW1 <= W1 (+ slack)."""
+        return self.per_slice_ok and self.w1_ok
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values (JSON-serializable), including ``passed``."""
+        out = dataclasses.asdict(self)
+        out["notes"] = list(self.notes)
+        out["passed"] = self.passed
+        return out
+
+    def __str__(self) -> str:
+        def mark(ok: bool) -> str:
+            return "ok" if ok else "FAILED"
+
+        lines = [
+            f"BoundReport: {'PASSED' if self.passed else 'FAILED'} "
+            f"(n={self.n_samples}, d={self.dim}, slices={self.n_projections}, seed={self.seed})",
+            f"  SW1 to N(0,I)        {self.sw1:.6g}   (exact per slice)",
+            f"  L_per (same slices)  {self.lper:.6g}   gap L_per - SW1 = {self.gap:.6g}",
+            f"  SW1 <= L_per per slice: {mark(self.per_slice_ok)} "
+            f"(max violation {self.per_slice_max_violation:.3g}, rtol {self.rtol:g}, atol {self.atol:g})",
+            f"  SW1 <= W1: {mark(self.w1_ok)} (W1 = {self.w1:.6g} + slack {self.w1_slack:.3g}; {self.w1_method})",
+            f"  L_per floor sqrt(2/pi) = {self.lper_floor:.6f} (point mass at 0); "
+            f"L_per at N(0,I) = 2/sqrt(pi) = {self.lper_at_gaussian:.6f}",
+            f"  projected std {self.projected_std:.4g} (1 for N(0,I)); collapsed: {self.collapsed}",
+        ]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def check_bounds(
+    X: Any,
+    n_projections: int = 256,
+    seed: int = 0,
+    *,
+    projections: Any = None,
+    exact_max_samples: int = EXACT_MAX_SAMPLES,
+    rtol: float = 1e-9,
+    atol: float = 1e-12,
+    collapse_std: float = 0.5,
+) -> BoundReport:
+    r"""Check :math:`SW_1 \le L_{per}` (slice by slice) and :math:`SW_1 \le W_1` on the rows of ``X``.
+
+    **SW1 <= L_per.** With the same slices, for every slice j (see the module docstring)
+
+    .. math::
+        w_j = W_1(\nu_{\theta_j}, \mathcal{N}(0,1)) \le \ell_j = \frac{1}{n} \sum_i \mathbb{E}|Z - a_{ij}|,
+
+    a deterministic inequality (equality for a point mass), checked with the float tolerance
+    :math:`w_j \le \ell_j (1 + r) + a`.
+
+    **SW1 <= W1.** For ``dim == 1``, :math:`W_1` is exact (:func:`analysis.distances.w1_to_normal`)
+    and equals :math:`SW_1` (slack 0). For ``dim > 1``, :math:`W_1(\nu, \mathcal{N}(0, I))` has no
+    closed form: it is estimated by exact OT (:func:`analysis.distances.w1`) between a subsample
+    :math:`\nu_m` of at most ``exact_max_samples`` rows and an m-point Gaussian sample
+    :math:`\gamma_m` drawn with ``seed``. This estimate is biased *upward* as an estimate of
+    :math:`W_1(\nu, \mathcal{N}(0, I))` (by convexity; the bias grows with d, like
+    :math:`m^{-1/d}`), so it is not a fair number to compare against in either direction. The
+    comparison made is the rigorous one, by the triangle inequality on every slice and because
+    projections are 1-Lipschitz:
+
+    .. math::
+        SW_1(\nu, \mathcal{N}) \le SW_1(\nu, \nu_m) + W_1(\nu_m, \gamma_m) + SW_1(\gamma_m, \mathcal{N})
+
+    with the two sliced terms computed exactly on the same slices; their sum is ``w1_slack``.
+
+    **The point-mass trap.** :math:`L_{per} \ge \sqrt{2/\pi}` with equality only for a point mass at
+    0, whose :math:`SW_1` is also :math:`\sqrt{2/\pi}`, while :math:`L_{per}(\mathcal{N}(0, I)) = 2/\sqrt{\pi}`.
+    When the projected spread is small (``projected_std < collapse_std``) and :math:`L_{per}` is below
+    its value at the Gaussian, the report is flagged ``collapsed`` with a note: the bound is small
+    because the activations shrank; the true :math:`SW_1` is large.
+
+    Parameters
+    ----------
+    X : array_like, shape (n_samples, dim)
+    n_projections : int
+        Number of slices s (ignored when ``projections`` is given).
+    seed : int
+        Seed of the slices, the subsample and the Gaussian sample.
+    projections : array_like, shape (n_projections, dim), optional
+        Unit directions to use instead.
+    exact_max_samples : int
+        Largest number of rows given to exact OT (dim > 1).
+    rtol, atol : float
+        Float tolerance of both checks.
+    collapse_std : float
+        Projected standard deviation below which the activations count as collapsed.
+
+    Returns
+    -------
+    report : BoundReport
+
+    Example
+    -------
+    >>> X = np.random.default_rng(0).normal(size=(300, 2))
+    >>> report = check_bounds(X, n_projections=32)
+    >>> report.passed, report.collapsed, round(report.lper_floor, 3)
+    (True, False, 0.798)
+    >>> check_bounds(0.01 * X, n_projections=32).collapsed  # L_per near its floor, SW1 large
+    True
+    """
+    X = _samples_2d(X, "X")
+    seed = _check_seed(seed)
+    exact_max_samples = _check_positive_int(exact_max_samples, "exact_max_samples")
+    for name, v in (("rtol", rtol), ("atol", atol), ("collapse_std", collapse_std)):
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be a finite non-negative number, got {v!r}")
+    n, d = X.shape
+    P = _resolve_projections(d, n_projections, seed, projections)
+    notes: list[str] = []
+
+    # SW1 <= L_per, slice by slice
+    sw_slices = sliced_w1_to_normal_slices(X, projections=P)
+    lper_slices = per_bound_slices(X, projections=P)
+    sw1, lper = float(sw_slices.mean()), float(lper_slices.mean())
+    excess = sw_slices - lper_slices
+    per_slice_ok = bool((excess <= rtol * np.abs(lper_slices) + atol).all())
+    if not per_slice_ok:
+        notes.append(
+            f"SW1 > L_per on {int((excess > rtol * np.abs(lper_slices) + atol).sum())} of {P.shape[0]} "
+            "slices: this contradicts Minkowski's inequality (a numerical or implementation problem)"
+        )
+
+    # SW1 <= W1
+    if d == 1:
+        w1_value, slack = w1_to_normal(X[:, 0]), 0.0
+        method = "exact 1-D closed form (equals SW1 in dimension 1)"
+    else:
+        # a stream of its own: data drawn with default_rng(seed) must not be reused as the Gaussian sample
+        rng = np.random.default_rng([_RNG_TAG, seed])
+        m = min(n, exact_max_samples)
+        X_m = X if m == n else X[np.sort(rng.choice(n, size=m, replace=False))]
+        gauss = rng.standard_normal((m, d))
+        w1_value = w1(X_m, gauss, max_samples=exact_max_samples, seed=seed)
+        slack = sliced_w1_to_normal_slices(gauss, projections=P).mean()
+        if m < n:
+            slack += sliced_w1(X, X_m, projections=P)
+        slack = float(slack)
+        method = (
+            f"exact OT between {'all' if m == n else f'a subsample of {m} of the'} rows and {m} N(0,I) "
+            "points (Monte Carlo, biased upward); slack = SW1(Gaussian sample, N(0,I))"
+            + ("" if m == n else " + SW1(rows, subsample)")
+        )
+    w1_ok = bool(sw1 <= (w1_value + slack) * (1 + rtol) + atol)
+    if not w1_ok:
+        notes.append(f"SW1 = {sw1:.6g} > W1 + slack = {w1_value + slack:.6g}: this contradicts the theory")
+
+    proj_std = _projected_std(X, P)
+    collapsed = bool(proj_std < collapse_std and lper < LPER_AT_GAUSSIAN)
+    if collapsed:
+        notes.append(
+            f"collapsed: L_per = {lper:.4g} is below its value at N(0,I) (2/sqrt(pi) = {LPER_AT_GAUSSIAN:.4f}) "
+            f"and near its floor sqrt(2/pi) = {LPER_FLOOR:.4f} because the activations shrank "
+            f"(projected std {proj_std:.3g} << 1); the true SW1 = {sw1:.4g} is large: "
+            "a small L_per does not mean the activations are Gaussian"
+        )
+    if (X == X[0]).all():
+        notes.append("all rows are equal (a point mass): SW1 = L_per on every slice (the bound is tight)")
+    return BoundReport(
+        n_samples=n,
+        dim=d,
+        n_projections=P.shape[0],
+        seed=seed,
+        sw1=sw1,
+        lper=lper,
+        gap=lper - sw1,
+        per_slice_max_violation=float(excess.max()),
+        per_slice_ok=per_slice_ok,
+        w1=float(w1_value),
+        w1_method=method,
+        w1_slack=slack,
+        w1_ok=w1_ok,
+        projected_std=proj_std,
+        collapsed=collapsed,
+        rtol=float(rtol),
+        atol=float(atol),
+        collapse_std=float(collapse_std),
+        notes=tuple(notes),
+    )
+
+
+def _projected_std(X: np.ndarray, P: np.ndarray) -> float:
+    """sqrt(mean_j Var_i <x_i, theta_j>) = sqrt(mean_j theta_j^T Cov theta_j)."""
+    centered = X - X.mean(axis=0)
+    cov = centered.T @ centered / X.shape[0]  # (d, d)
+    return float(math.sqrt(max(0.0, np.einsum("jk,kl,jl->", P, cov, P) / P.shape[0])))

@@ -11,12 +11,22 @@ from collections.abc import Callable
 
 from torch import nn
 
+from per_core.models.cnn11 import CNN11, cnn11
+from per_core.models.lstm_lm import LSTMLanguageModel, lstm_lm
+from per_core.models.resnet_cifar import CifarResNet, resnet20, resnet32, resnet44, resnet56, resnet110
 from per_core.models.small_cnn import SmallCNN, small_cnn
 
-__all__ = ["MODELS", "SmallCNN", "build_model"]
+__all__ = ["CNN11", "MODELS", "CifarResNet", "LSTMLanguageModel", "SmallCNN", "build_model"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": small_cnn,
+    "resnet20": resnet20,
+    "resnet32": resnet32,
+    "resnet44": resnet44,
+    "resnet56": resnet56,
+    "resnet110": resnet110,
+    "cnn11": cnn11,
+    "lstm_lm": lstm_lm,
 }
 
 

@@ -544,3 +544,44 @@ def test_sliced_accepts_tensors():
     X = torch.randn(30, 3, generator=torch.Generator().manual_seed(0))
     assert sliced_w1_to_normal(X, 8) == pytest.approx(sliced_w1_to_normal(X.numpy(), 8), rel=1e-12)
     assert sliced_w1(X, X + 1, 8) == pytest.approx(sliced_w1(X.numpy(), X.numpy() + 1, 8), rel=1e-6)
+
+
+# --- gradient of the exact sliced distance ---------------------------------------------------
+
+
+def test_sliced_w1_to_normal_grad_matches_finite_differences():
+    from analysis.distances import sliced_w1_to_normal_grad
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(7, 3)) * 1.7 + 0.4
+    P = _projections(3, 16, 5)
+    g = sliced_w1_to_normal_grad(X, projections=P)
+    eps = 1e-7
+    for i, k in [(0, 0), (3, 1), (6, 2), (2, 0)]:
+        Xp, Xm = X.copy(), X.copy()
+        Xp[i, k] += eps
+        Xm[i, k] -= eps
+        fd = (sliced_w1_to_normal(Xp, projections=P) - sliced_w1_to_normal(Xm, projections=P)) / (2 * eps)
+        assert g[i, k] == pytest.approx(fd, rel=1e-5, abs=1e-9)
+
+
+def test_exact_gradient_is_radially_neutral_at_the_gaussian_and_expands_shrunk_data_unlike_per():
+    """The point-mass trap at the gradient level: PER's descent always pulls towards 0, the true one does not."""
+    from analysis.distances import sliced_w1_to_normal_grad
+    from per_core.per import per_grad
+
+    X = np.random.default_rng(4).normal(size=(4000, 2))
+    P = _projections(2, 64, 0)
+    radial = X / np.linalg.norm(X, axis=1, keepdims=True)
+
+    def outward(g):  # mean component of the gradient along x / |x|, per sample (x n)
+        return float((g * radial).sum(1).mean() * len(X))
+
+    def per(Y):
+        return per_grad(torch.from_numpy(Y), theta=torch.from_numpy(P)).numpy()
+
+    exact_at_gauss = outward(sliced_w1_to_normal_grad(X, projections=P))
+    assert abs(exact_at_gauss) < 0.1 * outward(per(X))
+    shrunk = 0.3 * X
+    assert outward(sliced_w1_to_normal_grad(shrunk, projections=P)) < -0.3  # descent moves samples outwards
+    assert outward(per(shrunk)) > 0.05  # PER's descent still pulls them in

@@ -1,0 +1,619 @@
+r"""The baselines PER is compared with: activation penalties, VCL, decorrelated BN and recurrent BN.
+
+Loss-based baselines attach to modules the way :class:`per_core.PER` does (forward hooks, removable,
+context manager) but, unlike PER, they produce a loss term: call :meth:`loss` once per step and add
+it to the task loss.
+
+- :class:`L1Penalty`, :class:`L2Penalty`: activation regularization (AR) of Merity et al. [3]_.
+- :class:`VCL`: the variance constancy loss of Littwin & Wolf [2]_.
+- :class:`DecorrelatedBatchNorm2d`: ZCA whitening of groups of channels (Huang et al. [4]_);
+  :func:`make_norm` builds it (or BN, or nothing) where a model places its normalization.
+- :class:`RecurrentBatchNormLSTM`: an LSTM layer with batch normalization inside the recurrence and
+  separate statistics per time step (Cooijmans et al. [5]_).
+
+References
+----------
+.. [1] Joo, T., Kang, D., Kim, B. "Regularizing activations in neural networks via distribution
+   matching with the Wasserstein metric", ICLR 2020, arXiv:2002.05366.
+.. [2] Littwin, E., Wolf, L. "Regularizing by the variance of the activations' sample-variances",
+   NeurIPS 2018, arXiv:1811.08764. Reference code: github.com/avirambh/vcl_pytorch (models/VCL.py).
+.. [3] Merity, S., McCann, B., Socher, R. "Revisiting activation regularization for language RNNs",
+   arXiv:1708.01009 (2017); Merity, S., Keskar, N. S., Socher, R. "Regularizing and optimizing LSTM
+   language models", arXiv:1708.02182 (2017).
+.. [4] Huang, L., Yang, D., Lang, B., Deng, J. "Decorrelated batch normalization", CVPR 2018,
+   arXiv:1804.08450.
+.. [5] Cooijmans, T., Ballas, N., Laurent, C., Gülçehre, Ç., Courville, A. "Recurrent batch
+   normalization", ICLR 2017, arXiv:1603.09025.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Literal, Self
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+__all__ = [
+    "VCL",
+    "DecorrelatedBatchNorm2d",
+    "L1Penalty",
+    "L2Penalty",
+    "RecurrentBatchNormLSTM",
+    "StepwiseBatchNorm1d",
+    "inverse_sqrt_spd",
+    "make_norm",
+]
+
+NormName = Literal["none", "bn", "dbn"]
+
+
+# --- loss-based baselines: one base class for hooks, collection and removal -------------------
+
+
+def _named_modules(modules: nn.Module | Iterable[nn.Module] | Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+    if isinstance(modules, nn.Module):
+        named = {type(modules).__name__: modules}
+    elif isinstance(modules, Mapping):
+        named = dict(modules)
+    else:
+        named = {f"{i}:{type(m).__name__}": m for i, m in enumerate(modules)}
+    if not named:
+        raise ValueError("an activation penalty needs at least one module to attach to")
+    for name, m in named.items():
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"penalties attach only to nn.Module objects; {name!r} is a {type(m).__name__}")
+    return named
+
+
+class _OutputPenalty:
+    """Forward hooks that turn each attached module's output into a penalty term (with its graph).
+
+    Subclasses define :meth:`_term` (the unweighted penalty of one output). A term is computed on every
+    forward pass that records a graph (grad enabled and the output requires grad); evaluation passes
+    under ``torch.no_grad()`` add nothing. :meth:`loss` returns ``lam`` times the sum of the terms since
+    its last call and starts a new sum.
+    """
+
+    def __init__(self, modules: nn.Module | Iterable[nn.Module] | Mapping[str, nn.Module], lam: float) -> None:
+        if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
+            raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+        self.lam = float(lam)
+        self.modules = _named_modules(modules)
+        self._terms: list[tuple[str, Tensor]] = []
+        self._last: dict[str, Tensor] = {}
+        self._handles = [m.register_forward_hook(self._make_hook(n, m)) for n, m in self.modules.items()]
+
+    def _make_hook(self, name: str, module: nn.Module):
+        def forward_hook(mod: nn.Module, args: tuple, out: object) -> None:
+            h = out[0] if isinstance(out, tuple) else out
+            if isinstance(h, PackedSequence):
+                h = h.data  # (sum of lengths, H): already rows
+            if not isinstance(h, Tensor) or not h.is_floating_point():
+                return
+            if not (torch.is_grad_enabled() and h.requires_grad):
+                return
+            term = self._term(name, module, h)
+            if term is not None:
+                self._terms.append((name, term))
+
+        return forward_hook
+
+    def _term(self, name: str, module: nn.Module, h: Tensor) -> Tensor | None:
+        raise NotImplementedError
+
+    def loss(self) -> Tensor:
+        """``lam`` times the summed penalty of all outputs seen since the last call (a scalar with graph).
+
+        Returns a zero scalar when nothing was recorded (e.g. only ``no_grad`` passes ran).
+        """
+        if not self._terms:
+            return torch.zeros(())
+        per_layer: dict[str, Tensor] = {}
+        for name, term in self._terms:
+            per_layer[name] = per_layer[name] + term if name in per_layer else term
+        self._terms = []
+        self._last = {k: v.detach() for k, v in per_layer.items()}
+        return self.lam * sum(per_layer.values())
+
+    def penalty(self, per_layer: bool = False) -> float | dict[str, float]:
+        """The unweighted penalty (without ``lam``) returned by the last :meth:`loss`, summed or per layer."""
+        if not self._last:
+            raise RuntimeError(f"{type(self).__name__}.penalty(): loss() has not returned a penalty yet")
+        values = {k: float(v) for k, v in self._last.items()}
+        return values if per_layer else sum(values.values())
+
+    def remove(self) -> None:
+        """Detach from all modules and drop terms not yet collected; later passes are exactly vanilla."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._terms = []
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(lam={self.lam:g}, layers={list(self.modules)})"
+
+
+class L1Penalty(_OutputPenalty):
+    r"""L1 activation penalty: :math:`\lambda` times the mean absolute activation of each attached layer.
+
+    .. math::
+        \mathcal{L}_{L1} = \lambda \sum_{\text{layers}} \frac{1}{N d} \sum_{i=1}^{N} \sum_{j=1}^{d} |h_{ij}|
+
+    over all entries of the layer's output (rows as in :func:`per_core.as_samples`; the mean does not
+    depend on how the output is cut into rows). This is the L1 counterpart of the activation
+    regularization (AR) of Merity et al. [3]_, used as a baseline in [1]_ (Table 3).
+
+    Parameters
+    ----------
+    modules : nn.Module, iterable of nn.Module, or mapping name -> nn.Module
+        Layers whose outputs are penalized (e.g. ``model.pre_activations()``).
+    lam : float
+        Strength :math:`\lambda \ge 0`.
+
+    Example
+    -------
+    >>> lin = nn.Linear(2, 2)
+    >>> with L1Penalty(lin, lam=0.5) as pen:
+    ...     _ = lin(torch.ones(4, 2))
+    ...     bool(torch.isclose(pen.loss(), 0.5 * lin(torch.ones(4, 2)).abs().mean()))
+    True
+    """
+
+    def _term(self, name: str, module: nn.Module, h: Tensor) -> Tensor:
+        return h.abs().mean()
+
+
+class L2Penalty(_OutputPenalty):
+    r"""L2 activation penalty (AR of Merity et al. [3]_): :math:`\lambda` times the mean squared activation.
+
+    .. math::
+        \mathcal{L}_{L2} = \lambda \sum_{\text{layers}} \frac{1}{N d} \sum_{i=1}^{N} \sum_{j=1}^{d} h_{ij}^2
+
+    Merity et al. apply it to the (dropped-out) output of the last LSTM layer; here it applies to the
+    outputs of the attached modules.
+
+    Parameters
+    ----------
+    modules, lam
+        As in :class:`L1Penalty`.
+    """
+
+    def _term(self, name: str, module: nn.Module, h: Tensor) -> Tensor:
+        return h.square().mean()
+
+
+class VCL(_OutputPenalty):
+    r"""Variance constancy loss (Littwin & Wolf [2]_): penalize the variance of the sample variances.
+
+    For each attached layer, two disjoint subsets A and B of ``n`` samples are taken from the batch (the
+    first ``n`` and the next ``n``, as in the reference code; a shuffled batch makes them random), and
+    every unit u gets its unbiased sample variances :math:`s^2_{A,u}`, :math:`s^2_{B,u}`:
+
+    .. math::
+        \ell_{VCL} = \frac{1}{U} \sum_{u=1}^{U} \Big(1 - \frac{s^2_{A,u}}{s^2_{B,u} + \beta_u}\Big)^2,
+        \qquad \mathcal{L}_{VCL} = \lambda \sum_{\text{layers}} \ell_{VCL}.
+
+    What is checked against the paper and its reference implementation (github.com/avirambh/vcl_pytorch,
+    ``models/VCL.py``): the form above with :math:`\beta` a learnable per-unit parameter initialized to 1
+    (kept >= 1e-3), ``n = 5`` by default, applied to the pre-activations (a forward pre-hook on each
+    activation module), summed over layers. A *unit* is one activation: for a conv output ``(N, C, H, W)``
+    every ``(c, y, x)`` is a unit and every image a sample (``h.reshape(N, -1)``), not the per-channel
+    rows of :func:`per_core.as_samples`. This is what makes the paper's VCL overhead of about 350K
+    parameters on the 11-layer CNN [1]_ (350,460 betas on its ten hidden layers for 32x32 inputs).
+
+    Parameters
+    ----------
+    modules : nn.Module, iterable of nn.Module, or mapping name -> nn.Module
+        Layers whose outputs (batch first: ``(N, *features)``) are regularized. Recurrent modules are
+        rejected (their output is time-major).
+    lam : float
+        Weight :math:`\lambda` of the summed loss (the reference code's ``gamma``, default 0.01 there).
+    sample_size : int or None
+        ``n``, the size of each subset; None uses two halves of the batch. A batch with fewer than
+        ``2n`` samples uses ``n = N // 2``; a layer with ``N < 4`` contributes nothing.
+    beta : float
+        Initial (or, with ``learn_beta=False``, constant) :math:`\beta`.
+    learn_beta : bool
+        When True, every layer gets a learnable :math:`\beta` per unit, created at the first forward pass
+        (unit shape = output shape without the batch dimension). Run one training-mode forward pass, then
+        give :meth:`parameters` to the optimizer (the reference code does the same); save them with
+        :meth:`state_dict`. When False (default) no parameter is added and :math:`\beta` is constant.
+
+    Example
+    -------
+    >>> lin = nn.Linear(3, 4)
+    >>> with VCL(lin, lam=1.0) as vcl:
+    ...     _ = lin(torch.randn(10, 3))
+    ...     bool(vcl.loss() >= 0)
+    True
+    """
+
+    def __init__(
+        self,
+        modules: nn.Module | Iterable[nn.Module] | Mapping[str, nn.Module],
+        lam: float,
+        sample_size: int | None = 5,
+        *,
+        beta: float = 1.0,
+        learn_beta: bool = False,
+    ) -> None:
+        if sample_size is not None and (isinstance(sample_size, bool) or sample_size < 2):
+            raise ValueError(f"sample_size must be None (halves) or an integer >= 2, got {sample_size!r}")
+        if not math.isfinite(beta) or beta < 0:
+            raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+        for name, m in _named_modules(modules).items():
+            if isinstance(m, nn.RNNBase):
+                raise TypeError(f"VCL needs batch-first outputs; {name!r} is a recurrent module")
+        self.sample_size = sample_size
+        self.beta = float(beta)
+        self.learn_beta = learn_beta
+        self._betas: dict[str, nn.Parameter] = {}
+        super().__init__(modules, lam)
+
+    #: Lower bound applied to a learned beta before use (as in the reference code).
+    BETA_MIN = 1e-3
+
+    def _beta_for(self, name: str, h: Tensor) -> Tensor | float:
+        if not self.learn_beta:
+            return self.beta
+        if name not in self._betas:
+            dtype = torch.promote_types(h.dtype, torch.float32)  # half-precision outputs get float32 betas
+            self._betas[name] = nn.Parameter(torch.full(h.shape[1:], self.beta, device=h.device, dtype=dtype))
+        beta = self._betas[name]
+        with torch.no_grad():
+            beta.clamp_(min=self.BETA_MIN)
+        return beta.flatten()
+
+    def _term(self, name: str, module: nn.Module, h: Tensor) -> Tensor | None:
+        n_batch = h.shape[0]
+        n = n_batch // 2 if self.sample_size is None else min(self.sample_size, n_batch // 2)
+        beta = self._beta_for(name, h)
+        if n < 2:
+            return None
+        rows = h.reshape(n_batch, -1)  # (N, *features) -> (N, U): every activation is a unit
+        var_a = rows[:n].var(dim=0)  # (U,), unbiased
+        var_b = rows[n : 2 * n].var(dim=0)
+        return (1 - var_a / (var_b + beta)).square().mean()
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """The learned betas (empty unless ``learn_beta=True`` and a forward pass has run)."""
+        return iter(self._betas.values())
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Learned betas by layer name."""
+        return {k: v.detach().clone() for k, v in self._betas.items()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Restore betas saved by :meth:`state_dict` (before or after the first forward pass)."""
+        for k, v in state.items():
+            if k in self._betas:
+                with torch.no_grad():
+                    self._betas[k].copy_(v)
+            else:
+                self._betas[k] = nn.Parameter(v.detach().clone())
+
+
+# --- decorrelated batch normalization --------------------------------------------------------
+
+
+class _InverseSqrtSPD(torch.autograd.Function):
+    """:math:`\\Sigma^{-1/2}` of symmetric positive definite matrices, with a stable backward."""
+
+    @staticmethod
+    def forward(ctx, sigma: Tensor) -> Tensor:
+        lam, u = torch.linalg.eigh(sigma)  # sigma = U diag(lam) U^T, batched over leading dims
+        s = lam.clamp_min(torch.finfo(lam.dtype).tiny).sqrt()
+        ctx.save_for_backward(u, s)
+        return (u / s.unsqueeze(-2)) @ u.transpose(-1, -2)  # U diag(1/s) U^T
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        u, s = ctx.saved_tensors
+        si, sj = s.unsqueeze(-1), s.unsqueeze(-2)
+        # divided differences of f(x) = x^(-1/2) at the eigenvalues: finite even for equal eigenvalues
+        k = -1.0 / (si * sj * (si + sj))
+        g = 0.5 * (grad + grad.transpose(-1, -2))
+        ut = u.transpose(-1, -2)
+        return u @ (k * (ut @ g @ u)) @ ut
+
+
+def inverse_sqrt_spd(sigma: Tensor) -> Tensor:
+    r"""The ZCA whitening matrix :math:`W = \Sigma^{-1/2} = U \Lambda^{-1/2} U^T` (batched).
+
+    The backward uses the Daleckii-Krein formula with the divided differences of
+    :math:`f(\lambda) = \lambda^{-1/2}`,
+
+    .. math::
+        \frac{\partial L}{\partial \Sigma} = U \big(K \circ (U^T \bar G U)\big) U^T, \qquad
+        K_{ij} = \frac{-1}{\sqrt{\lambda_i}\sqrt{\lambda_j}(\sqrt{\lambda_i} + \sqrt{\lambda_j})},
+        \quad \bar G = \tfrac{1}{2}(G + G^T),
+
+    which stays finite when eigenvalues coincide (autograd through ``eigh`` divides by
+    :math:`\lambda_i - \lambda_j`). The result equals the gradient of the DBN paper [4]_.
+
+    Parameters
+    ----------
+    sigma : Tensor, shape (..., m, m)
+        Symmetric positive definite matrices.
+
+    Returns
+    -------
+    W : Tensor, shape (..., m, m)
+        Symmetric, with :math:`W \Sigma W = I`.
+
+    Example
+    -------
+    >>> w = inverse_sqrt_spd(torch.tensor([[4.0, 0.0], [0.0, 9.0]]))
+    >>> torch.allclose(w, torch.tensor([[0.5, 0.0], [0.0, 1 / 3]]))
+    True
+    """
+    return _InverseSqrtSPD.apply(sigma)
+
+
+class DecorrelatedBatchNorm2d(nn.Module):
+    r"""Decorrelated batch normalization (Huang et al. [4]_): ZCA whitening of groups of channels.
+
+    Channels are split into groups of ``group_size`` (the last group takes the remainder). For a group
+    with centered data :math:`X_C \in \mathbb{R}^{m \times M}` (m channels, M = batch x locations):
+
+    .. math::
+        \Sigma = \tfrac{1}{M} X_C X_C^T + \epsilon I, \qquad
+        \hat X = \Sigma^{-1/2} X_C = U \Lambda^{-1/2} U^T X_C, \qquad
+        y = \gamma \odot \hat X + \beta
+
+    per channel. ZCA (the symmetric whitening matrix) is the whitening that keeps :math:`\hat X` closest
+    to :math:`X_C`, which avoids the stochastic axis swapping of PCA whitening [4]_. In training, the batch
+    statistics are used and the backward goes through them (see :func:`inverse_sqrt_spd`); the running
+    mean and the running whitening matrix (exponential averages with ``momentum``, as in the paper's
+    code) are used in evaluation.
+
+    Parameters
+    ----------
+    num_features : int
+        Channels C of an ``(N, C, *spatial)`` input.
+    group_size : int
+        Channels whitened together (paper's recommendation for CIFAR-size nets: 16). ``group_size >= C``
+        whitens all channels jointly.
+    eps : float
+        :math:`\epsilon` added to the covariance.
+    momentum : float
+        Weight of the new batch in the running averages.
+    affine : bool
+        Learn the per-channel :math:`\gamma` (init 1) and :math:`\beta` (init 0).
+
+    Example
+    -------
+    >>> dbn = DecorrelatedBatchNorm2d(4, group_size=2)
+    >>> dbn(torch.randn(8, 4, 3, 3)).shape
+    torch.Size([8, 4, 3, 3])
+    """
+
+    def __init__(
+        self, num_features: int, group_size: int = 16, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True
+    ) -> None:
+        super().__init__()
+        if num_features < 1 or group_size < 1:
+            raise ValueError(f"num_features and group_size must be >= 1, got {num_features}, {group_size}")
+        self.num_features = num_features
+        self.group_size = m = min(group_size, num_features)
+        self.eps = eps
+        self.momentum = momentum
+        n_full, rest = divmod(num_features, m)
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        # whitening matrices of the full groups (n_full, m, m) and of the remainder group (0 or 1, r, r)
+        self.register_buffer("running_whitening", torch.eye(m).repeat(n_full, 1, 1))
+        self.register_buffer("running_whitening_rest", torch.eye(rest).repeat(1 if rest else 0, 1, 1))
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def _groups(self, x: Tensor) -> list[Tensor]:
+        """(C, M) -> [(n_full, m, M), (0 or 1, r, M)]: full groups batched, then the remainder."""
+        n_full = self.running_whitening.shape[0]
+        full = x[: n_full * self.group_size].reshape(n_full, self.group_size, -1)
+        rest = x[n_full * self.group_size :].unsqueeze(0)
+        return [full, rest[: self.running_whitening_rest.shape[0]]]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim < 2 or x.shape[1] != self.num_features:
+            raise ValueError(f"expected input (N, {self.num_features}, *spatial), got {tuple(x.shape)}")
+        shape = x.shape
+        x2 = x.transpose(0, 1).reshape(self.num_features, -1)  # (N, C, *S) -> (C, N*prod(S))
+        buffers = [self.running_whitening, self.running_whitening_rest]
+        if self.training:
+            mean = x2.mean(dim=1)
+            xc = x2 - mean.unsqueeze(1)
+            outs = []
+            for g, buf in zip(self._groups(xc), buffers, strict=True):
+                if g.shape[0] == 0:
+                    continue
+                eye = torch.eye(g.shape[1], device=x.device, dtype=x.dtype)
+                sigma = g @ g.transpose(1, 2) / g.shape[2] + self.eps * eye  # (G, m, m)
+                w = inverse_sqrt_spd(sigma)
+                outs.append((w @ g).reshape(-1, g.shape[2]))  # (G, m, M) -> (G*m, M)
+                with torch.no_grad():
+                    buf.lerp_(w.detach().to(buf.dtype), self.momentum)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+        else:
+            xc = x2 - self.running_mean.to(x.dtype).unsqueeze(1)
+            outs = [
+                (buf.to(x.dtype) @ g).reshape(-1, g.shape[2])
+                for g, buf in zip(self._groups(xc), buffers, strict=True)
+                if g.shape[0]
+            ]
+        y = torch.cat(outs).reshape(shape[1], shape[0], *shape[2:]).transpose(0, 1)  # (C, M) -> (N, C, *S)
+        if self.weight is not None:
+            view = (1, -1) + (1,) * (x.ndim - 2)
+            y = y * self.weight.view(view) + self.bias.view(view)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, group_size={self.group_size}, eps={self.eps}, momentum={self.momentum}"
+
+
+def make_norm(norm: NormName, channels: int) -> nn.Module:
+    """The normalization a model puts after a conv: ``'none'`` -> Identity, ``'bn'`` -> BatchNorm2d,
+    ``'dbn'`` -> :class:`DecorrelatedBatchNorm2d`. Its output is the layer's pre-activation.
+
+    Example
+    -------
+    >>> type(make_norm("dbn", 32)).__name__
+    'DecorrelatedBatchNorm2d'
+    """
+    if norm == "none":
+        return nn.Identity()
+    if norm == "bn":
+        return nn.BatchNorm2d(channels)
+    if norm == "dbn":
+        return DecorrelatedBatchNorm2d(channels)
+    raise ValueError(f"norm must be 'none', 'bn' or 'dbn', got {norm!r}")
+
+
+# --- recurrent batch normalization ----------------------------------------------------------
+
+
+class StepwiseBatchNorm1d(nn.Module):
+    r"""Batch norm of ``(N, F)`` inputs with separate running statistics for each time step.
+
+    .. math::
+        \mathrm{BN}_t(x) = \gamma \odot \frac{x - \mu_t}{\sqrt{\sigma_t^2 + \epsilon}} + \beta
+
+    Training uses the batch statistics of step t and updates the running statistics of step t; steps
+    ``t >= max_steps`` use their batch statistics in training without updating anything, and the
+    statistics of step ``max_steps - 1`` in evaluation (Cooijmans et al. [5]_, Section 4).
+
+    Parameters
+    ----------
+    num_features : int
+    max_steps : int
+        Number of time steps with their own statistics.
+    gamma_init : float
+        Initial :math:`\gamma` (0.1 in [5]_, which keeps tanh/sigmoid out of saturation).
+    shift : bool
+        Learn :math:`\beta` (init 0); without it there is no shift.
+    eps, momentum : float
+        As in ``nn.BatchNorm1d``.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        max_steps: int,
+        gamma_init: float = 0.1,
+        shift: bool = True,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        self.max_steps = max_steps
+        self.eps = eps
+        self.momentum = momentum
+        self.weight = nn.Parameter(torch.full((num_features,), float(gamma_init)))
+        self.bias = nn.Parameter(torch.zeros(num_features)) if shift else None
+        self.register_buffer("running_mean", torch.zeros(max_steps, num_features))
+        self.register_buffer("running_var", torch.ones(max_steps, num_features))
+
+    def forward(self, x: Tensor, t: int) -> Tensor:
+        s = min(t, self.max_steps - 1)
+        if self.training and t >= self.max_steps:
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        # row views of the buffers: batch_norm updates step t's running statistics in place
+        return F.batch_norm(
+            x, self.running_mean[s], self.running_var[s], self.weight, self.bias, self.training, self.momentum, self.eps
+        )
+
+
+class RecurrentBatchNormLSTM(nn.Module):
+    r"""One LSTM layer with recurrent batch normalization (Cooijmans et al. [5]_).
+
+    .. math::
+        \begin{pmatrix} i_t \\ f_t \\ g_t \\ o_t \end{pmatrix}
+            = \mathrm{BN}_t(W_h h_{t-1}; \gamma_h) + \mathrm{BN}_t(W_x x_t; \gamma_x) + b, \qquad
+        c_t = \sigma(f_t) \odot c_{t-1} + \sigma(i_t) \odot \tanh(g_t), \qquad
+        h_t = \sigma(o_t) \odot \tanh(\mathrm{BN}_t(c_t; \gamma_c, \beta_c))
+
+    with separate statistics per time step (:class:`StepwiseBatchNorm1d`), :math:`\gamma` initialized to
+    0.1 and no shift in the two gate normalizations (the single bias b does it). Weights are initialized
+    as in ``nn.LSTM`` (uniform in :math:`\pm 1/\sqrt{H}`), b = 0, so that the normalization is the only
+    difference with the vanilla layer. The interface is that of a one-layer ``nn.LSTM`` (time-major).
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+    max_steps : int
+        Time steps with their own statistics (longer sequences reuse the last).
+    gamma_init, eps, momentum : float
+        See :class:`StepwiseBatchNorm1d`.
+
+    Example
+    -------
+    >>> lstm = RecurrentBatchNormLSTM(3, 4, max_steps=5)
+    >>> out, (h, c) = lstm(torch.randn(7, 2, 3))
+    >>> out.shape, h.shape, c.shape
+    (torch.Size([7, 2, 4]), torch.Size([1, 2, 4]), torch.Size([1, 2, 4]))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        max_steps: int = 100,
+        gamma_init: float = 0.1,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        h4 = 4 * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(h4, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(h4, hidden_size))
+        self.bias = nn.Parameter(torch.zeros(h4))
+        self.bn_ih = StepwiseBatchNorm1d(h4, max_steps, gamma_init, shift=False, eps=eps, momentum=momentum)
+        self.bn_hh = StepwiseBatchNorm1d(h4, max_steps, gamma_init, shift=False, eps=eps, momentum=momentum)
+        self.bn_c = StepwiseBatchNorm1d(hidden_size, max_steps, gamma_init, shift=True, eps=eps, momentum=momentum)
+        bound = 1.0 / math.sqrt(hidden_size)
+        nn.init.uniform_(self.weight_ih, -bound, bound)
+        nn.init.uniform_(self.weight_hh, -bound, bound)
+
+    def forward(self, x: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x: (T, N, input_size); hx: (h0, c0), each (1, N, hidden_size), zeros when None.
+
+        Returns the output sequence (T, N, hidden_size) and (h_T, c_T), each (1, N, hidden_size).
+        """
+        if x.ndim != 3 or x.shape[2] != self.input_size:
+            raise ValueError(f"expected input (T, N, {self.input_size}), got {tuple(x.shape)}")
+        n = x.shape[1]
+        if hx is None:
+            h = x.new_zeros(n, self.hidden_size)
+            c = x.new_zeros(n, self.hidden_size)
+        else:
+            h, c = hx[0].reshape(n, self.hidden_size), hx[1].reshape(n, self.hidden_size)
+        wx = x @ self.weight_ih.T  # (T, N, I) -> (T, N, 4H), all steps at once
+        outputs = []
+        for t in range(x.shape[0]):
+            gates = self.bn_hh(h @ self.weight_hh.T, t) + self.bn_ih(wx[t], t) + self.bias  # (N, 4H)
+            i, f, g, o = gates.chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(self.bn_c(c, t))
+            outputs.append(h)
+        return torch.stack(outputs), (h.unsqueeze(0), c.unsqueeze(0))
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, max_steps={self.bn_c.max_steps}"

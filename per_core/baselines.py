@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from per_core.per import named_targets
+
 __all__ = [
     "VCL",
     "DecorrelatedBatchNorm2d",
@@ -54,21 +56,6 @@ NormName = Literal["none", "bn", "dbn"]
 # --- loss-based baselines: one base class for hooks, collection and removal -------------------
 
 
-def _named_modules(modules: nn.Module | Iterable[nn.Module] | Mapping[str, nn.Module]) -> dict[str, nn.Module]:
-    if isinstance(modules, nn.Module):
-        named = {type(modules).__name__: modules}
-    elif isinstance(modules, Mapping):
-        named = dict(modules)
-    else:
-        named = {f"{i}:{type(m).__name__}": m for i, m in enumerate(modules)}
-    if not named:
-        raise ValueError("an activation penalty needs at least one module to attach to")
-    for name, m in named.items():
-        if not isinstance(m, nn.Module):
-            raise TypeError(f"penalties attach only to nn.Module objects; {name!r} is a {type(m).__name__}")
-    return named
-
-
 class _OutputPenalty:
     """Forward hooks that turn each attached module's output into a penalty term (with its graph).
 
@@ -82,7 +69,7 @@ class _OutputPenalty:
         if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
             raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
         self.lam = float(lam)
-        self.modules = _named_modules(modules)
+        self.modules = named_targets(modules, type(self).__name__)
         self._terms: list[tuple[str, Tensor]] = []
         self._last: dict[str, Tensor] = {}
         self._handles = [m.register_forward_hook(self._make_hook(n, m)) for n, m in self.modules.items()]
@@ -251,7 +238,7 @@ class VCL(_OutputPenalty):
             raise ValueError(f"sample_size must be None (halves) or an integer >= 2, got {sample_size!r}")
         if not math.isfinite(beta) or beta < 0:
             raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
-        for name, m in _named_modules(modules).items():
+        for name, m in named_targets(modules, "VCL").items():
             if isinstance(m, nn.RNNBase):
                 raise TypeError(f"VCL needs batch-first outputs; {name!r} is a recurrent module")
         self.sample_size = sample_size

@@ -343,6 +343,28 @@ def _layout_of(module: nn.Module) -> Layout:
     return "channels_first" if isinstance(module, _CHANNELS_FIRST) else "auto"
 
 
+def named_targets(
+    modules: nn.Module | Iterable[nn.Module] | Mapping[str, nn.Module], owner: str
+) -> dict[str, nn.Module]:
+    """Normalize what a hook-based regularizer attaches to into ``{label: module}``.
+
+    A single module is labelled by its class name, a sequence by ``"i:ClassName"``; a mapping keeps
+    its labels. ``owner`` names the regularizer in error messages.
+    """
+    if isinstance(modules, nn.Module):
+        named = {type(modules).__name__: modules}
+    elif isinstance(modules, Mapping):
+        named = dict(modules)
+    else:
+        named = {f"{i}:{type(m).__name__}": m for i, m in enumerate(modules)}
+    if not named:
+        raise ValueError(f"{owner} needs at least one module to attach to")
+    for name, m in named.items():
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"{owner} can attach only to nn.Module objects; {name!r} is a {type(m).__name__}")
+    return named
+
+
 class PER:
     r"""Attach PER (Algorithm 1 of [1]_) to layers: in backward, add :math:`\lambda \nabla L_{per}`.
 
@@ -408,17 +430,7 @@ class PER:
         _check_n_slices(n_slices)
         if locations is not None and (isinstance(locations, bool) or not isinstance(locations, int) or locations < 1):
             raise ValueError(f"locations must be None (all) or a positive integer, got {locations!r}")
-        if isinstance(modules, nn.Module):
-            named = {type(modules).__name__: modules}
-        elif isinstance(modules, Mapping):
-            named = dict(modules)
-        else:
-            named = {f"{i}:{type(m).__name__}": m for i, m in enumerate(modules)}
-        if not named:
-            raise ValueError("PER needs at least one module to attach to")
-        for name, m in named.items():
-            if not isinstance(m, nn.Module):
-                raise TypeError(f"PER can attach only to nn.Module objects; {name!r} is a {type(m).__name__}")
+        named = named_targets(modules, "PER")
         self.lam = float(lam)
         self.n_slices = n_slices
         self.seed = seed

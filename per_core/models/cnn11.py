@@ -61,8 +61,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from per_core.baselines import make_norm
-from per_core.models.small_cnn import Activation, make_activation
+from per_core.models.layers import Activation, make_activation, make_norm
 
 __all__ = ["CNN11", "LAYERS", "cnn11"]
 

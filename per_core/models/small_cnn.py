@@ -14,25 +14,9 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-Norm = Literal["none", "bn"]
-Activation = Literal["relu", "leaky_relu", "elu"]
+from per_core.models.layers import Activation, make_activation, make_norm
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU}
-
-
-def make_norm(norm: Norm, channels: int) -> nn.Module:
-    """BatchNorm2d for ``norm='bn'``, else an identity whose output is the conv output itself."""
-    if norm == "bn":
-        return nn.BatchNorm2d(channels)
-    if norm == "none":
-        return nn.Identity()
-    raise ValueError(f"norm must be 'none' or 'bn', got {norm!r}")
-
-
-def make_activation(activation: Activation) -> nn.Module:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-    return ACTIVATIONS[activation]()
+Norm = Literal["none", "bn", "dbn"]
 
 
 class ConvBlock(nn.Module):

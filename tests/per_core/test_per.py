@@ -1,5 +1,6 @@
 """The PER core against independent references: quadrature, Monte Carlo and autograd."""
 
+import itertools
 import math
 
 import numpy as np
@@ -20,10 +21,15 @@ def gen(seed: int = 0) -> torch.Generator:
 
 
 def quad_abs_dev(a: float) -> float:
-    """E|Z - a| for Z ~ N(0,1) by numerical quadrature, independent of the closed form."""
-    val, _ = integrate.quad(lambda z: abs(z - a) * stats.norm.pdf(z), -np.inf, a, limit=200)
-    val2, _ = integrate.quad(lambda z: abs(z - a) * stats.norm.pdf(z), a, np.inf, limit=200)
-    return val + val2
+    """E|Z - a| for Z ~ N(0,1) by numerical quadrature, independent of the closed form.
+
+    The real line is cut at 0 (the density's peak) and at a (the kink) so that no piece hides either.
+    """
+    cuts = [-np.inf, min(0.0, a), max(0.0, a), np.inf]
+    return sum(
+        integrate.quad(lambda z: abs(z - a) * stats.norm.pdf(z), lo, hi, limit=200)[0]
+        for lo, hi in itertools.pairwise(cuts)
+    )
 
 
 @given(st.floats(-30, 30))

@@ -6,6 +6,7 @@ of a batch and how to evaluate. The trainer (:mod:`per_core.train`) is the same 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -16,13 +17,18 @@ from torch import Tensor, nn
 from per_core.configs import TrainConfig
 from per_core.data import (
     ImageData,
+    TextData,
+    batchify,
     image_batches,
     load_cifar,
+    load_corpus,
     load_digits,
+    load_word_corpus,
     synthetic_images,
+    synthetic_text,
 )
 
-__all__ = ["ImageClassification", "StepResult", "Task", "build_task"]
+__all__ = ["ImageClassification", "LanguageModeling", "StepResult", "Task", "build_task"]
 
 
 @dataclass
@@ -46,6 +52,8 @@ class Task(Protocol):
     def step(self, model: nn.Module, batch: Any) -> StepResult: ...
 
     def evaluate(self, model: nn.Module) -> dict[str, float]: ...
+
+    def summarize(self, loss_sum: float, errors: int, count: int) -> dict[str, float]: ...
 
     def record_batch(self) -> Any: ...
 
@@ -88,6 +96,9 @@ class ImageClassification:
         loss = nn.functional.cross_entropy(logits, y)
         return StepResult(loss, (logits.argmax(1) != y).sum(), len(y))
 
+    def summarize(self, loss_sum: float, errors: int, count: int) -> dict[str, float]:
+        return {"train_loss": loss_sum / count, "train_error": 100.0 * errors / count}
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
@@ -103,6 +114,69 @@ class ImageClassification:
     def record_batch(self) -> Tensor:
         """The fixed validation images recorded in eval mode at each recorded epoch."""
         return self.data.val_x[: self.cfg.record_eval_samples].to(self.device)
+
+
+class LanguageModeling:
+    """Word-level language modelling with truncated BPTT; metrics: loss (nats/token) and perplexity.
+
+    The training stream is cut into ``batch_size`` parallel streams (:func:`per_core.data.batchify`);
+    each step feeds ``bptt`` tokens of every stream and carries the hidden state over (detached).
+    With ``world_size`` ranks, each rank takes its contiguous share of the streams.
+    """
+
+    def __init__(self, data: TextData, cfg: TrainConfig, device: torch.device) -> None:
+        self.data = data
+        self.cfg = cfg
+        self.device = device
+        self.train = batchify(data.train, cfg.batch_size).to(device)  # (L, B)
+        self.valid = batchify(data.valid, min(cfg.eval_batch_size, max(1, data.valid.numel() // 4))).to(device)
+        self.hidden: Any = None
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"vocab_size": self.data.vocab_size}
+
+    def steps_per_epoch(self, world_size: int = 1) -> int:
+        return -(-(self.train.shape[0] - 1) // self.cfg.bptt)
+
+    def _segments(self, stream: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
+        for i in range(0, stream.shape[0] - 1, self.cfg.bptt):
+            n = min(self.cfg.bptt, stream.shape[0] - 1 - i)
+            yield stream[i : i + n], stream[i + 1 : i + 1 + n]  # inputs and next-token targets, (n, B)
+
+    def train_batches(self, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Iterator[Any]:
+        share = self.train.shape[1] // world_size
+        self.hidden = None  # every epoch starts from a zero state
+        yield from self._segments(self.train[:, rank * share : (rank + 1) * share])
+
+    def _loss(self, model: nn.Module, x: Tensor, y: Tensor, hidden: Any) -> tuple[Tensor, Any]:
+        logits, hidden = model(x, hidden)  # (T, B, V)
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)), hidden
+
+    def step(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> StepResult:
+        x, y = batch
+        hidden = None if self.hidden is None else model.detach_hidden(self.hidden)
+        loss, self.hidden = self._loss(model, x, y, hidden)
+        return StepResult(loss, torch.zeros((), dtype=torch.int64, device=self.device), y.numel())
+
+    def summarize(self, loss_sum: float, errors: int, count: int) -> dict[str, float]:
+        loss = loss_sum / count
+        return {"train_loss": loss, "train_ppl": math.exp(min(loss, 50.0))}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        total, count, hidden = 0.0, 0, None
+        for x, y in self._segments(self.valid):
+            loss, hidden = self._loss(model, x, y, hidden)
+            total += float(loss) * y.numel()
+            count += y.numel()
+        return {"val_loss": total / count, "val_ppl": math.exp(min(total / count, 50.0))}
+
+    def forward(self, model: nn.Module, batch: Any) -> Tensor:
+        return model(batch)[0]
+
+    def record_batch(self) -> Tensor:
+        """The first ``bptt`` validation tokens of up to ``record_eval_samples`` streams."""
+        return self.valid[: self.cfg.bptt, : self.cfg.record_eval_samples]
 
 
 #: Shapes of synthetic stand-ins for ``--smoke`` runs: data name -> (channels, height, width, classes).
@@ -122,4 +196,17 @@ def build_task(cfg: TrainConfig, device: torch.device) -> Task:
                 raise ValueError(f"data {cfg.data!r} needs --data-dir (the folder with the CIFAR python batches)")
             data = load_cifar(cfg.data_dir, num_classes=SYNTHETIC_IMAGE_SHAPES[cfg.data][3])
         return ImageClassification(data, cfg, device)
-    raise ValueError(f"unknown data {cfg.data!r}; available: digits, cifar10, cifar100, synthetic_images")
+    if cfg.data in ("corpus", "ptb", "wikitext2", "synthetic_text"):
+        if cfg.smoke or cfg.data == "synthetic_text":
+            text = synthetic_text(n_tokens=cfg.batch_size * (4 * cfg.bptt + 2) * 10 // 8, seed=cfg.seed)
+        elif cfg.data == "corpus":
+            text = load_corpus()
+        else:
+            if cfg.data_dir is None:
+                raise ValueError(f"data {cfg.data!r} needs --data-dir (the folder with the word-level text files)")
+            text = load_word_corpus(cfg.data_dir, cfg.data)
+        return LanguageModeling(text, cfg, device)
+    raise ValueError(
+        f"unknown data {cfg.data!r}; available: digits, cifar10, cifar100, corpus, ptb, wikitext2, "
+        "synthetic_images, synthetic_text"
+    )

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import per_core
+from per_core.baselines import VCL, L1Penalty, L2Penalty
 from per_core.configs import METHODS, PRESETS, SMOKE_STEPS, TrainConfig, get_preset
 from per_core.models import build_model
 from per_core.per import PER
@@ -69,7 +70,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def norm_for(method: str) -> str:
-    return "bn" if method == "bn" else "none"
+    """The model's ``norm`` argument for a method: the normalization methods name their layer."""
+    return method if method in ("bn", "dbn", "rbn") else "none"
+
+
+PENALTIES = {"l1": L1Penalty, "l2": L2Penalty, "vcl": VCL}
 
 
 @dataclass
@@ -83,6 +88,7 @@ class Setup:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     per: PER  # the regularizer for method 'per'; a lam=0 monitor of L_per for the others
+    penalty: Any  # L1Penalty / L2Penalty / VCL for the loss-penalty methods, else None
     recorder: Any  # analysis.recorder.ActivationRecorder or None
     data_generator: torch.Generator
 
@@ -109,16 +115,28 @@ def build(cfg: TrainConfig) -> Setup:
     optimizer = torch.optim.SGD(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov
     )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
+    if cfg.schedule == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.gamma, patience=0)
+    else:
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
     lam = cfg.lam if cfg.method == "per" else 0.0
     per = PER(model.pre_activations(), lam, cfg.n_slices, seed=cfg.seed, locations=cfg.per_locations)
+    penalty = PENALTIES[cfg.method](model.pre_activations(), cfg.lam) if cfg.method in PENALTIES else None
     recorder = None
     if cfg.record:
         layers = _record_layers(model, cfg.record)
         from analysis.recorder import ActivationRecorder
 
-        recorder = ActivationRecorder(model, layers, seed=cfg.seed)
-    return Setup(cfg, device, task, model, optimizer, scheduler, per, recorder, torch.Generator().manual_seed(cfg.seed))
+        recorder = ActivationRecorder(
+            model,
+            layers,
+            seed=cfg.seed,
+            train_every=cfg.record_train_every,
+            reservoir_every=cfg.record_reservoir_every,
+            reservoir_splits=("train", "eval"),
+        )
+    data_generator = torch.Generator().manual_seed(cfg.seed)
+    return Setup(cfg, device, task, model, optimizer, scheduler, per, penalty, recorder, data_generator)
 
 
 def _rng_state(s: Setup) -> dict[str, Any]:
@@ -212,7 +230,8 @@ def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
         s.per.track_penalty = track
         s.optimizer.zero_grad(set_to_none=True)
         out = s.task.step(model, batch)
-        out.loss.backward()
+        loss = out.loss if s.penalty is None else out.loss + s.penalty.loss()
+        loss.backward()
         if cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         s.optimizer.step()
@@ -231,16 +250,14 @@ def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
                     + "; lower the learning rate or lambda, or clip gradients (--grad-clip)"
                 )
             penalties.append(pen)
-            bar.set_postfix(loss=f"{mean_loss:.3f}", err=f"{100 * float(wrong) / count:.1f}%")
+            bar.set_postfix(loss=f"{mean_loss:.3f}")
     s.per.track_penalty = False
     if count == 0:
         raise TrainingError("the training split yielded no batch; check --batch-size against the data size")
-    mean_loss = float(loss_sum) / count
-    if not math.isfinite(mean_loss):
+    if not math.isfinite(float(loss_sum)):
         raise TrainingError(f"non-finite training loss at the end of epoch {epoch}")
     return {
-        "train_loss": mean_loss,
-        "train_error": 100.0 * float(wrong) / count,
+        **s.task.summarize(float(loss_sum), int(wrong), count),
         "per_penalty": float(np.mean(penalties)) if penalties else float("nan"),
     }
 
@@ -269,14 +286,17 @@ def train(
         t0 = time.perf_counter()
         recording = s.recorder is not None and _should_record(cfg, epoch)
         if recording:
-            s.recorder.start_epoch(epoch)
+            s.recorder.start_epoch(epoch, reservoir=True if epoch == cfg.epochs else None)
         row: dict[str, Any] = {"epoch": epoch, "lr": s.optimizer.param_groups[0]["lr"]}
         row.update(train_epoch(s, epoch, progress))
         if recording:
             s.recorder.end_epoch()
-        s.scheduler.step()
         s.model.eval()
         row.update(s.task.evaluate(s.model))
+        if isinstance(s.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            s.scheduler.step(row["val_loss"])
+        else:
+            s.scheduler.step()
         if recording:
             with s.recorder.eval_pass(), torch.no_grad():
                 s.task.forward(s.model, s.task.record_batch())
@@ -303,7 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a model with PER or a baseline into a run directory.",
     )
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="starting configuration")
-    p.add_argument("--method", choices=METHODS, help="vanilla, bn (batch norm) or per")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        help="vanilla; bn / dbn (decorrelated BN) / rbn (recurrent BN, LSTMs); per; vcl / l1 / l2 (loss penalties)",
+    )
     p.add_argument("--out", required=True, type=Path, help="run directory to write")
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--seed", type=int, help="seed of init, data order, PER slices and recorder")
@@ -347,10 +371,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         changes["record"] = None if args.record == "none" else args.record
     if args.record_every is not None:
         changes["record_every"] = args.record_every
-    if args.smoke:
-        changes["smoke"] = True
-        changes.setdefault("epochs", 2)
-    return cfg.replace(**changes)
+    return (cfg.as_smoke() if args.smoke else cfg).replace(**changes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -376,7 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 130
     last = metrics[-1] if metrics else {}
-    print(f"done: {args.out} (epoch {last.get('epoch')}, val_error {last.get('val_error', float('nan')):.2f}%)")
+    shown = ", ".join(f"{k} {last[k]:.4g}" for k in ("val_error", "val_ppl", "val_loss") if k in last)
+    print(f"done: {args.out} (epoch {last.get('epoch')}, {shown})")
     return 0
 
 

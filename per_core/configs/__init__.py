@@ -12,13 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["METHODS", "PRESETS", "SMOKE_STEPS", "TrainConfig", "get_preset"]
+__all__ = ["LAMBDA_GRIDS", "METHODS", "PRESETS", "SMOKE_STEPS", "TrainConfig", "get_preset"]
 
 #: Steps per epoch of a ``smoke`` run.
 SMOKE_STEPS = 3
 
-#: Training methods the trainer knows; the baselines issue extends the list.
-METHODS = ("vanilla", "bn", "per")
+#: Training methods: no regularization, a normalization layer (bn, dbn, rbn), a gradient-path
+#: regularizer (per) or a loss penalty on the pre-activations (vcl, l1, l2).
+METHODS = ("vanilla", "bn", "dbn", "rbn", "per", "vcl", "l1", "l2")
 
 
 @dataclass
@@ -46,9 +47,11 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = False  # Nesterov momentum
     weight_decay: float = 5e-4  # L2 weight decay on weights (ndim > 1), not on biases/norm params
-    milestones: list[int] = field(default_factory=lambda: [20, 27])  # epochs at which lr *= gamma
-    gamma: float = 0.1  # learning-rate decay factor at each milestone
+    schedule: str = "multistep"  # multistep: lr *= gamma at milestones; plateau: lr *= gamma when val loss stalls
+    milestones: list[int] = field(default_factory=lambda: [20, 27])  # epochs at which lr *= gamma (multistep)
+    gamma: float = 0.1  # learning-rate decay factor
     grad_clip: float | None = None  # clip the global gradient norm to this value (None: no clipping)
+    bptt: int = 35  # language models: tokens per truncated-backpropagation segment
     # --- bookkeeping
     seed: int = 0  # seeds model init, data order, augmentation, PER slices and the recorder
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -56,6 +59,8 @@ class TrainConfig:
     record: str | None = "all"  # layers to record: "all", comma-separated labels, or None
     record_every: int = 1  # record activations every k epochs (and always at the last epoch)
     record_eval_samples: int = 256  # fixed validation samples recorded in eval mode at each recorded epoch
+    record_train_every: int = 10  # record one in k training batches (recording costs about a step per batch)
+    record_reservoir_every: int = 1  # keep joint rows (for SW1) at epochs divisible by k, and at the last epoch
     smoke: bool = False  # synthetic data of the real shape and SMOKE_STEPS steps per epoch (tests, quick checks)
 
     def validate(self) -> None:
@@ -71,8 +76,12 @@ class TrainConfig:
             ("lr", self.lr > 0, "> 0"),
             ("log_every", self.log_every >= 1, ">= 1"),
             ("record_every", self.record_every >= 1, ">= 1"),
+            ("record_train_every", self.record_train_every >= 1, ">= 1"),
+            ("record_reservoir_every", self.record_reservoir_every >= 1, ">= 1"),
             ("per_locations", self.per_locations is None or self.per_locations >= 1, "None or >= 1"),
             ("grad_clip", self.grad_clip is None or self.grad_clip > 0, "None or > 0"),
+            ("schedule", self.schedule in ("multistep", "plateau"), "'multistep' or 'plateau'"),
+            ("bptt", self.bptt >= 1, ">= 1"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -83,6 +92,17 @@ class TrainConfig:
         """The config saved in a run directory's config.json (extra keys such as versions are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+    def as_smoke(self) -> TrainConfig:
+        """This config as a quick check: synthetic data of the same shape, 2 epochs of SMOKE_STEPS small steps."""
+        return self.replace(
+            smoke=True,
+            epochs=2,
+            batch_size=min(self.batch_size, 8),
+            eval_batch_size=min(self.eval_batch_size, 8),
+            record_every=1,
+            record_eval_samples=min(self.record_eval_samples, 8),
+        )
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -106,7 +126,130 @@ def demo() -> TrainConfig:
     )
 
 
-PRESETS: dict[str, Callable[[], TrainConfig]] = {"demo": demo}
+def corpus_lstm() -> TrainConfig:
+    """The embedded CPython-docs corpus with a small 2-layer LSTM LM (200 units): the Table 3 recipe, scaled down."""
+    return TrainConfig(
+        preset="corpus-lstm",
+        data="corpus",
+        model="lstm_lm",
+        model_args={"hidden": 200, "layers": 2, "tied": True, "dropout": 0.3},
+        epochs=12,
+        batch_size=20,
+        eval_batch_size=10,
+        bptt=35,
+        lr=20.0,
+        momentum=0.0,
+        weight_decay=0.0,
+        schedule="plateau",
+        gamma=0.25,
+        grad_clip=0.25,
+        lam=1e-4,
+        record_eval_samples=10,
+    )
+
+
+def _table1(depth: int) -> Callable[[], TrainConfig]:
+    def preset() -> TrainConfig:
+        return TrainConfig(
+            preset=f"table1-resnet{depth}",
+            data="cifar10",
+            augment=True,
+            model=f"resnet{depth}",
+            epochs=200,
+            batch_size=128,
+            lr=0.1,
+            momentum=0.9,
+            weight_decay=1e-4,
+            milestones=[100, 150],
+            lam=1e-4,
+            record_every=10,
+            record_reservoir_every=20,
+        )
+
+    preset.__doc__ = f"Table 1: ResNet-{depth} on CIFAR-10 (Fixup init without BN), the Fixup/ResNet recipe."
+    return preset
+
+
+def _table2(activation: str, dataset: str) -> Callable[[], TrainConfig]:
+    def preset() -> TrainConfig:
+        return TrainConfig(
+            preset=f"table2-{activation.replace('_', '')}-{dataset}",
+            data=dataset,
+            augment=True,
+            model="cnn11",
+            model_args={"activation": activation},
+            epochs=165,
+            batch_size=250,
+            lr=0.05,
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=1e-4,
+            milestones=[60, 100, 140],
+            grad_clip=1.0,
+            lam=1e-4 if activation == "elu" else 1e-6,
+            record_every=5,
+            record_reservoir_every=20,
+        )
+
+    preset.__doc__ = f"Table 2: the 11-layer CNN with {activation} on {dataset} (VCL paper's recipe)."
+    return preset
+
+
+def _table3(variant: str, dataset: str) -> Callable[[], TrainConfig]:
+    tied, dropout = variant.startswith("re-"), 0.5 if "vd-" in variant else 0.0
+
+    def preset() -> TrainConfig:
+        return TrainConfig(
+            preset=f"table3-{variant}-{dataset}",
+            data=dataset,
+            model="lstm_lm",
+            model_args={"hidden": 650, "layers": 2, "tied": tied, "dropout": dropout},
+            epochs=60,
+            batch_size=20,
+            eval_batch_size=10,
+            bptt=35,
+            lr=20.0,
+            momentum=0.0,
+            weight_decay=0.0,
+            schedule="plateau",
+            gamma=0.25,
+            grad_clip=0.25,
+            lam=1e-4,
+            record_every=5,
+            record_reservoir_every=20,
+            record_eval_samples=10,
+        )
+
+    preset.__doc__ = f"Table 3: {variant.upper()} (650 units, 2 layers) on {dataset}, clipping 0.25, 60 epochs."
+    return preset
+
+
+PRESETS: dict[str, Callable[[], TrainConfig]] = {"demo": demo, "corpus-lstm": corpus_lstm}
+PRESETS.update({f"table1-resnet{d}": _table1(d) for d in (56, 110)})
+PRESETS.update(
+    {
+        f"table2-{a.replace('_', '')}-{ds}": _table2(a, ds)
+        for a in ("relu", "leaky_relu", "elu")
+        for ds in ("cifar10", "cifar100")
+    }
+)
+PRESETS.update(
+    {
+        f"table3-{v}-{ds}": _table3(v, ds)
+        for v in ("lstm", "re-lstm", "vd-lstm", "re-vd-lstm")
+        for ds in ("ptb", "wikitext2")
+    }
+)
+
+#: The lambda grids the paper searched, per preset (``python -m per_core.sweep`` uses them).
+LAMBDA_GRIDS: dict[str, list[float]] = {
+    **{f"table1-resnet{d}": [3e-4, 1e-4, 3e-5, 1e-5] for d in (56, 110)},
+    **{f"table2-elu-{ds}": [3e-4, 1e-4, 3e-5, 1e-5] for ds in ("cifar10", "cifar100")},
+    **{f"table2-{a}-{ds}": [3e-6, 1e-6, 3e-7, 1e-7] for a in ("relu", "leakyrelu") for ds in ("cifar10", "cifar100")},
+    **{k: [3e-4, 1e-4, 3e-5] for k in PRESETS if k.startswith("table3-")},
+    "demo": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
+    "corpus-lstm": [1e-5, 1e-4, 1e-3, 1e-2],
+}
 
 
 def get_preset(name: str) -> TrainConfig:

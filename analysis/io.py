@@ -1,0 +1,278 @@
+r"""Load run directories (or a sweep of them) into tidy pandas frames.
+
+:func:`load_run` reads every run below a path (see :func:`per_core.rundir.find_runs`): its
+``config.json``, ``metrics.jsonl`` and the per-unit statistics of every
+``activations/epoch_NNNN.npz`` written by :class:`analysis.recorder.ActivationRecorder`. Moments are
+derived from the stored shifted power sums with :func:`analysis.recorder.moments_from_sums`.
+Histograms and reservoir rows are read on demand (:meth:`RunData.histogram`,
+:meth:`RunData.reservoir`).
+
+Example
+-------
+>>> import tempfile, torch
+>>> from per_core.rundir import RunDir
+>>> from analysis.recorder import ActivationRecorder
+>>> rd = RunDir(tempfile.mkdtemp())
+>>> _ = rd.write_config({"method": "per"})
+>>> _ = rd.write_metrics([{"epoch": 1, "loss": 0.5}])
+>>> lin = torch.nn.Linear(2, 3)
+>>> rec = ActivationRecorder(lin, {"fc": lin})
+>>> rec.start_epoch(1)
+>>> _ = lin(torch.randn(8, 2, generator=torch.Generator().manual_seed(0)))
+>>> _ = rec.save(rd, 1)
+>>> data = load_run(rd.root)
+>>> print(data.stats[["method", "epoch", "split", "layer", "unit", "count", "nan"]].to_string(index=False))
+method  epoch split layer  unit  count  nan
+   per      1 train    fc     0      8    0
+   per      1 train    fc     1      8    0
+   per      1 train    fc     2      8    0
+>>> data.histogram(data.runs_list[0], "train", 1, "fc").counts.shape
+(3, 40)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from analysis.recorder import COUNT_FIELDS, RECORDER_FORMAT, SPLITS, SUM_FIELDS, layer_stats, moments_from_sums
+from per_core.rundir import RunDir, RunDirError, find_runs
+
+__all__ = ["STATS_COLUMNS", "Histogram", "RunData", "load_run"]
+
+STATS_COLUMNS = (
+    "run", "method", "epoch", "split", "layer", "unit", "count", "mean", "var", "skew", "kurt",
+    "min", "max", "nan", "posinf", "neginf", "under", "over",
+)  # fmt: skip
+_WIDTHS = {"counts": len(COUNT_FIELDS), "sums": len(SUM_FIELDS), "minmax": 2}  # columns; hist: bins
+
+
+class Histogram(NamedTuple):
+    """Histogram of every unit of one (run, split, epoch, layer)."""
+
+    counts: np.ndarray  #: int64, shape (units, bins)
+    edges: np.ndarray  #: float64, shape (bins + 1,)
+    under: np.ndarray  #: int64, shape (units,): finite values below edges[0]
+    over: np.ndarray  #: int64, shape (units,): finite values above edges[-1]
+
+
+@dataclass
+class RunData:
+    """What :func:`load_run` found below ``root``; ``run`` labels are paths relative to ``root``.
+
+    Attributes
+    ----------
+    stats : DataFrame
+        One row per (run, epoch, split, layer, unit) with the columns :data:`STATS_COLUMNS`.
+    metrics : DataFrame
+        ``run``, ``method`` and the columns of ``metrics.jsonl``.
+    configs : dict of str -> dict
+        ``config.json`` per run; :attr:`config` is the same as a flat frame.
+    index : DataFrame
+        One row per recorded (run, epoch, split, layer): ``units``, ``reservoir`` (rows kept, 0 if
+        none) and ``path``.
+    skipped : list of str
+        With ``skip_bad=True``, one message per file or run left out, naming it.
+    """
+
+    root: Path
+    runs: dict[str, RunDir]
+    methods: dict[str, str]
+    configs: dict[str, dict[str, Any]]
+    stats: pd.DataFrame
+    metrics: pd.DataFrame
+    index: pd.DataFrame
+    skipped: list[str] = field(default_factory=list)
+    _cache: tuple[Path, dict[str, np.ndarray]] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def runs_list(self) -> list[str]:
+        """Run labels in order."""
+        return list(self.runs)
+
+    @property
+    def config(self) -> pd.DataFrame:
+        """One row per run: ``run``, ``method`` and the config keys (nested keys joined by dots)."""
+        rows = [{**cfg, "run": run, "method": self.methods[run]} for run, cfg in self.configs.items()]
+        frame = pd.json_normalize(rows) if rows else pd.DataFrame(columns=["run", "method"])
+        return frame[["run", "method", *[c for c in frame.columns if c not in ("run", "method")]]]
+
+    def _arrays(self, run: str, epoch: int) -> tuple[Path, dict[str, np.ndarray]]:
+        if run not in self.runs:
+            raise KeyError(f"unknown run {run!r}; runs: {self.runs_list}")
+        path = self.runs[run].activation_path(epoch)
+        if self._cache is None or self._cache[0] != path:
+            self._cache = (path, self.runs[run].read_npz(path))
+        return self._cache
+
+    def _block(self, run: str, split: str, epoch: int, layer: str) -> tuple[Path, dict[str, np.ndarray]]:
+        path, arrays = self._arrays(run, epoch)
+        try:
+            return path, {"edges": arrays["edges"], **layer_stats(arrays, split, layer)}
+        except KeyError as err:
+            raise KeyError(f"{path}: {err.args[0]}") from None
+
+    def histogram(self, run: str, split: str, epoch: int, layer: str) -> Histogram:
+        """Histogram counts (units x bins), the shared edges and the under/overflow counts."""
+        _, f = self._block(run, split, epoch, layer)
+        return Histogram(f["hist"], f["edges"], f["under"], f["over"])
+
+    def reservoir(self, run: str, split: str, epoch: int, layer: str) -> np.ndarray:
+        """Reservoir rows, float32 of shape (m, units): a uniform sample of the epoch's rows."""
+        path, f = self._block(run, split, epoch, layer)
+        if "reservoir" not in f:
+            raise KeyError(f"{path} has no {split}/{layer}/reservoir: not a reservoir epoch or split")
+        return f["reservoir"]
+
+
+class _Block(NamedTuple):
+    """One recorded (run, epoch, split, layer) of an activation file."""
+
+    run: str
+    epoch: int
+    split: str
+    layer: str
+    file: Path
+    fields: dict[str, np.ndarray]  # hist, counts, sums, minmax
+    reservoir_rows: int
+
+
+def _blocks(run: str, epoch: int, path: Path, arrays: dict[str, np.ndarray]) -> list[_Block]:
+    """The blocks of one activation file, checked against the schema of :mod:`analysis.recorder`."""
+    version = arrays.get("format_version")
+    if version is None or int(version) != RECORDER_FORMAT:
+        raise RunDirError(f"{path}: activation format version {version}, this toolkit reads {RECORDER_FORMAT}")
+    if "epoch" not in arrays or int(arrays["epoch"]) != epoch:
+        raise RunDirError(f"{path}: holds epoch {arrays.get('epoch')}, its name says {epoch}")
+    if "edges" not in arrays:
+        raise RunDirError(f"{path}: no histogram edges")
+    bins = len(arrays["edges"]) - 1
+    order = {name: i for i, name in enumerate(arrays["layers"].tolist())} if "layers" in arrays else {}
+    found = {tuple(k.split("/")[:2]) for k in arrays if k.count("/") == 2 and k.split("/")[0] in SPLITS}
+    out = []
+    for split, layer in sorted(found, key=lambda sl: (SPLITS.index(sl[0]), order.get(sl[1], len(order)), sl[1])):
+        fields = {f: arrays.get(f"{split}/{layer}/{f}") for f in ("hist", *_WIDTHS)}
+        missing = [f for f, v in fields.items() if v is None]
+        widths = {"hist": bins, **_WIDTHS}
+        units = -1 if fields["counts"] is None else len(fields["counts"])
+        if missing or any(v.shape != (units, widths[f]) for f, v in fields.items()):
+            raise RunDirError(f"{path}: {split}/{layer} is incomplete or inconsistent (missing {missing})")
+        rows = len(arrays.get(f"{split}/{layer}/reservoir", ()))
+        out.append(_Block(run, epoch, split, layer, path, fields, rows))
+    return out
+
+
+def _run_label(rd: RunDir, root: Path) -> str:
+    rel = rd.root.relative_to(root).as_posix()
+    return rd.root.name if rel == "." else rel
+
+
+def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False) -> RunData:
+    """Load a run directory or every run of a sweep directory.
+
+    Parameters
+    ----------
+    path : str or path
+        A run directory (has ``config.json``) or a folder with run directories below it.
+    skip_bad : bool
+        False: an unreadable or inconsistent file raises :class:`RunDirError` naming it. True: the
+        file (or the whole run, for a bad ``config.json``) is left out and listed in ``skipped``.
+
+    Returns
+    -------
+    RunData
+        ``stats``, ``metrics``, ``configs``/``config``, ``index`` and on-demand raw arrays.
+    """
+    root = Path(path)
+    runs: dict[str, RunDir] = {}
+    methods: dict[str, str] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    skipped: list[str] = []
+    metric_frames: list[pd.DataFrame] = []
+    blocks: list[_Block] = []
+
+    def bad(err: RunDirError) -> None:
+        if not skip_bad:
+            raise err
+        skipped.append(str(err))
+
+    for rd in find_runs(root):
+        label = _run_label(rd, root)
+        try:
+            config = rd.read_config()
+        except RunDirError as err:
+            bad(err)
+            continue
+        runs[label], configs[label] = rd, config
+        methods[label] = str(config.get("method") or rd.root.name)
+        try:
+            metric_frames.append(pd.DataFrame(rd.read_metrics()).assign(run=label, method=methods[label]))
+        except RunDirError as err:
+            bad(err)
+        for epoch in rd.activation_epochs():
+            file = rd.activation_path(epoch)
+            try:
+                blocks += _blocks(label, epoch, file, rd.read_npz(file))
+            except RunDirError as err:
+                bad(err)
+
+    return RunData(
+        root=root,
+        runs=runs,
+        methods=methods,
+        configs=configs,
+        stats=_stats_frame(blocks, methods),
+        metrics=_front(pd.concat(metric_frames, ignore_index=True) if metric_frames else pd.DataFrame()),
+        index=_front(
+            pd.DataFrame(
+                [
+                    (b.run, b.epoch, b.split, b.layer, len(b.fields["counts"]), b.reservoir_rows, str(b.file))
+                    for b in blocks
+                ],
+                columns=["run", "epoch", "split", "layer", "units", "reservoir", "path"],
+            ).assign(method=lambda f: f["run"].map(methods))
+        ),
+        skipped=skipped,
+    )
+
+
+def _front(frame: pd.DataFrame) -> pd.DataFrame:
+    """``run`` and ``method`` first (added empty when missing)."""
+    for c in ("run", "method"):
+        if c not in frame:
+            frame[c] = pd.Series(dtype=object)
+    return frame[["run", "method", *[c for c in frame.columns if c not in ("run", "method")]]]
+
+
+def _codes(categories: list[str], per_block: list[str], units: np.ndarray) -> pd.Categorical:
+    lookup = {c: i for i, c in enumerate(categories)}
+    codes = np.repeat(np.array([lookup[v] for v in per_block], dtype=np.int64), units)
+    return pd.Categorical.from_codes(codes, categories)
+
+
+def _stats_frame(blocks: list[_Block], methods: dict[str, str]) -> pd.DataFrame:
+    """Concatenate the blocks column by column (fast for millions of rows)."""
+    units = np.array([len(b.fields["counts"]) for b in blocks], dtype=np.int64)
+    packed = {
+        f: np.concatenate([b.fields[f] for b in blocks]) if blocks else np.zeros((0, w)) for f, w in _WIDTHS.items()
+    }
+    col = dict(zip(COUNT_FIELDS, packed["counts"].astype(np.int64).T, strict=True))
+    col.update(zip(SUM_FIELDS, packed["sums"].T, strict=True))
+    col["min"], col["max"] = packed["minmax"].T
+    moments = moments_from_sums(*(col[f] for f in ("count", *SUM_FIELDS)))
+    frame = {
+        "run": _codes(list(methods), [b.run for b in blocks], units),
+        "method": _codes(sorted(set(methods.values())), [methods[b.run] for b in blocks], units),
+        "epoch": np.repeat(np.array([b.epoch for b in blocks], dtype=np.int64), units),
+        "split": _codes(list(SPLITS), [b.split for b in blocks], units),
+        "layer": _codes(list(dict.fromkeys(b.layer for b in blocks)), [b.layer for b in blocks], units),
+        "unit": np.concatenate([np.arange(u) for u in units]) if blocks else np.zeros(0, dtype=np.int64),
+        **moments,
+        **{f: col[f] for f in (*COUNT_FIELDS, "min", "max")},
+    }
+    return pd.DataFrame(frame)[list(STATS_COLUMNS)]

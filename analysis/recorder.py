@@ -1,0 +1,606 @@
+r"""ActivationRecorder: forward hooks -> streaming per-unit statistics of layer outputs.
+
+A layer's output becomes rows with :func:`per_core.as_samples` (conv: every spatial location of
+every image is a row of the C channels; LSTM/GRU: every time step is a row of the H hidden units);
+the *units* are the columns. For every epoch, split and layer the recorder keeps, per unit:
+
+- a histogram over fixed edges shared by all units, layers and epochs; bins are left-closed,
+  :math:`[e_j, e_{j+1})`, except the last, :math:`[e_{n-1}, e_n]` (``numpy.histogram``'s rule);
+- ``under`` (finite :math:`x < e_0`) and ``over`` (finite :math:`x > e_n`) counts;
+- ``nan``, ``posinf`` and ``neginf`` counts, never in the histogram or the moments. A float64
+  magnitude above float32's maximum (3.4e38) counts as infinite: that is what it is once stored
+  as float32 (the reservoir's dtype), and it keeps every power sum below finite float64 range;
+- ``count`` (finite values), ``min`` and ``max`` of the finite values;
+- shifted power sums :math:`S_p = \sum (x - c)^p`, p = 1..4, in float64, over the finite values,
+  with a per-unit shift :math:`c` = the unit's mean in the first recorded batch of the epoch. The
+  shift removes the cancellation that raw sums suffer when :math:`|\bar x| \gg \sigma`; with
+  :math:`|x - c| \le 6.8 \cdot 10^{38}`, :math:`S_4` stays finite for up to :math:`10^{150}` rows.
+  With :math:`a_p = S_p / n` (:func:`moments_from_sums`):
+
+  .. math::
+      \bar x = c + a_1, \quad m_2 = a_2 - a_1^2, \quad
+      m_3 = a_3 - 3 a_1 a_2 + 2 a_1^3, \quad m_4 = a_4 - 4 a_1 a_3 + 6 a_1^2 a_2 - 3 a_1^4,
+
+  .. math::
+      \mathrm{var} = m_2, \qquad \mathrm{skew} = m_3 / m_2^{3/2}, \qquad
+      \mathrm{kurt} = m_4 / m_2^2 - 3
+
+  (population moments: numpy's ``var``, scipy's ``skew`` and Fisher ``kurtosis`` with
+  ``bias=True``);
+- a reservoir of k *joint* rows (k x units), a uniform sample without replacement of the rows
+  seen in the epoch: every row gets an independent U(0, 1) key from the recorder's own generator
+  and the k smallest keys are kept, so each of the n rows is kept with probability
+
+  .. math::
+      P(\text{row kept}) = \min(k, n) / n .
+
+All accumulators are sums (plus min/max and "k smallest keys"), so merging two recorders, e.g. two
+data-parallel ranks (give each rank its own ``seed``), is elementwise: :meth:`ActivationRecorder.merge`.
+Everything is reduced on the activations' device with one ``bucketize`` and one ``index_add_`` per
+layer and batch, without host synchronization (``torch.bincount`` synchronizes on CUDA to size its
+output, ``torch.histc`` fails in deterministic mode).
+
+Splits: ``train`` records the forwards of modules in training mode between :meth:`start_epoch`
+and :meth:`end_epoch`; ``eval`` records every forward inside :meth:`eval_pass` (e.g. a fixed batch,
+model in eval mode, under ``no_grad``). Nothing else is recorded.
+
+The file ``RUN_DIR/activations/epoch_NNNN.npz`` (part of the run-directory contract, version
+:data:`RECORDER_FORMAT`)::
+
+    format_version               int64 ()         RECORDER_FORMAT
+    epoch                        int64 ()
+    edges                        float64 (bins+1,) shared histogram edges
+    layers                       str (L,)         layer labels, in depth order
+    reservoir_k                  int64 ()         configured reservoir size k
+    count_fields                 str (6,)         COUNT_FIELDS: count under over nan posinf neginf
+    sum_fields                   str (5,)         SUM_FIELDS: shift sum1 sum2 sum3 sum4
+    {split}/{layer}/hist         int64 (U, bins)  split in {train, eval}; U units
+    {split}/{layer}/counts       int64 (U, 6)     columns COUNT_FIELDS
+    {split}/{layer}/sums         float64 (U, 5)   columns SUM_FIELDS: c and S_1..S_4
+    {split}/{layer}/minmax       float64 (U, 2)   min, max of the finite values (+inf, -inf if none)
+    {split}/{layer}/reservoir       float32 (m, U)  m = min(k, rows), rows sorted by key
+    {split}/{layer}/reservoir_keys  float64 (m,)    ascending (only at reservoir epochs)
+
+The per-unit fields are packed into four arrays per block because every npz entry costs about
+0.1 ms to read; :func:`layer_stats` unpacks them by name. A (split, layer) that saw no forward in
+the epoch has no entries. Every unit of a layer sees the same rows: ``count + nan + posinf + neginf``.
+
+Budget (defaults: 40 bins of width 1/2 on [-10, 10], k = 256 reservoir rows every 20th epoch,
+train split only). The paper's 11-layer CNN records 10 conv layers of 192,192,240,240,260,260,280,
+280,300,300 = 2544 units. Per epoch and split, the 7 float64 numbers per unit (shift, S1..S4, min,
+max) are 2544 x 7 x 8 B = 142 KB and barely compress; the histograms, 2544 x 40 int64 = 0.8 MB raw,
+compress to about 0.25 MB (train: 5e7 rows per unit in layer 1) and 0.15 MB (eval: 500 images).
+So about 0.66 MB per epoch for both splits, 133 MB for 200 epochs. A reservoir is incompressible
+float32, 256 x 2544 x 4 B = 2.6 MB (2.4 MB compressed), at 11 of the epochs 0..200: 27 MB. Total
+about 160 MB, under the 200 MB budget; ``test_budget_of_the_paper_cnn_over_200_epochs`` measures it
+on synthetic CIFAR-sized counts. Halving the bin width would add about 35 MB; a reservoir at every
+epoch about 480 MB.
+
+Cost: per recorded element one bucketize, one ``index_add_``, min/max and four float64 power sums,
+about 250 bytes of memory traffic; measured 25 ns per element on a 2-core CPU, which is as much as
+the training step itself spends per activation of a conv net (+130% for a 128-wide CNN on 32x32
+images). To stay near 5% of a step, record one train batch in ``train_every`` (about 20): the
+statistics then describe that sample of the epoch's batches, and the reservoir stays uniform over
+the rows recorded.
+
+References
+----------
+.. [1] Joo, T., Kang, D., Kim, B. "Regularizing activations in neural networks via
+   distribution matching with the Wasserstein metric", ICLR 2020, arXiv:2002.05366.
+.. [2] Vitter, J. S. "Random sampling with a reservoir", ACM TOMS 11 (1985).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from per_core.per import _layout_of, as_samples  # _layout_of: conv modules are channels-first
+from per_core.rundir import RunDir
+
+__all__ = [
+    "COUNT_FIELDS",
+    "RECORDABLE",
+    "RECORDER_FORMAT",
+    "SPLITS",
+    "SUM_FIELDS",
+    "ActivationRecorder",
+    "layer_stats",
+    "moments_from_sums",
+]
+
+#: Version of the activation npz layout described in the module docstring.
+RECORDER_FORMAT = 1
+SPLITS = ("train", "eval")
+#: Modules recorded by ``layers="all"`` when the model has no ``pre_activations()``.
+RECORDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.LSTM, nn.GRU)
+_FLT_MAX = float(torch.finfo(torch.float32).max)
+#: Columns of ``{split}/{layer}/counts`` and ``{split}/{layer}/sums`` (also stored in every file).
+COUNT_FIELDS = ("count", "under", "over", "nan", "posinf", "neginf")
+SUM_FIELDS = ("shift", "sum1", "sum2", "sum3", "sum4")
+
+
+def moments_from_sums(
+    count: np.ndarray,
+    shift: np.ndarray,
+    sum1: np.ndarray,
+    sum2: np.ndarray,
+    sum3: np.ndarray,
+    sum4: np.ndarray,
+) -> dict[str, np.ndarray]:
+    r"""Mean, variance, skewness and excess kurtosis from shifted power sums (see module docstring).
+
+    Parameters
+    ----------
+    count : ndarray, shape (U,)
+        Number of finite values n.
+    shift : ndarray, shape (U,)
+        The shift c.
+    sum1, sum2, sum3, sum4 : ndarray, shape (U,)
+        :math:`S_p = \sum (x - c)^p`.
+
+    Returns
+    -------
+    moments : dict of ndarray, shape (U,)
+        ``mean``, ``var`` (ddof 0), ``skew`` and ``kurt`` (Fisher, excess). NaN where ``count``
+        is 0; skew and kurt are NaN where the variance is zero up to rounding, as in scipy.
+
+    Example
+    -------
+    >>> x, c = np.array([0.0, 2.0, 4.0]), 1.0  # shift by any c
+    >>> sums = [np.array([((x - c) ** p).sum()]) for p in (1, 2, 3, 4)]
+    >>> {k: round(float(v[0]), 4) for k, v in moments_from_sums(np.array([3]), np.array([c]), *sums).items()}
+    {'mean': 2.0, 'var': 2.6667, 'skew': 0.0, 'kurt': -1.5}
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        n = np.asarray(count, dtype=np.float64)
+        a1, a2, a3, a4 = (np.asarray(s, dtype=np.float64) / n for s in (sum1, sum2, sum3, sum4))
+        m2 = np.maximum(a2 - a1 * a1, 0.0)
+        m3 = a3 - 3 * a1 * a2 + 2 * a1**3
+        m4 = a4 - 4 * a1 * a3 + 6 * a1 * a1 * a2 - 3 * a1**4
+        mean = np.asarray(shift, dtype=np.float64) + a1
+        degenerate = m2 <= (np.finfo(np.float64).eps * mean) ** 2  # scipy's rule for constant data
+        skew = np.where(degenerate, np.nan, m3 / m2**1.5)
+        kurt = np.where(degenerate, np.nan, m4 / (m2 * m2) - 3.0)
+    return {"mean": mean, "var": m2, "skew": skew, "kurt": kurt}
+
+
+def layer_stats(arrays: Mapping[str, np.ndarray], split: str, layer: str) -> dict[str, np.ndarray]:
+    r"""Named per-unit fields of one (split, layer) of a snapshot or an activation file, with moments.
+
+    Parameters
+    ----------
+    arrays : mapping of str -> ndarray
+        :meth:`ActivationRecorder.snapshot` or the contents of an ``epoch_NNNN.npz``.
+    split, layer : str
+        Which block.
+
+    Returns
+    -------
+    fields : dict of str -> ndarray
+        ``hist`` (U, bins); :data:`COUNT_FIELDS`, :data:`SUM_FIELDS`, ``min``, ``max`` and the
+        :func:`moments_from_sums` (``mean``, ``var``, ``skew``, ``kurt``), each (U,); ``reservoir``
+        (m, U) and ``reservoir_keys`` (m,) when recorded.
+    """
+    p = f"{split}/{layer}/"
+    if p + "counts" not in arrays:
+        there = sorted({k.rsplit("/", 1)[0] for k in arrays if k.count("/") == 2})
+        raise KeyError(f"no {split}/{layer} statistics; recorded: {there}")
+    out = {"hist": arrays[p + "hist"]}
+    out.update(zip(COUNT_FIELDS, arrays[p + "counts"].T, strict=True))
+    out.update(zip(SUM_FIELDS, arrays[p + "sums"].T, strict=True))
+    out["min"], out["max"] = arrays[p + "minmax"].T
+    out.update(moments_from_sums(*(out[f] for f in ("count", *SUM_FIELDS))))
+    out.update({f: arrays[p + f] for f in ("reservoir", "reservoir_keys") if p + f in arrays})
+    return out
+
+
+class _Stats:
+    """Accumulators of one (split, layer): sums, min/max and the reservoir's k smallest keys."""
+
+    def __init__(self, units: int, bins: int, device: torch.device) -> None:
+        if units * (bins + 5) >= 2**31:
+            raise ValueError(f"{units} units x {bins + 5} buckets exceed the int32 bucket index")
+        self.units, self.bins = units, bins
+        # buckets per unit: 0 -inf | 1 under | 2..bins+1 histogram | bins+2 over | bins+3 +inf | bins+4 nan
+        self.counts = torch.zeros(units * (bins + 5), dtype=torch.int64, device=device)
+        self.shift = torch.zeros(units, dtype=torch.float64, device=device)
+        self.shifted = False  # set by the first batch (a Python flag: no device sync)
+        self.sums = torch.zeros(4, units, dtype=torch.float64, device=device)  # S_1..S_4
+        self.min = torch.full((units,), math.inf, dtype=torch.float64, device=device)
+        self.max = torch.full((units,), -math.inf, dtype=torch.float64, device=device)
+        self.keys = torch.empty(0, dtype=torch.float64, device=device)
+        self.rows = torch.empty(0, units, dtype=torch.float32, device=device)
+
+    def _n(self) -> Tensor:
+        return self.counts.view(self.units, -1)[:, 1 : self.bins + 3].sum(1).to(torch.float64)
+
+    def reshifted(self, new_shift: Tensor) -> Tensor:
+        r"""The power sums about ``new_shift``: :math:`\sum_j \binom{p}{j} \delta^{p-j} S_j`."""
+        delta = self.shift - new_shift
+        s = torch.cat([self._n()[None], self.sums])  # S_0 = n, S_1..S_4
+        return torch.stack([sum(math.comb(p, j) * delta ** (p - j) * s[j] for j in range(p + 1)) for p in range(1, 5)])
+
+    def keep_smallest(self, keys: Tensor, rows: Tensor, k: int) -> None:
+        keys, rows = torch.cat([self.keys, keys]), torch.cat([self.rows, rows])
+        if keys.numel() > k:
+            keys, index = torch.topk(keys, k, largest=False, sorted=False)
+            rows = rows[index]
+        self.keys, self.rows = keys, rows
+
+    def merge_(self, other: _Stats, k: int) -> None:
+        if (other.units, other.bins) != (self.units, self.bins):
+            raise ValueError(f"cannot merge statistics of {other.units} units into {self.units} units")
+        other = other.to(self.counts.device)
+        shift = torch.where(self._n() > 0, self.shift, other.shift)
+        self.sums = self.reshifted(shift) + other.reshifted(shift)
+        self.shift, self.shifted = shift, self.shifted or other.shifted
+        self.counts += other.counts
+        self.min, self.max = torch.minimum(self.min, other.min), torch.maximum(self.max, other.max)
+        self.keep_smallest(other.keys, other.rows, k)
+
+    def to(self, device: torch.device) -> _Stats:
+        if device == self.counts.device:
+            return self
+        out = _Stats.__new__(_Stats)
+        out.__dict__ = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.__dict__.items()}
+        return out
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """The npz entries of this (split, layer); fresh numpy arrays (CPU tensors would share memory)."""
+        c, b = self.counts.view(self.units, -1).cpu().numpy(), self.bins
+        columns = {"count": c[:, 1 : b + 3].sum(1), "under": c[:, 1], "over": c[:, b + 2]}
+        columns.update(nan=c[:, b + 4], posinf=c[:, b + 3], neginf=c[:, 0])
+        out = {
+            "hist": np.array(c[:, 2 : b + 2]),
+            "counts": np.stack([columns[f] for f in COUNT_FIELDS], axis=1),
+            "sums": torch.cat([self.shift[:, None], self.sums.T], dim=1).cpu().numpy(),
+            "minmax": torch.stack([self.min, self.max], dim=1).cpu().numpy(),
+        }
+        if self.keys.numel():
+            order = torch.argsort(self.keys)
+            out["reservoir"], out["reservoir_keys"] = self.rows[order].cpu().numpy(), self.keys[order].cpu().numpy()
+        return {f"{prefix}/{k}": v for k, v in out.items()}
+
+
+def _resolve_layers(model: nn.Module, layers: str | Sequence[str] | Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+    if isinstance(layers, str) and layers == "all":
+        if callable(getattr(model, "pre_activations", None)):
+            named = dict(model.pre_activations())
+        else:
+            named = {name: m for name, m in model.named_modules() if isinstance(m, RECORDABLE)}
+        if not named:
+            raise ValueError(f"layers='all': {type(model).__name__} has no Linear/Conv/LSTM/GRU module")
+    elif isinstance(layers, Mapping):
+        named = dict(layers)
+    else:
+        modules = dict(model.named_modules())
+        names = [layers] if isinstance(layers, str) else list(layers)
+        unknown = [n for n in names if n not in modules]
+        if unknown:
+            raise ValueError(f"unknown layer names {unknown}; available: {sorted(n for n in modules if n)}")
+        named = {n: modules[n] for n in names}
+    if not named:
+        raise ValueError("ActivationRecorder needs at least one layer")
+    for label, module in named.items():
+        if not isinstance(label, str) or not label or "/" in label:
+            raise ValueError(f"layer labels must be non-empty strings without '/', got {label!r}")
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"layer {label!r} is a {type(module).__name__}, not an nn.Module")
+    return named
+
+
+class ActivationRecorder:
+    r"""Record per-unit activation statistics of chosen layers, epoch by epoch (see module docstring).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model whose layers are hooked.
+    layers : "all", list of str, or dict of str -> nn.Module
+        ``"all"``: ``model.pre_activations()`` if the model defines it, else every
+        Linear/Conv1d/2d/3d/LSTM/GRU module; a list: names from ``model.named_modules()`` (the
+        name is the label); a dict: label -> module.
+    bins : int
+        Number of histogram bins between ``range[0]`` and ``range[1]``.
+    range : tuple of float
+        Histogram range. Edges are rounded to float32 so float32 activations are binned exactly as
+        ``numpy.histogram(x, edges)`` would. The default [-10, 10] with 40 bins has width 1/2,
+        exact in every float type, and shows tails to 10 standard deviations of a unit-variance
+        layer within the 200 MB budget (module docstring); values outside count as under/over.
+    reservoir : int
+        Rows k kept per (split, layer) at reservoir epochs; 0 disables the reservoir.
+    reservoir_every : int
+        Reservoir epochs are those with ``epoch % reservoir_every == 0`` (override per epoch with
+        ``start_epoch(epoch, reservoir=...)``).
+    reservoir_splits : tuple of str
+        Splits that keep a reservoir (default: train, the rows the regularizer sees).
+    train_every : int
+        Record one in ``train_every`` train-mode forwards of each layer (the first, then every
+        ``train_every``-th); 1 records all. The eval split is always recorded in full.
+    seed : int
+        Seed of the recorder's own generators (one per device); use a different seed per rank.
+    chunk_elements : int
+        A layer output is processed in slices of about this many elements (bounds temporary memory:
+        about 50 bytes per element).
+
+    Example
+    -------
+    >>> net = nn.Sequential(nn.Linear(3, 4), nn.ELU(), nn.Linear(4, 2))
+    >>> x = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    >>> with ActivationRecorder(net, ["0"], bins=8, range=(-4.0, 4.0), reservoir=5) as rec:
+    ...     rec.start_epoch(0)
+    ...     _ = net(x)
+    ...     rec.end_epoch()
+    ...     arrays = rec.snapshot()
+    >>> fields = layer_stats(arrays, "train", "0")
+    >>> fields["hist"].shape, fields["count"].tolist(), fields["reservoir"].shape
+    ((4, 8), [10, 10, 10, 10], (5, 4))
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: str | Sequence[str] | Mapping[str, nn.Module] = "all",
+        *,
+        bins: int = 40,
+        range: tuple[float, float] = (-10.0, 10.0),  # numpy's name
+        reservoir: int = 256,
+        reservoir_every: int = 20,
+        reservoir_splits: Sequence[str] = ("train",),
+        train_every: int = 1,
+        seed: int = 0,
+        chunk_elements: int = 1 << 24,
+    ) -> None:
+        lo, hi = (float(v) for v in range)
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+            raise ValueError(f"bins must be a positive integer, got {bins!r}")
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"range must be two finite numbers lo < hi, got {range!r}")
+        if reservoir < 0 or reservoir_every < 1 or train_every < 1:
+            raise ValueError(
+                f"need reservoir >= 0, reservoir_every >= 1 and train_every >= 1, got "
+                f"{reservoir}, {reservoir_every}, {train_every}"
+            )
+        if not set(reservoir_splits) <= set(SPLITS):
+            raise ValueError(f"reservoir_splits must be a subset of {SPLITS}, got {reservoir_splits!r}")
+        self.bins, self.reservoir, self.reservoir_every = bins, reservoir, reservoir_every
+        self.reservoir_splits = tuple(reservoir_splits)
+        self.train_every, self.seed, self.chunk_elements = train_every, seed, chunk_elements
+        edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64).float()
+        if not bool((edges[1:] > edges[:-1]).all()):
+            raise ValueError(f"{bins} bins on {range!r} are narrower than float32 resolution")
+        self.edges = edges.double()  # (bins+1,), exactly representable in float32
+        self.modules = _resolve_layers(model, layers)
+        self.layers = list(self.modules)
+        self.epoch: int | None = None
+        self._train = self._eval = self._reservoir_now = False
+        self._stats: dict[tuple[str, str], _Stats] = {}
+        self._calls: dict[str, int] = {}  # train-mode forwards seen per layer this epoch
+        self._bounds: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._handles = [m.register_forward_hook(self._hook(n, m)) for n, m in self.modules.items()]
+
+    # -- epochs and splits ----------------------------------------------------------------------
+    def start_epoch(self, epoch: int, *, reservoir: bool | None = None) -> None:
+        """Clear the statistics and record train-mode forwards for ``epoch`` (reservoir: see class)."""
+        self._stats.clear()
+        self._calls.clear()
+        self.epoch, self._train = int(epoch), True
+        self._reservoir_now = self.reservoir > 0 and (
+            self.epoch % self.reservoir_every == 0 if reservoir is None else bool(reservoir)
+        )
+
+    def end_epoch(self) -> None:
+        """Stop recording train-mode forwards; the statistics stay until saved or restarted."""
+        self._train = False
+
+    @contextmanager
+    def eval_pass(self) -> Iterator[ActivationRecorder]:
+        """Record every forward inside the block into this epoch's ``eval`` statistics."""
+        if self.epoch is None:
+            raise RuntimeError("eval_pass() records into the current epoch: call start_epoch(epoch) first")
+        previous, self._eval = self._eval, True
+        try:
+            yield self
+        finally:
+            self._eval = previous
+
+    def reset(self) -> None:
+        """Forget the epoch and its statistics (the generators keep their state)."""
+        self._stats.clear()
+        self.epoch, self._train, self._eval = None, False, False
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def _hook(self, label: str, module: nn.Module):
+        layout = _layout_of(module)
+
+        def forward_hook(mod: nn.Module, args: tuple, out: object) -> None:
+            if self._eval:
+                split = "eval"
+            elif self._train and mod.training:
+                calls = self._calls[label] = self._calls.get(label, 0) + 1
+                if (calls - 1) % self.train_every:
+                    return
+                split = "train"
+            else:
+                return
+            h = out[0] if isinstance(out, tuple) else out
+            if isinstance(h, PackedSequence):
+                h = h.data  # (sum of lengths, H): already rows
+            if not isinstance(h, Tensor) or not h.is_floating_point():
+                raise TypeError(f"ActivationRecorder: layer {label!r} output is not a floating-point tensor")
+            with torch.no_grad():
+                self._record(split, label, h.detach(), layout)
+
+        return forward_hook
+
+    def _record(self, split: str, label: str, h: Tensor, layout: str) -> None:
+        if h.ndim < 2:
+            raise ValueError(f"layer {label!r}: output of shape {tuple(h.shape)} has no unit dimension")
+        dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
+        step = max(1, self.chunk_elements // max(1, h[0].numel()))
+        keep = self._reservoir_now and split in self.reservoir_splits
+        for i in range(0, h.shape[0], step):
+            rows = as_samples(h[i : i + step], layout).to(dtype).contiguous()  # (N', units)
+            stats = self._stats.get((split, label))
+            if stats is None:
+                stats = self._stats[split, label] = _Stats(rows.shape[1], self.bins, rows.device)
+            elif stats.units != rows.shape[1] or stats.counts.device != rows.device:
+                raise ValueError(
+                    f"layer {label!r}: {rows.shape[1]} units on {rows.device}, earlier batches had "
+                    f"{stats.units} on {stats.counts.device}"
+                )
+            self._update(stats, rows, keep)
+
+    def _boundaries(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Bucket boundaries for ``bucketize(right=True)``: -inf | under | bins | over | +inf."""
+        key = (dtype, device)
+        if key not in self._bounds:
+            e = self.edges.to(dtype)
+            up = torch.tensor([e[-1].item(), _FLT_MAX], dtype=dtype)
+            up = torch.nextafter(up, torch.full_like(up, math.inf))  # x >= next(e_n) <=> x > e_n
+            b = torch.cat([torch.tensor([-_FLT_MAX], dtype=dtype), e[:-1], up])
+            self._bounds[key] = b.to(device)
+        return self._bounds[key]
+
+    def _update(self, st: _Stats, rows: Tensor, keep: bool) -> None:
+        n, units, nb = rows.shape[0], rows.shape[1], self.bins + 5
+        bucket = torch.bucketize(rows, self._boundaries(rows.dtype, rows.device), right=True, out_int32=True)
+        bucket.masked_fill_(rows.isnan(), nb - 1)  # (N', U) in 0..bins+4
+        finite = (bucket >= 1) & (bucket <= self.bins + 2)
+        bucket += torch.arange(0, units * nb, nb, dtype=torch.int32, device=rows.device)  # unit * (bins+5) + bucket
+        ones = torch.ones(1, dtype=torch.int64, device=rows.device).expand(bucket.numel())
+        st.counts.index_add_(0, bucket.view(-1), ones)
+        st.min = torch.minimum(st.min, torch.where(finite, rows, math.inf).amin(0).double())
+        st.max = torch.maximum(st.max, torch.where(finite, rows, -math.inf).amax(0).double())
+        outside = ~finite
+        if not st.shifted:  # shift = this batch's mean per unit (0 where no finite value)
+            total = rows.to(torch.float64, copy=True).masked_fill_(outside, 0.0).sum(0)
+            st.shift, st.shifted = total / finite.sum(0).clamp_min(1), True
+        d = rows.to(torch.float64, copy=True).sub_(st.shift).masked_fill_(outside, 0.0)  # x - c, 0 if not finite
+        d2 = d * d
+        dot = torch.linalg.vecdot
+        st.sums += torch.stack([d.sum(0), d2.sum(0), dot(d2, d, dim=0), dot(d2, d2, dim=0)])
+        if keep:
+            keys = torch.rand(n, generator=self._generator(rows.device), device=rows.device, dtype=torch.float64)
+            if n > self.reservoir:
+                keys, index = torch.topk(keys, self.reservoir, largest=False, sorted=False)
+                rows = rows[index]
+            st.keep_smallest(keys, rows.float(), self.reservoir)
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[device]
+
+    # -- results --------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """The arrays :meth:`save` writes (schema in the module docstring), as numpy arrays."""
+        if self.epoch is None:
+            raise RuntimeError("no epoch to snapshot: call start_epoch(epoch) first")
+        out: dict[str, np.ndarray] = {
+            "format_version": np.int64(RECORDER_FORMAT),
+            "epoch": np.int64(self.epoch),
+            "edges": self.edges.numpy().copy(),
+            "layers": np.array(self.layers, dtype=str),
+            "reservoir_k": np.int64(self.reservoir),
+            "count_fields": np.array(COUNT_FIELDS),
+            "sum_fields": np.array(SUM_FIELDS),
+        }
+        for (split, label), st in sorted(self._stats.items(), key=lambda kv: self._order(kv[0])):
+            out.update(st.arrays(f"{split}/{label}"))
+        return out
+
+    def _order(self, key: tuple[str, str]) -> tuple[int, int]:
+        return SPLITS.index(key[0]), self.layers.index(key[1])
+
+    def save(self, run_dir: RunDir | str | os.PathLike[str], epoch: int | None = None) -> Path:
+        """Write ``RUN_DIR/activations/epoch_NNNN.npz`` atomically; ``epoch`` defaults to the current one."""
+        if epoch is not None and epoch != self.epoch:
+            raise ValueError(f"save(epoch={epoch}) but the recorded epoch is {self.epoch}")
+        rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        arrays = self.snapshot()
+        return rd.write_npz(rd.activation_path(int(arrays["epoch"])), arrays)
+
+    def merge(self, other: ActivationRecorder) -> ActivationRecorder:
+        """Add ``other``'s statistics of the same epoch into this recorder (e.g. another rank's)."""
+        if not torch.equal(self.edges, other.edges) or self.reservoir != other.reservoir:
+            raise ValueError("merge needs recorders with the same edges and reservoir size")
+        if self.epoch != other.epoch:
+            raise ValueError(f"cannot merge epoch {other.epoch} into epoch {self.epoch}")
+        for key, st in other._stats.items():
+            if key in self._stats:
+                self._stats[key].merge_(st, self.reservoir)
+            else:
+                self._stats[key] = _Stats(st.units, st.bins, st.counts.device)
+                self._stats[key].merge_(st, self.reservoir)
+        return self
+
+    __iadd__ = merge
+
+    # -- resume, removal ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Generator states (exact resume) and the seed; the statistics are per epoch and restart."""
+        gens = {str(d): g.get_state() for d, g in self._generators.items()}
+        return {"format_version": RECORDER_FORMAT, "seed": self.seed, "generators": gens}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the generator states saved by :meth:`state_dict`."""
+        for device, gen_state in state["generators"].items():
+            self._generator(torch.device(device)).set_state(gen_state)
+
+    def to_tensorboard(self, writer: Any, epoch: int | None = None) -> None:
+        """Log one histogram per (split, layer), summed over units, with ``writer.add_histogram_raw``.
+
+        ``writer`` is a ``torch.utils.tensorboard.SummaryWriter`` (or anything with that method);
+        nothing is imported here. Values outside the range are left out of the buckets.
+        """
+        arrays = self.snapshot()
+        step = self.epoch if epoch is None else epoch
+        for split, label in sorted(self._stats, key=self._order):
+            a = layer_stats(arrays, split, label)
+            n = int(a["count"].sum())
+            if n == 0:
+                continue
+            c = a["shift"]
+            total = float((a["sum1"] + a["count"] * c).sum())  # sum x = S1 + n c
+            squares = float((a["sum2"] + 2 * c * a["sum1"] + a["count"] * c * c).sum())
+            writer.add_histogram_raw(
+                f"activations/{split}/{label}",
+                min=float(a["min"].min()),
+                max=float(a["max"].max()),
+                num=n,
+                sum=total,
+                sum_squares=squares,
+                bucket_limits=self.edges[1:].tolist(),
+                bucket_counts=a["hist"].sum(0).tolist(),
+                global_step=step,
+            )
+
+    def remove(self) -> None:
+        """Remove the hooks; later forwards are not observed."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> ActivationRecorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        return (
+            f"ActivationRecorder(layers={self.layers}, bins={self.bins}, "
+            f"range=({self.edges[0].item():g}, {self.edges[-1].item():g}), reservoir={self.reservoir})"
+        )

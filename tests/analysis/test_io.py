@@ -1,0 +1,198 @@
+"""load_run: round trip recorder -> run directory -> tidy frames, sweeps, damaged files, speed."""
+
+import shutil
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+from analysis.io import STATS_COLUMNS, load_run
+from analysis.recorder import RECORDER_FORMAT, ActivationRecorder
+from per_core.rundir import RunDir, RunDirError
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+class Tap(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def make_run(root, method="per", epochs=(1, 2, 3), *, config=None, seed=0):
+    """A run directory recorded from known data; returns (RunDir, {(epoch, split, layer): rows})."""
+    rd = RunDir(root)
+    rd.write_config({"method": method, "lam": 1e-4, "model": {"name": "toy"}} if config is None else config)
+    rd.write_metrics([{"epoch": e, "loss": 1.0 / e, "val_error": 0.5} for e in epochs])
+    taps = nn.ModuleDict({"a": Tap(), "b": Tap()})
+    rec = ActivationRecorder(taps, list(taps), reservoir=5, reservoir_every=2, reservoir_splits=("train", "eval"))
+    data = {}
+    for e in epochs:
+        rec.start_epoch(e)
+        xa = torch.randn(30, 3, generator=gen(seed + 10 * e)) * e
+        xa[0, 1] = float("nan")
+        xb = torch.randn(12, 2, generator=gen(seed + 10 * e + 1)) + 20.0  # all overflow the range
+        taps["a"](xa)
+        taps["b"](xb)
+        rec.end_epoch()
+        with rec.eval_pass():
+            xe = torch.randn(7, 3, generator=gen(seed + 10 * e + 2))
+            taps["a"](xe)
+        rec.save(rd, e)
+        data[e, "train", "a"], data[e, "train", "b"], data[e, "eval", "a"] = xa, xb, xe
+    return rd, data
+
+
+def test_round_trip_gives_numpy_statistics_and_raw_arrays(tmp_path):
+    rd, data = make_run(tmp_path / "run")
+    out = load_run(rd.root)
+    assert out.skipped == [] and out.runs_list == ["run"]
+    s = out.stats
+    assert list(s.columns) == list(STATS_COLUMNS)
+    assert len(s) == 3 * (3 + 2 + 3)  # epochs x (train a, train b, eval a) units
+    assert set(s["method"]) == {"per"} and list(s["layer"].cat.categories) == ["a", "b"]
+    for (epoch, split, layer), x in data.items():
+        got = s[(s.epoch == epoch) & (s.split == split) & (s.layer == layer)].sort_values("unit")
+        for u, v in enumerate(x.double().numpy().T):
+            f = v[np.isfinite(v)]
+            row = got.iloc[u]
+            assert row["count"] == f.size and row["nan"] == v.size - f.size
+            assert row["mean"] == pytest.approx(f.mean(), rel=1e-9, abs=1e-12)
+            assert row["var"] == pytest.approx(f.var(), rel=1e-9)
+            assert row["skew"] == pytest.approx(stats.skew(f), rel=1e-7, abs=1e-9)
+            assert row["kurt"] == pytest.approx(stats.kurtosis(f), rel=1e-7, abs=1e-9)
+            assert (row["min"], row["max"]) == (f.min(), f.max())
+            assert row["over"] == (f > 10).sum() and row["under"] == (f < -10).sum()
+        h = out.histogram("run", split, epoch, layer)
+        assert h.edges.shape == (41,) and h.counts.shape == (x.shape[1], 40)
+        for u, v in enumerate(x.numpy().T):
+            np.testing.assert_array_equal(h.counts[u], np.histogram(v[np.isfinite(v)], bins=h.edges)[0])
+        np.testing.assert_array_equal(h.over, got["over"].to_numpy())
+    # reservoirs at even epochs only, joint rows of the recorded data
+    assert out.index.query("reservoir > 0")["epoch"].unique().tolist() == [2]
+    res = out.reservoir("run", "train", 2, "a")
+    assert res.shape == (5, 3) and res.dtype == np.float32
+    rows = data[2, "train", "a"].numpy()
+    assert all(np.any(np.all((rows == r) | (np.isnan(rows) & np.isnan(r)), axis=1)) for r in res)
+    with pytest.raises(KeyError, match="epoch_0001.npz.*train/a/reservoir"):
+        out.reservoir("run", "train", 1, "a")
+    with pytest.raises(KeyError, match="unknown run"):
+        out.histogram("nope", "train", 1, "a")
+
+
+def test_metrics_config_and_index_frames(tmp_path):
+    rd, _ = make_run(tmp_path / "r1", epochs=(1, 2))
+    out = load_run(rd.root)
+    assert list(out.metrics.columns[:2]) == ["run", "method"]
+    assert out.metrics["loss"].tolist() == [1.0, 0.5] and set(out.metrics["run"]) == {"r1"}
+    cfg = out.config
+    assert cfg.loc[0, "run"] == "r1" and cfg.loc[0, "model.name"] == "toy" and cfg.loc[0, "lam"] == 1e-4
+    assert out.configs["r1"]["format_version"] == 1
+    assert out.index.columns.tolist() == ["run", "method", "epoch", "split", "layer", "units", "reservoir", "path"]
+    assert out.index[["epoch", "split", "layer", "units"]].values.tolist() == [
+        [e, s, layer, u] for e in (1, 2) for s, layer, u in (("train", "a", 3), ("train", "b", 2), ("eval", "a", 3))
+    ]
+
+
+def test_sweep_labels_methods_and_fallback(tmp_path):
+    make_run(tmp_path / "sweep" / "vanilla", method="vanilla", epochs=(1,))
+    make_run(tmp_path / "sweep" / "seeds" / "bn_s1", config={"lam": 0}, epochs=(1,), seed=1)
+    out = load_run(tmp_path / "sweep")
+    assert out.runs_list == ["seeds/bn_s1", "vanilla"]
+    assert out.methods == {"seeds/bn_s1": "bn_s1", "vanilla": "vanilla"}  # no "method" key: folder name
+    assert sorted(out.stats["run"].unique()) == ["seeds/bn_s1", "vanilla"]
+    by_run = out.stats.groupby("run", observed=True)["method"].first().to_dict()
+    assert by_run == {"seeds/bn_s1": "bn_s1", "vanilla": "vanilla"}
+    # the same numbers whether loaded through the sweep or alone
+    alone = load_run(tmp_path / "sweep" / "vanilla").stats
+    both = out.stats[out.stats.run == "vanilla"].reset_index(drop=True)
+    np.testing.assert_array_equal(alone[["count", "mean", "var"]].to_numpy(), both[["count", "mean", "var"]].to_numpy())
+    with pytest.raises(RunDirError, match="neither a run directory"):
+        load_run(tmp_path / "sweep" / "seeds" / "bn_s1" / "activations")
+
+
+def test_truncated_npz_names_the_file_and_skip_bad_skips_it(tmp_path):
+    rd, _ = make_run(tmp_path / "run")
+    bad = rd.activation_path(2)
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.raises(RunDirError, match="epoch_0002.npz"):
+        load_run(rd.root)
+    out = load_run(rd.root, skip_bad=True)
+    assert len(out.skipped) == 1 and str(bad) in out.skipped[0]
+    assert sorted(out.stats["epoch"].unique()) == [1, 3]
+    rd.activation_path(2).write_bytes(b"not a zip")
+    with pytest.raises(RunDirError, match="epoch_0002.npz"):
+        load_run(rd.root)
+
+
+def test_inconsistent_files_are_errors_naming_them(tmp_path):
+    rd, _ = make_run(tmp_path / "run", epochs=(1, 2))
+    shutil.copy(rd.activation_path(1), rd.activation_path(7))  # misplaced: holds epoch 1
+    with pytest.raises(RunDirError, match="epoch_0007.npz: holds epoch 1"):
+        load_run(rd.root)
+    rd.activation_path(7).unlink()
+    arrays = rd.read_npz(rd.activation_path(2))
+    rd.write_npz(rd.activation_path(2), {**arrays, "format_version": np.int64(RECORDER_FORMAT + 1)})
+    with pytest.raises(RunDirError, match="epoch_0002.npz: activation format version"):
+        load_run(rd.root)
+    del arrays["train/a/sums"]
+    rd.write_npz(rd.activation_path(2), arrays)
+    with pytest.raises(RunDirError, match=r"epoch_0002.npz: train/a .*missing \['sums'\]"):
+        load_run(rd.root)
+    arrays["train/a/sums"] = np.zeros((3, 4))  # one column short
+    rd.write_npz(rd.activation_path(2), arrays)
+    with pytest.raises(RunDirError, match=r"epoch_0002.npz: train/a is incomplete or inconsistent"):
+        load_run(rd.root)
+    out = load_run(rd.root, skip_bad=True)
+    assert sorted(out.stats["epoch"].unique()) == [1] and "epoch_0002.npz" in out.skipped[0]
+
+
+def test_bad_metrics_and_config(tmp_path):
+    rd, _ = make_run(tmp_path / "sweep" / "a", epochs=(1,))
+    rd_b, _ = make_run(tmp_path / "sweep" / "b", epochs=(1,))
+    rd.metrics_path.write_text('{"epoch": 1}\n{"epoch": 2, "loss"\n')
+    with pytest.raises(RunDirError, match="metrics.jsonl, line 2"):
+        load_run(tmp_path / "sweep")
+    rd_b.config_path.write_text("{broken")
+    out = load_run(tmp_path / "sweep", skip_bad=True)
+    assert len(out.skipped) == 2
+    assert "metrics.jsonl" in out.skipped[0] and "config.json" in out.skipped[1]
+    assert out.runs_list == ["a"] and out.metrics.empty and set(out.stats["run"]) == {"a"}
+
+
+def test_a_run_without_activations_gives_empty_typed_frames(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    rd.write_config({"method": "vanilla"})
+    out = load_run(rd.root)
+    assert out.stats.empty and list(out.stats.columns) == list(STATS_COLUMNS)
+    assert out.metrics.empty and out.index.empty and out.config["method"].tolist() == ["vanilla"]
+
+
+def test_stats_of_200_epochs_load_in_seconds(tmp_path):
+    """200 epochs x 10 layers x 300 units (train split): 600k rows, about 1 s on an idle 2-core machine."""
+    rd = RunDir(tmp_path / "big")
+    rd.write_config({"method": "per"})
+    taps = nn.ModuleDict({f"layer{i}": Tap() for i in range(1, 11)})
+    rec = ActivationRecorder(taps, list(taps))
+    rec.start_epoch(1)
+    for i, tap in enumerate(taps.values()):
+        tap(torch.randn(64, 300, generator=gen(i)) * 2)
+    arrays = rec.snapshot()
+    for epoch in range(1, 201):
+        rd.write_npz(rd.activation_path(epoch), {**arrays, "epoch": np.int64(epoch)})
+    t0 = time.perf_counter()
+    for epoch in range(1, 201):
+        rd.read_npz(rd.activation_path(epoch))
+    t1 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = load_run(rd.root)
+    t2 = time.perf_counter()
+    assert len(out.stats) == 200 * 10 * 300 and out.stats["count"].unique().tolist() == [64]
+    # the floor is reading the files; the frames may add little on top (robust to a busy machine)
+    assert t2 - t1 < 2 * (t1 - t0) + 2.0, f"load {t2 - t1:.2f} s, reading alone {t1 - t0:.2f} s"

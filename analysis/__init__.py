@@ -11,7 +11,6 @@
   import (matplotlib stays out of ``import analysis``).
 """
 
-from analysis.bounds import BoundReport, check_bounds, per_bound
 from analysis.distances import (
     max_sliced_w1,
     sliced_w1,
@@ -41,10 +40,14 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    """``load_run`` and ``RunData`` import pandas: loaded on first use, so ``import analysis`` stays light."""
-    if name in ("load_run", "RunData"):
-        from analysis import io
+_LAZY = {"load_run": "io", "RunData": "io", "per_bound": "bounds", "check_bounds": "bounds", "BoundReport": "bounds"}
 
-        return getattr(io, name)
+
+def __getattr__(name: str):
+    """Names loaded on first use: ``load_run`` imports pandas, and ``analysis.bounds`` is also a CLI
+    (``python -m analysis.bounds``), which must not be imported by the package before it runs."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"analysis.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'analysis' has no attribute {name!r}")

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -406,3 +407,65 @@ def _projected_std(X: np.ndarray, P: np.ndarray) -> float:
     centered = X - X.mean(axis=0)
     cov = centered.T @ centered / X.shape[0]  # (d, d)
     return float(math.sqrt(max(0.0, np.einsum("jk,kl,jl->", P, cov, P) / P.shape[0])))
+
+
+# --- command line: python -m analysis.bounds RUN_DIR ---------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Check every recorded layer and epoch; write analysis/bounds.csv and analysis/distances.csv per run.
+
+    Exit status: 0 when every check passed, 1 when a bound was violated (reported with its run,
+    split, layer and epoch), 2 for user errors (bad path, damaged file).
+    """
+    import argparse
+    import sys
+
+    from per_core.rundir import RunDirError
+
+    p = argparse.ArgumentParser(
+        prog="python -m analysis.bounds",
+        description="Distances to N(0, I) and the checks SW1 <= L_per, SW1 <= W1 for every recorded layer and epoch.",
+    )
+    p.add_argument("paths", nargs="+", help="run directories or sweep directories")
+    p.add_argument("--n-projections", type=int, default=256, help="slices (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the slices (default 0)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable files and say which")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = p.parse_args(argv)
+    from analysis.tables import write_tables
+
+    failed = 0
+    for path in args.paths:
+        try:
+            written, table, skipped = write_tables(
+                path, n_projections=args.n_projections, seed=args.seed, skip_bad=args.skip_bad
+            )
+        except (RunDirError, ValueError, OSError) as err:
+            if args.debug:
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        for msg in skipped:
+            print(f"skipped: {msg}", file=sys.stderr)
+        bad = table[~table["passed"].astype(bool)] if len(table) else table
+        for r in bad.itertuples(index=False):
+            what = "SW1 > L_per on a slice" if not r.per_slice_ok else "SW1 > W1 + slack"
+            print(
+                f"VIOLATION {what}: run {r.run}, split {r.split}, layer {r.layer}, epoch {r.epoch} "
+                f"(SW1 {r.sw1:.4f}, L_per {r.lper:.4f}, W1 {r.w1:.4f})",
+                file=sys.stderr,
+            )
+        failed += len(bad)
+        collapsed = table[table["collapsed"].astype(bool)] if len(table) else table
+        print(
+            f"{path}: {len(table)} layer-epochs checked, {len(bad)} violations, {len(collapsed)} collapsed "
+            f"(bound small because activations shrank)"
+        )
+        for w in written:
+            print(f"  wrote {w}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""Run-level distance tables and the `python -m analysis.bounds RUN_DIR` command."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from analysis.bounds import main
+from analysis.distances import w1_to_normal
+from analysis.recorder import ActivationRecorder
+from per_core.rundir import RunDir
+
+
+def fake_run(root, method, data_per_epoch, reservoir=True):
+    """A run directory whose one layer recorded exactly the given (n, units) arrays, one per epoch."""
+    rd = RunDir(root)
+    rd.write_config({"method": method, "epochs": len(data_per_epoch)})
+    layer = nn.Identity()
+    rec = ActivationRecorder(nn.Sequential(layer), {"layer1": layer}, reservoir=256, reservoir_every=1)
+    for epoch, X in enumerate(data_per_epoch, start=1):
+        rec.start_epoch(epoch, reservoir=reservoir)
+        layer.train()
+        layer(torch.as_tensor(X, dtype=torch.float32))
+        rec.end_epoch()
+        rec.save(rd, epoch)
+    rd.write_metrics([{"epoch": e, "val_error": 1.0} for e in range(1, len(data_per_epoch) + 1)])
+    return rd
+
+
+def test_bounds_cli_writes_tables_and_flags_collapse(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    fake_run(tmp_path / "ok", "vanilla", [rng.normal(size=(2000, 4)) for _ in range(2)])
+    fake_run(tmp_path / "shrunk", "per", [0.05 * rng.normal(size=(2000, 4))])
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "3 layer-epochs checked, 0 violations, 1 collapsed" in out
+    b = pd.read_csv(tmp_path / "shrunk" / "analysis" / "bounds.csv")
+    assert bool(b["collapsed"].iloc[0]) and b["sw1"].iloc[0] > 0.7 and b["lper"].iloc[0] < 0.85
+    ok = pd.read_csv(tmp_path / "ok" / "analysis" / "bounds.csv")
+    assert len(ok) == 2 and (ok["sw1"] <= ok["lper"]).all() and ok["passed"].all() and not ok["collapsed"].any()
+    assert (ok["sw1"] < 0.1).all()  # 256 Gaussian rows: only finite-sample distance
+
+
+def test_unit_distances_from_histograms_bracket_the_exact_value(tmp_path):
+    rng = np.random.default_rng(1)
+    X = np.column_stack([rng.normal(size=5000), rng.exponential(size=5000) * 3, rng.normal(2, 0.5, size=5000)])
+    fake_run(tmp_path / "r", "vanilla", [X.astype(np.float32)])
+    assert main([str(tmp_path / "r")]) == 0
+    d = pd.read_csv(tmp_path / "r" / "analysis" / "distances.csv")
+    d = d[d["split"] == "train"].sort_values("unit")
+    exact = [w1_to_normal(X[:, u].astype(np.float32).astype(np.float64)) for u in range(3)]
+    assert np.all(np.abs(d["w1_hist"].to_numpy() - exact) <= d["w1_hist_error"].to_numpy() + 1e-9)
+    err = d["w1_hist_error"].to_numpy()
+    assert err[0] <= 0.25 and err[2] <= 0.25  # inside [-10, 10]: half a bin width at most
+    assert err[1] > 0.25  # exponential * 3 overflows past 10: its overflow bin [10, max] is wide
+
+
+def test_bounds_cli_user_errors(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no such directory" in err
+    with pytest.raises(SystemExit):
+        main([])

@@ -279,8 +279,10 @@ def train(
     prepare_run_dir(run, cfg, resume, overwrite)
     s = build(cfg)
     start, metrics = 0, []
-    if resume:
+    if resume and run.checkpoint_path.is_file():
         start, metrics = load_checkpoint(run, s)
+    elif resume and progress:  # killed before its first epoch finished: nothing to continue from
+        tqdm.write(f"{run.root}: no checkpoint yet, starting from epoch 1")
     run.write_config({**cfg.to_dict(), "versions": package_versions(), "command": sys.argv})
     for epoch in range(start + 1, cfg.epochs + 1):
         t0 = time.perf_counter()

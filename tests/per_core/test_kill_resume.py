@@ -1,0 +1,79 @@
+"""Faults lose nothing: a run killed (SIGKILL) at random moments, then resumed, ends like an uninterrupted one."""
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from per_core.configs import get_preset
+from per_core.rundir import RunDir
+from per_core.train import train
+
+# A run of ~8 short epochs that records activations every epoch: checkpoint and npz writes happen often,
+# so random kills land in training, in writes and in between.
+SCRIPT = """
+import sys
+from per_core.configs import get_preset
+from per_core.rundir import RunDir
+from per_core.train import train
+cfg = get_preset("demo").replace(epochs=8, milestones=[5], model_args={"width": 8, "depth": 6, "activation": "elu"},
+                                 method="per", record_train_every=1)
+resume = RunDir(sys.argv[1]).is_run()
+train(cfg, sys.argv[1], resume=resume, overwrite=not resume, progress=False)
+"""
+
+
+def config():
+    return get_preset("demo").replace(
+        epochs=8,
+        milestones=[5],
+        model_args={"width": 8, "depth": 6, "activation": "elu"},
+        method="per",
+        record_train_every=1,
+    )
+
+
+def strip(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def launch(out):
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, str(out)], stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_path):
+    reference = train(config(), tmp_path / "ref", progress=False)
+    t0 = time.perf_counter()  # how long one whole launch takes here, start-up included
+    assert launch(tmp_path / "timing").wait() == 0
+    whole = time.perf_counter() - t0
+
+    out = tmp_path / "killed"
+    rng = random.Random(0)
+    progress = []  # epochs finished when each kill landed
+    for _ in range(4):  # four launches killed at random points of the run's time line
+        proc = launch(out)
+        try:
+            proc.wait(timeout=rng.uniform(0.5, 0.98) * whole)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            progress.append(len(RunDir(out).read_metrics()) if RunDir(out).is_run() else 0)
+    assert len(set(progress) - {0, 8}) >= 1, f"no kill landed inside the run (epochs done at kills: {progress})"
+    proc = launch(out)  # and one that may finish
+    assert proc.wait() == 0, proc.stderr.read().decode()[-2000:]
+
+    run, ref = RunDir(out), RunDir(tmp_path / "ref")
+    assert strip(run.read_metrics()) == strip(reference)
+    assert not list(out.rglob("*.tmp")), "a torn temporary file was left behind"
+    for epoch in ref.activation_epochs():
+        a, b = ref.read_npz(ref.activation_path(epoch)), run.read_npz(run.activation_path(epoch))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert np.array_equal(a[k], b[k]), (epoch, k)
+    json.loads(run.config_path.read_text())  # config.json readable

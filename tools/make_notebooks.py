@@ -1,6 +1,7 @@
-"""Write notebooks/*.ipynb from plain cell lists (run: python tools/make_notebooks.py), so their source stays reviewable."""
+"""Write notebooks/*.ipynb from plain cell lists (python tools/make_notebooks.py); the source stays reviewable."""
 
-import sys
+# ruff: noqa: E501  (the strings below are notebook cells)
+
 import nbformat as nbf
 
 

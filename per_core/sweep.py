@@ -110,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="sweep directory")
     p.add_argument("--table", type=Path, help="print the results table of an existing sweep and exit")
     p.add_argument("--smoke", action="store_true", help="synthetic data, a few steps per run")
+    p.add_argument("--no-record", action="store_true", help="do not record activations (faster, smaller)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
@@ -126,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 base = base.replace(epochs=args.epochs, milestones=[m for m in base.milestones if m < args.epochs])
             if args.data_dir is not None:
                 base = base.replace(data_dir=args.data_dir)
+            if args.no_record:
+                base = base.replace(record=None)
             lams = LAMBDA_GRIDS[args.preset] if args.lams == "grid" else None
             if args.lams and args.lams != "grid":
                 lams = [float(x) for x in args.lams.split(",")]

@@ -1,0 +1,49 @@
+"""Figure 1: the four distributions share their moments, and the figure has its panels and table."""
+
+import numpy as np
+
+from analysis.figure1 import figure1, figure1_table
+from analysis.style import METHOD_COLORS, method_color
+from analysis.toy import batch_norm, figure1_distributions, whiten
+
+
+def test_distributions_share_mean_and_variance_and_c_d_have_identity_covariance():
+    s = figure1_distributions(3000, seed=1)
+    for X in s.values():
+        np.testing.assert_allclose(X.mean(0), 0, atol=1e-12)
+        np.testing.assert_allclose(X.var(0), 1, atol=1e-12)
+    for k in "acd":
+        np.testing.assert_allclose(np.cov(s[k].T, bias=True), np.eye(2), atol=1e-12)
+    assert abs(np.corrcoef(s["b"].T)[0, 1] - 0.8) < 0.05
+    assert abs(float(((s["c"] ** 3).mean(0)).mean()) - 2) < 0.5  # skewness of a standardized exponential is 2
+
+
+def test_bn_and_whitening_definitions():
+    X = np.random.default_rng(0).normal(size=(500, 3)) @ np.array([[2, 0, 0], [1, 1, 0], [0, 0, 3.0]]) + 5
+    np.testing.assert_allclose(batch_norm(X).std(0), 1)
+    W = whiten(X)
+    np.testing.assert_allclose(np.cov(W.T, bias=True), np.eye(3), atol=1e-10)
+
+
+def test_table_bn_sees_nothing_dbn_only_b_distances_tell_all_apart():
+    rows = {r["name"][:3]: r for r in figure1_table(figure1_distributions(2000), n_projections=128)}
+    assert all(r["bn_change"] < 1e-9 for r in rows.values())
+    assert rows["(b)"]["dbn_change"] > 0.3 and all(rows[k]["dbn_change"] < 1e-9 for k in ("(a)", "(c)", "(d)"))
+    sw = sorted(r["sw1"] for r in rows.values())
+    assert sw[0] == rows["(a)"]["sw1"] and min(np.diff(sw)) > 0.02
+    assert all(r["sw1"] <= r["l_per"] for r in rows.values())
+
+
+def test_figure_has_four_panels_with_points_and_arrows_and_a_table():
+    fig = figure1(n=300, n_projections=32, arrows=20)
+    scatter_axes = [ax for ax in fig.axes if ax.collections]
+    assert len(scatter_axes) == 4
+    for ax in scatter_axes:
+        assert len(ax.collections) == 3  # points, PER arrows, exact-SW1 arrows
+        assert len(ax.collections[0].get_offsets()) == 300
+    assert any(ax.tables for ax in fig.axes)
+
+
+def test_method_colours_are_fixed_and_unknown_methods_stable():
+    assert method_color("per") == METHOD_COLORS["per"] != method_color("bn")
+    assert method_color("my-method") == method_color("my-method")

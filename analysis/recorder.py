@@ -548,6 +548,30 @@ class ActivationRecorder:
 
     __iadd__ = merge
 
+    def reduce_across_ranks(self, splits: Sequence[str] = ("train",)) -> None:
+        """Merge every data-parallel rank's statistics of ``splits`` into rank 0's (a collective: call on all ranks).
+
+        Uses ``torch.distributed.all_gather_object`` on the CPU copies of the accumulators, once per
+        epoch; a no-op without an initialized process group of more than one rank. Afterwards rank 0
+        holds exactly the statistics one process would have recorded on all ranks' rows (counts,
+        sums, min/max; the reservoir keeps the k smallest keys over all ranks, still uniform when
+        each rank has its own ``seed``). Other ranks keep their own.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        mine = {key: st.to(torch.device("cpu")) for key, st in self._stats.items() if key[0] in splits}
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, mine)
+        if dist.get_rank() != 0:
+            return
+        for rank_stats in gathered[1:]:
+            for key, st in rank_stats.items():
+                if key not in self._stats:
+                    self._stats[key] = _Stats(st.units, st.bins, st.counts.device)
+                self._stats[key].merge_(st, self.reservoir)
+
     # -- resume, removal ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Generator states (exact resume) and the seed; the statistics are per epoch and restart."""

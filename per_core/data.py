@@ -196,7 +196,7 @@ def image_batches(
     batch_size: int,
     *,
     generator: torch.Generator | None = None,
-    augment: bool = False,
+    augment: torch.Generator | None = None,
     drop_last: bool = False,
     rank: int = 0,
     world_size: int = 1,
@@ -204,7 +204,8 @@ def image_batches(
     """Mini-batches of (x, y); shuffled when ``generator`` is given; this rank's share of each batch.
 
     With ``world_size`` > 1 every rank walks the same permutation (same generator seed) and takes
-    its contiguous slice of every global batch of ``batch_size`` samples.
+    its contiguous slice of every global batch of ``batch_size`` samples. ``augment``: a generator
+    for random crop + flip (:func:`augment_crop_flip`), or None for no augmentation.
     """
     n = len(y)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
@@ -214,9 +215,8 @@ def image_batches(
         share = -(-len(idx) // world_size)
         idx = idx[rank * share : (rank + 1) * share]
         xb = x[idx]
-        if augment:
-            assert generator is not None, "augmentation needs a generator"
-            xb = augment_crop_flip(xb, generator)
+        if augment is not None:
+            xb = augment_crop_flip(xb, augment)
         yield xb, y[idx]
 
 

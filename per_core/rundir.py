@@ -116,6 +116,13 @@ class RunDir:
                 out.append(int(stem))
         return sorted(out)
 
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete temp files that a killed writer left behind (never read: writes are rename-based)."""
+        stale = [p for p in self.root.rglob(".*.tmp") if p.is_file()] if self.root.is_dir() else []
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return stale
+
     def is_run(self) -> bool:
         return self.config_path.is_file()
 

@@ -47,7 +47,9 @@ class Task(Protocol):
 
     def steps_per_epoch(self, world_size: int) -> int: ...
 
-    def train_batches(self, generator: torch.Generator, rank: int, world_size: int) -> Iterator[Any]: ...
+    def train_batches(
+        self, order: torch.Generator, augment: torch.Generator, rank: int, world_size: int
+    ) -> Iterator[Any]: ...
 
     def step(self, model: nn.Module, batch: Any) -> StepResult: ...
 
@@ -74,13 +76,15 @@ class ImageClassification:
     def steps_per_epoch(self, world_size: int = 1) -> int:
         return -(-len(self.data.train_y) // self.cfg.batch_size)
 
-    def train_batches(self, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Iterator[Any]:
+    def train_batches(
+        self, order: torch.Generator, augment: torch.Generator, rank: int = 0, world_size: int = 1
+    ) -> Iterator[Any]:
         batches = image_batches(
             self.data.train_x,
             self.data.train_y,
             self.cfg.batch_size,
-            generator=generator,
-            augment=self.cfg.augment,
+            generator=order,
+            augment=augment if self.cfg.augment else None,
             rank=rank,
             world_size=world_size,
         )
@@ -143,7 +147,9 @@ class LanguageModeling:
             n = min(self.cfg.bptt, stream.shape[0] - 1 - i)
             yield stream[i : i + n], stream[i + 1 : i + 1 + n]  # inputs and next-token targets, (n, B)
 
-    def train_batches(self, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Iterator[Any]:
+    def train_batches(
+        self, order: torch.Generator, augment: torch.Generator, rank: int = 0, world_size: int = 1
+    ) -> Iterator[Any]:
         share = self.train.shape[1] // world_size
         self.hidden = None  # every epoch starts from a zero state
         yield from self._segments(self.train[:, rank * share : (rank + 1) * share])

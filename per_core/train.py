@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import sys
 import time
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 import per_core
 from per_core.baselines import VCL, L1Penalty, L2Penalty
 from per_core.configs import METHODS, PRESETS, SMOKE_STEPS, TrainConfig, get_preset
+from per_core.distributed import DistEnv, convert_sync_batchnorm, init_from_env, resolve_device, shutdown
 from per_core.models import build_model
 from per_core.per import PER
 from per_core.rundir import RunDir, RunDirError
@@ -39,15 +41,6 @@ __all__ = ["TrainingError", "main", "train"]
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is intact."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available; use --device cpu")
-    return device
 
 
 def package_versions() -> dict[str, str]:
@@ -82,15 +75,18 @@ class Setup:
     """Everything a run is made of; built identically for a fresh run and a resumed one."""
 
     cfg: TrainConfig
+    env: DistEnv  # rank, world size and device (one process: rank 0 of 1)
     device: torch.device
     task: Task
-    model: nn.Module
+    model: nn.Module  # what the training step calls: the DDP wrapper under data parallelism
+    module: nn.Module  # the model itself (hooks, evaluation, checkpoints)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     per: PER  # the regularizer for method 'per'; a lam=0 monitor of L_per for the others
     penalty: Any  # L1Penalty / L2Penalty / VCL for the loss-penalty methods, else None
     recorder: Any  # analysis.recorder.ActivationRecorder or None
-    data_generator: torch.Generator
+    data_generator: torch.Generator  # data order: the same seed on every rank
+    aug_generator: torch.Generator  # augmentation: a seed per rank
 
 
 def _record_layers(model: nn.Module, spec: str) -> str | dict[str, nn.Module]:
@@ -105,42 +101,73 @@ def _record_layers(model: nn.Module, spec: str) -> str | dict[str, nn.Module]:
     return out
 
 
-def build(cfg: TrainConfig) -> Setup:
-    """Seed, then build task, model, optimizer, schedule, PER and recorder from ``cfg``."""
+def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
+    """Seed, then build task, model, optimizer, schedule, PER and recorder from ``cfg``.
+
+    Under data parallelism (``env.world_size > 1``) the model is wrapped in DistributedDataParallel,
+    BatchNorm is synchronized across ranks when ``cfg.sync_bn``, and the per-rank seeds follow
+    :mod:`per_core.distributed`.
+    """
     cfg.validate()
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)  # the trainer owns the process: model init and dropout draw from here
+    env = env or DistEnv(device=resolve_device(cfg.device))
+    device = env.device
+    torch.manual_seed(cfg.seed)  # the trainer owns the process: model init (identical on every rank)
     task = build_task(cfg, device)
-    model = build_model(cfg.model, **task.model_kwargs(), norm=norm_for(cfg.method), **cfg.model_args).to(device)
+    module = build_model(cfg.model, **task.model_kwargs(), norm=norm_for(cfg.method), **cfg.model_args).to(device)
+    model: nn.Module = module
+    if env.distributed:
+        torch.manual_seed(cfg.seed + 1000 * env.rank)  # dropout: independent per rank
+        if cfg.sync_bn:
+            module = convert_sync_batchnorm(module, device)
+        model = nn.parallel.DistributedDataParallel(
+            module, device_ids=[env.local_rank] if device.type == "cuda" else None
+        )
     optimizer = torch.optim.SGD(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov
+        param_groups(module, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov
     )
     if cfg.schedule == "plateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.gamma, patience=0)
     else:
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
     lam = cfg.lam if cfg.method == "per" else 0.0
-    per = PER(model.pre_activations(), lam, cfg.n_slices, seed=cfg.seed, locations=cfg.per_locations)
-    penalty = PENALTIES[cfg.method](model.pre_activations(), cfg.lam) if cfg.method in PENALTIES else None
+    # the same PER seed on every rank: all ranks use the same slices
+    per = PER(module.pre_activations(), lam, cfg.n_slices, seed=cfg.seed, locations=cfg.per_locations)
+    penalty = PENALTIES[cfg.method](module.pre_activations(), cfg.lam) if cfg.method in PENALTIES else None
     recorder = None
     if cfg.record:
-        layers = _record_layers(model, cfg.record)
+        layers = _record_layers(module, cfg.record)
         from analysis.recorder import ActivationRecorder
 
         recorder = ActivationRecorder(
-            model,
+            module,
             layers,
-            seed=cfg.seed,
+            seed=cfg.seed + 1000 * env.rank,  # independent reservoir keys per rank
             train_every=cfg.record_train_every,
             reservoir_every=cfg.record_reservoir_every,
             reservoir_splits=("train", "eval"),
         )
     data_generator = torch.Generator().manual_seed(cfg.seed)
-    return Setup(cfg, device, task, model, optimizer, scheduler, per, penalty, recorder, data_generator)
+    aug_generator = torch.Generator().manual_seed(cfg.seed + 1000 * env.rank + 1)
+    return Setup(
+        cfg,
+        env,
+        device,
+        task,
+        model,
+        module,
+        optimizer,
+        scheduler,
+        per,
+        penalty,
+        recorder,
+        data_generator,
+        aug_generator,
+    )
 
 
 def _rng_state(s: Setup) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "data": s.data_generator.get_state()}
+    """This rank's RNG states (dropout, data order, augmentation)."""
+    state = {"torch": torch.get_rng_state(), "data": s.data_generator.get_state(), "aug": s.aug_generator.get_state()}
     if s.device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(s.device)
     return state
@@ -149,19 +176,25 @@ def _rng_state(s: Setup) -> dict[str, Any]:
 def _set_rng_state(s: Setup, state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     s.data_generator.set_state(state["data"])
+    s.aug_generator.set_state(state["aug"])
     if "cuda" in state and s.device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], s.device)
 
 
 def save_checkpoint(run: RunDir, s: Setup, epoch: int, metrics: list[dict[str, Any]]) -> None:
+    """Rank 0 writes the checkpoint; the RNG states of every rank go into it (a collective)."""
+    rng = s.env.all_gather_object(_rng_state(s))
+    if not s.env.is_main:
+        return
     run.save_checkpoint(
         {
             "epoch": epoch,
             "config": s.cfg.to_dict(),
-            "model": s.model.state_dict(),
+            "model": s.module.state_dict(),
             "optimizer": s.optimizer.state_dict(),
             "scheduler": s.scheduler.state_dict(),
-            "rng": _rng_state(s),
+            "rng": rng[0],
+            "rng_ranks": rng,
             "per": s.per.state_dict(),
             "recorder": s.recorder.state_dict() if s.recorder is not None else None,
             "metrics": metrics,
@@ -171,13 +204,19 @@ def save_checkpoint(run: RunDir, s: Setup, epoch: int, metrics: list[dict[str, A
 
 def load_checkpoint(run: RunDir, s: Setup) -> tuple[int, list[dict[str, Any]]]:
     ckpt = run.load_checkpoint(map_location=s.device)
-    s.model.load_state_dict(ckpt["model"])
+    s.module.load_state_dict(ckpt["model"])
     s.optimizer.load_state_dict(ckpt["optimizer"])
     s.scheduler.load_state_dict(ckpt["scheduler"])
     s.per.load_state_dict(ckpt["per"])
-    if s.recorder is not None and ckpt["recorder"] is not None:
+    if s.recorder is not None and ckpt["recorder"] is not None and s.env.world_size == len(ckpt["rng_ranks"]):
         s.recorder.load_state_dict(ckpt["recorder"])
-    _set_rng_state(s, ckpt["rng"])
+    ranks = ckpt["rng_ranks"]
+    if len(ranks) == s.env.world_size:
+        _set_rng_state(s, ranks[s.env.rank])
+    else:  # resumed on another number of ranks: the shared data order continues, per-rank streams restart
+        s.data_generator.set_state(ranks[0]["data"])
+        if s.env.is_main:
+            tqdm.write(f"resuming a {len(ranks)}-rank run on {s.env.world_size} ranks: per-rank RNG streams restart")
     return int(ckpt["epoch"]), list(ckpt["metrics"])
 
 
@@ -192,6 +231,7 @@ def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool
         raise ValueError("--resume and --overwrite exclude each other")
     occupied = run.root.exists() and any(run.root.iterdir())
     if resume:
+        run.remove_stale_temporaries()
         saved = run.read_config()
         diff = {
             k: (saved.get(k), v) for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v
@@ -219,10 +259,12 @@ def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
     loss_sum = torch.zeros((), device=s.device, dtype=torch.float64)
     wrong = torch.zeros((), device=s.device, dtype=torch.int64)
     count, penalties = 0, []
-    batches = s.task.train_batches(s.data_generator)
+    batches = s.task.train_batches(s.data_generator, s.aug_generator, s.env.rank, s.env.world_size)
     total = min(SMOKE_STEPS, s.task.steps_per_epoch(1)) if cfg.smoke else s.task.steps_per_epoch(1)
     desc = f"{cfg.method} epoch {epoch}/{cfg.epochs}"
-    bar = tqdm(batches, desc=desc, total=total, leave=False, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        batches, desc=desc, total=total, leave=False, disable=not (progress and s.env.is_main), dynamic_ncols=True
+    )
     for step, batch in enumerate(bar):
         if cfg.smoke and step >= SMOKE_STEPS:
             break
@@ -238,9 +280,11 @@ def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
         loss_sum += out.loss.detach().double() * out.count
         wrong += out.errors
         count += out.count
-        if track:  # the only host syncs: one every log_every steps
-            mean_loss = float(loss_sum) / count
-            pen = s.per.penalty() / len(s.per.modules)
+        if track:  # the only host syncs (and, under DDP, the only extra collective): one every log_every steps
+            pen_local = torch.tensor([s.per.penalty() / len(s.per.modules)], dtype=torch.float64, device=s.device)
+            totals = s.env.all_reduce_sum(torch.cat([loss_sum[None], pen_local, loss_sum.new_tensor([count])]))
+            mean_loss = float(totals[0]) / float(totals[2])
+            pen = float(totals[1]) / s.env.world_size
             if not (math.isfinite(mean_loss) and math.isfinite(pen)):
                 what = "training loss" if not math.isfinite(mean_loss) else "PER penalty"
                 layers = {k: v for k, v in s.per.penalty(per_layer=True).items() if not math.isfinite(v)}
@@ -254,10 +298,11 @@ def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
     s.per.track_penalty = False
     if count == 0:
         raise TrainingError("the training split yielded no batch; check --batch-size against the data size")
-    if not math.isfinite(float(loss_sum)):
+    totals = s.env.all_reduce_sum(torch.stack([loss_sum, wrong.double(), loss_sum.new_tensor(count)]))
+    if not math.isfinite(float(totals[0])):
         raise TrainingError(f"non-finite training loss at the end of epoch {epoch}")
     return {
-        **s.task.summarize(float(loss_sum), int(wrong), count),
+        **s.task.summarize(float(totals[0]), int(totals[1]), int(totals[2])),
         "per_penalty": float(np.mean(penalties)) if penalties else float("nan"),
     }
 
@@ -276,43 +321,61 @@ def train(
 ) -> list[dict[str, Any]]:
     """Train ``cfg`` into the run directory ``out``; returns the metrics of every epoch."""
     run = RunDir(out)
-    prepare_run_dir(run, cfg, resume, overwrite)
-    s = build(cfg)
+    env = init_from_env(cfg.device)
+    try:
+        if env.is_main:
+            prepare_run_dir(run, cfg, resume, overwrite)
+        env.barrier()
+        return _train(run, build(cfg, env), resume, progress)
+    finally:
+        shutdown()
+
+
+def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str, Any]]:
+    cfg, main = s.cfg, s.env.is_main
     start, metrics = 0, []
     if resume and run.checkpoint_path.is_file():
         start, metrics = load_checkpoint(run, s)
-    elif resume and progress:  # killed before its first epoch finished: nothing to continue from
+    elif resume and progress and main:  # killed before its first epoch finished: nothing to continue from
         tqdm.write(f"{run.root}: no checkpoint yet, starting from epoch 1")
-    run.write_config({**cfg.to_dict(), "versions": package_versions(), "command": sys.argv})
-    for epoch in range(start + 1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        recording = s.recorder is not None and _should_record(cfg, epoch)
-        if recording:
-            s.recorder.start_epoch(epoch, reservoir=True if epoch == cfg.epochs else None)
-        row: dict[str, Any] = {"epoch": epoch, "lr": s.optimizer.param_groups[0]["lr"]}
-        row.update(train_epoch(s, epoch, progress))
-        if recording:
-            s.recorder.end_epoch()
-        s.model.eval()
-        row.update(s.task.evaluate(s.model))
-        if isinstance(s.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            s.scheduler.step(row["val_loss"])
-        else:
-            s.scheduler.step()
-        if recording:
-            with s.recorder.eval_pass(), torch.no_grad():
-                s.task.forward(s.model, s.task.record_batch())
-            s.recorder.save(run.root, epoch)
-        row["seconds"] = time.perf_counter() - t0
-        metrics.append(row)
-        run.write_metrics(metrics)
-        save_checkpoint(run, s, epoch, metrics)  # the commit point of an epoch
-        if progress:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "lr"))
-            tqdm.write(f"[{cfg.method}] epoch {epoch}/{cfg.epochs}: {shown}")
-    s.per.remove()
-    if s.recorder is not None:
-        s.recorder.remove()
+    if main:
+        run.write_config({**cfg.to_dict(), "versions": package_versions(), "command": sys.argv})
+    try:
+        for epoch in range(start + 1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            recording = s.recorder is not None and _should_record(cfg, epoch)
+            if recording:
+                s.recorder.start_epoch(epoch, reservoir=True if epoch == cfg.epochs else None)
+            row: dict[str, Any] = {"epoch": epoch, "lr": s.optimizer.param_groups[0]["lr"]}
+            row.update(train_epoch(s, epoch, progress))
+            if recording:
+                s.recorder.end_epoch()
+                s.recorder.reduce_across_ranks()  # every rank's train statistics into rank 0's
+            s.module.eval()
+            row.update(s.task.evaluate(s.module))  # every rank evaluates the same data: no collective needed
+            if isinstance(s.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                s.scheduler.step(row["val_loss"])
+            else:
+                s.scheduler.step()
+            if recording and main:
+                with s.recorder.eval_pass(), torch.no_grad():
+                    s.task.forward(s.module, s.task.record_batch())
+                s.recorder.save(run.root, epoch)
+            row["seconds"] = time.perf_counter() - t0
+            metrics.append(row)
+            if main:
+                run.write_metrics(metrics)
+            save_checkpoint(run, s, epoch, metrics)  # the commit point of an epoch
+            s.env.barrier()
+            if progress and main:
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "lr"))
+                tqdm.write(f"[{cfg.method}] epoch {epoch}/{cfg.epochs}: {shown}")
+    finally:  # hooks never outlive the run, also when it fails
+        s.per.remove()
+        if s.penalty is not None:
+            s.penalty.remove()
+        if s.recorder is not None:
+            s.recorder.remove()
     return metrics
 
 
@@ -398,6 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 reports
     last = metrics[-1] if metrics else {}
     shown = ", ".join(f"{k} {last[k]:.4g}" for k in ("val_error", "val_ppl", "val_loss") if k in last)
     print(f"done: {args.out} (epoch {last.get('epoch')}, {shown})")

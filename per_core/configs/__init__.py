@@ -54,7 +54,8 @@ class TrainConfig:
     bptt: int = 35  # language models: tokens per truncated-backpropagation segment
     # --- bookkeeping
     seed: int = 0  # seeds model init, data order, augmentation, PER slices and the recorder
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: auto/cuda means cuda:LOCAL_RANK)
+    sync_bn: bool = True  # under data parallelism, synchronize BatchNorm statistics across ranks
     log_every: int = 10  # steps between progress updates and PER penalty measurements
     record: str | None = "all"  # layers to record: "all", comma-separated labels, or None
     record_every: int = 1  # record activations every k epochs (and always at the last epoch)

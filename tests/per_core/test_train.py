@@ -112,3 +112,11 @@ def test_cli_user_errors_are_one_line_messages(tmp_path, capsys):
     assert "lam must be >= 0" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "z"), "--record", "layer99", "--smoke", "--no-progress"]) == 2
     assert "unknown layer 'layer99'" in capsys.readouterr().err
+
+
+def test_resume_removes_temporaries_left_by_a_killed_writer(tmp_path):
+    train(small(epochs=1), tmp_path / "r", progress=False)
+    stale = tmp_path / "r" / "checkpoints" / ".last.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    train(small(epochs=2), tmp_path / "r", resume=True, progress=False)
+    assert not stale.exists()

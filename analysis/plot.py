@@ -1,0 +1,1055 @@
+r"""Figures from run directories: Figure 2, SW1 curves, ridgelines, metrics; ``python -m analysis.plot``.
+
+Every function takes a :class:`analysis.io.RunData` (from :func:`analysis.io.load_run`) and returns a
+matplotlib Figure (nothing is shown). The same method has the same colour in every figure
+(:func:`analysis.style.method_color`).
+
+- :func:`figure2`: the paper's Figure 2 for chosen units of chosen layers: per method, the unit's
+  distribution over epochs as quantile bands (from the recorded histogram, :func:`hist_quantiles`),
+  then its mean and variance over epochs with every method overlaid (variance clipped at 5).
+- :func:`sw1_curves`: per layer, :math:`SW_1` to :math:`\mathcal{N}(0, I)` (exact per slice, on the
+  reservoir of joint rows) over epochs, with the bound :math:`L_{per}` on the same slices dashed, and
+  the epochs where the activations collapsed (bound small because the activations shrank).
+- :func:`ridgeline`: the unit's histogram over epochs, one panel per method.
+- :func:`metrics_curves`: validation error (or perplexity), training loss and the PER penalty.
+
+Several runs of one method (seeds): Figure 2's bands and the ridgelines show the *first* run of
+each method (runs sorted by label); the curves (mean, variance, SW1, metrics) show every run, the
+first one solid and the others thinner and lighter in the same colour, labelled by run.
+
+Command line::
+
+    python -m analysis.plot RUN_DIR [RUN_DIR ...] [--layers L ...] [--units U ...] [--split eval|train]
+                            [--out DIR] [--format png|pdf] [--skip-bad] [--debug]
+
+A path is a run directory or a sweep of them; all runs found under all paths are compared. The
+figures go to ``PATH/figures/`` (for several paths: ``figures/`` in their common parent) and each
+written path is printed on its own line. User errors (not a run directory, no activations, unknown
+layer, unit or split, damaged file) exit with status 2 and a one-line message.
+
+Cost: :func:`analysis.io.load_run` reads every activation file once; the figures then decompress
+only the members they draw (the histograms of the chosen layers, the reservoirs of the reservoir
+epochs), so the time grows linearly with epochs x layers.
+
+References
+----------
+.. [1] Joo, T., Kang, D., Kim, B. "Regularizing activations in neural networks via
+   distribution matching with the Wasserstein metric", ICLR 2020, arXiv:2002.05366 (Figure 2).
+.. [2] Bonneel, N., Rabin, J., Peyré, G., Pfister, H. "Sliced and Radon Wasserstein
+   barycenters of measures", J. Math. Imaging Vis. 51 (2015).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from analysis.bounds import LPER_AT_GAUSSIAN, LPER_FLOOR, per_bound_slices
+from analysis.distances import _projections, sliced_w1_to_normal_slices
+from analysis.io import RunData, load_run
+from analysis.recorder import layer_stats
+from analysis.style import METHOD_COLORS, method_color, use_style
+from per_core.rundir import RunDirError, atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "COLLAPSE_STD",
+    "QUANTILES",
+    "VAR_CLIP",
+    "PlotError",
+    "default_layers",
+    "figure2",
+    "hist_quantiles",
+    "main",
+    "metrics_curves",
+    "ridgeline",
+    "sw1_curves",
+    "sw1_table",
+    "unit_evolution",
+]
+
+#: Quantile levels of Figure 2's bands: 5-95% (light), 25-75% (dark) and the median.
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+#: Figure 2's variance axis is clipped here, as in the paper; clipped points are marked.
+VAR_CLIP = 5.0
+#: Projected standard deviation below which a layer counts as collapsed (the rule and default of
+#: :func:`analysis.bounds.check_bounds`: ``projected_std < COLLAPSE_STD and lper < 2/sqrt(pi)``).
+COLLAPSE_STD = 0.5
+_SPLIT_WORDS = {"eval": "a fixed validation batch, eval mode", "train": "training batches, train mode"}
+_EXTRA_ALPHA, _GREY = 0.45, "#777777"
+
+
+class PlotError(ValueError):
+    """A figure cannot be drawn from this data: nothing recorded, unknown layer, unit or split."""
+
+
+# --- numbers ------------------------------------------------------------------------------------
+
+
+def hist_quantiles(
+    counts: Any,
+    edges: Any,
+    q: Sequence[float] = QUANTILES,
+    *,
+    under: Any = 0,
+    over: Any = 0,
+    data_min: Any = None,
+    data_max: Any = None,
+) -> np.ndarray:
+    r"""Quantiles of histogrammed data, interpolated linearly within bins.
+
+    The under/overflow counts become two more bins, :math:`[\min, e_0)` and :math:`(e_n, \max]`,
+    and every edge is clipped to the recorded :math:`[\min, \max]` (no value lies outside it), so
+    the bins holding the extremes shrink to where the data are. With :math:`C_j` the count below
+    edge :math:`j` and :math:`N` the total, the :math:`q`-quantile lies in the bin :math:`j` with
+    :math:`C_j < qN \le C_{j+1}` and is read off assuming values spread evenly in it:
+
+    .. math::
+        \hat x_q = e_j + (e_{j+1} - e_j) \frac{qN - C_j}{C_{j+1} - C_j}.
+
+    The sample quantile :math:`x_{(\lceil qN \rceil)}` (numpy's ``method="inverted_cdf"``) lies in
+    the same bin, so the error is at most the width of that bin: the histogram's bin width inside
+    the range (0.5 for the recorder's defaults), up to :math:`e_0 - \min` or :math:`\max - e_n` in
+    the under/overflow. For large samples numpy's default (linear) quantile is as close.
+
+    Parameters
+    ----------
+    counts : array_like, shape (..., bins)
+        Histogram counts, e.g. one row per epoch.
+    edges : array_like, shape (bins + 1,) or (..., bins + 1)
+        Bin edges (increasing), shared or one row per histogram.
+    q : sequence of float
+        Quantile levels in [0, 1].
+    under, over : array_like, shape (...), optional
+        Counts below ``edges[0]`` and above ``edges[-1]``.
+    data_min, data_max : array_like, shape (...), optional
+        The recorded minimum and maximum; needed when ``under``/``over`` are non-zero.
+
+    Returns
+    -------
+    quantiles : ndarray, shape (..., len(q))
+        NaN where the histogram is empty.
+
+    Example
+    -------
+    >>> x = np.random.default_rng(0).normal(size=10_000)
+    >>> edges = np.linspace(-10, 10, 41)
+    >>> est = hist_quantiles(np.histogram(x, edges)[0], edges, data_min=x.min(), data_max=x.max())
+    >>> bool(np.all(np.abs(est - np.quantile(x, QUANTILES)) <= 0.5))
+    True
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    if counts.ndim < 1:
+        raise ValueError("counts must have a bins axis")
+    if np.any((q < 0) | (q > 1)):
+        raise ValueError(f"quantile levels must lie in [0, 1], got {q.tolist()}")
+    lead = counts.shape[:-1]
+    edges = np.broadcast_to(np.asarray(edges, dtype=np.float64), (*lead, counts.shape[-1] + 1))
+    under = np.broadcast_to(np.asarray(under, dtype=np.float64), lead)
+    over = np.broadcast_to(np.asarray(over, dtype=np.float64), lead)
+    if (np.any(under > 0) and data_min is None) or (np.any(over > 0) and data_max is None):
+        raise ValueError("under/overflow counts need data_min/data_max to place them")
+    lo = edges[..., 0] if data_min is None else np.broadcast_to(np.asarray(data_min, dtype=np.float64), lead)
+    hi = edges[..., -1] if data_max is None else np.broadcast_to(np.asarray(data_max, dtype=np.float64), lead)
+    # (..., bins + 3) edges [min, e_0 .. e_n, max] clipped into [min, max]; (..., bins + 2) counts
+    ext = np.concatenate([lo[..., None], edges, hi[..., None]], axis=-1)
+    with np.errstate(invalid="ignore"):  # empty units have min = +inf, max = -inf
+        ext = np.clip(ext, np.minimum(lo, hi)[..., None], np.maximum(lo, hi)[..., None])
+    c = np.concatenate([under[..., None], counts, over[..., None]], axis=-1)
+    cum = np.concatenate([np.zeros((*lead, 1)), np.cumsum(c, axis=-1)], axis=-1)  # (..., bins + 3)
+    total = cum[..., -1:]
+    target = q * total  # (..., len(q))
+    j = (cum[..., None, 1:] < target[..., :, None]).sum(-1)  # first bin with C_{j+1} >= qN
+    j = np.minimum(j, c.shape[-1] - 1)
+    c_j = np.take_along_axis(c, j, -1)
+    frac = np.clip((target - np.take_along_axis(cum, j, -1)) / np.maximum(c_j, 1e-300), 0.0, 1.0)
+    left, right = np.take_along_axis(ext, j, -1), np.take_along_axis(ext, j + 1, -1)
+    out = left + frac * (right - left)
+    with np.errstate(invalid="ignore"):
+        out = np.clip(out, ext[..., :1], ext[..., -1:])  # rounding never leaves [min, max]
+    return np.where(total > 0, out, np.nan)
+
+
+def _bin_width(edges: np.ndarray) -> float:
+    return float(np.diff(edges).max())
+
+
+# --- what is recorded ---------------------------------------------------------------------------
+
+
+def _recorded(data: RunData) -> pd.DataFrame:
+    if data.index.empty:
+        raise PlotError(f"no activations recorded in {data.root}: train with --record")
+    return data.index
+
+
+def _resolve_split(data: RunData, split: str | None, *, reservoir: bool = False) -> str:
+    """``split`` checked against what was recorded; default ``eval`` when recorded, else ``train``."""
+    index = _recorded(data)
+    if reservoir:
+        index = index[index["reservoir"] > 0]
+    there = [s for s in ("eval", "train") if (index["split"] == s).any()]
+    if split is None:
+        if not there:
+            raise PlotError(f"no reservoir rows recorded in {data.root}: SW1 needs them (ActivationRecorder reservoir)")
+        return there[0]
+    if split not in there:
+        what = "reservoir rows" if reservoir else "activations"
+        raise PlotError(f"split {split!r} has no {what} in {data.root}; recorded: {', '.join(there) or 'none'}")
+    return split
+
+
+def _layers_of(data: RunData, split: str) -> list[str]:
+    """Layers recorded in ``split``, in depth order (the order of the activation files)."""
+    index = data.index
+    return list(dict.fromkeys(index.loc[index["split"] == split, "layer"].tolist()))
+
+
+def default_layers(layers: Sequence[str]) -> list[str]:
+    """Figure 2's default layers: every third layer (3, 6, 9 as in the paper), at most three.
+
+    Example
+    -------
+    >>> default_layers([f"layer{i}" for i in range(1, 7)])
+    ['layer3', 'layer6']
+    >>> default_layers([f"conv{i}" for i in range(10)]), default_layers(["fc1", "fc2"])
+    (['conv2', 'conv5', 'conv8'], ['fc1', 'fc2'])
+    """
+    layers = list(layers)
+    return layers[2::3][:3] or layers[:2]
+
+
+def _resolve_layers(data: RunData, split: str, layers: Sequence[str] | None) -> list[str]:
+    there = _layers_of(data, split)
+    if layers is None:
+        return default_layers(there)
+    layers = list(layers)
+    unknown = [layer for layer in layers if layer not in there]
+    if unknown or not layers:
+        raise PlotError(f"unknown layer {', '.join(map(repr, unknown))} in split {split}; layers: {', '.join(there)}")
+    return layers
+
+
+def _resolve_units(data: RunData, split: str, layers: Sequence[str], units: Sequence[int] | None) -> list[int]:
+    units = [0] if units is None else [int(u) for u in units]
+    index = data.index[data.index["split"] == split]
+    for layer in layers:
+        n = int(index.loc[index["layer"] == layer, "units"].min())
+        bad = [u for u in units if not 0 <= u < n]
+        if bad:
+            raise PlotError(f"unit {bad[0]} does not exist in layer {layer}: it has units 0..{n - 1}")
+    if not units:
+        raise PlotError("no unit given")
+    return units
+
+
+def _method_key(method: str) -> tuple[int, str]:
+    order = list(METHOD_COLORS)
+    return (order.index(method) if method in order else len(order), method)
+
+
+def _runs_by_method(data: RunData, runs: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """Runs grouped by method (methods in the fixed colour order, runs sorted by label)."""
+    runs = data.runs_list if runs is None else list(runs)
+    out: dict[str, list[str]] = {}
+    for method in sorted({data.methods[r] for r in runs}, key=_method_key):
+        out[method] = sorted(r for r in runs if data.methods[r] == method)
+    return out
+
+
+def _runs_with(data: RunData, split: str, *, reservoir: bool = False) -> list[str]:
+    index = data.index[data.index["split"] == split]
+    if reservoir:
+        index = index[index["reservoir"] > 0]
+    return [r for r in data.runs_list if (index["run"] == r).any()]
+
+
+def _label(data: RunData, run: str) -> str:
+    method = data.methods[run]
+    alone = sum(m == method for m in data.methods.values()) == 1
+    return method if run == method or alone else f"{method} ({run})"
+
+
+def _line_style(data: RunData, run: str) -> dict[str, Any]:
+    """Colour per method; the first run of a method solid, further runs (seeds) thinner and lighter."""
+    first = _runs_by_method(data)[data.methods[run]][0] == run
+    return {
+        "color": method_color(data.methods[run]),
+        "lw": 1.6 if first else 1.0,
+        "alpha": 1.0 if first else _EXTRA_ALPHA,
+        "label": _label(data, run),
+    }
+
+
+# --- reading single members of activation files -------------------------------------------------
+
+
+class _NpzView:
+    """An open npz seen through :func:`layer_stats`: members are decompressed when accessed, and
+    the reservoir is hidden unless asked for (it is the largest member)."""
+
+    def __init__(self, npz: Any, reservoir: bool) -> None:
+        self.npz, self.reservoir = npz, reservoir
+
+    def __contains__(self, key: str) -> bool:
+        return (self.reservoir or "/reservoir" not in key) and key in self.npz.files
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.npz[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.npz.files)
+
+
+def _read(
+    data: RunData, run: str, epoch: int, split: str, layers: Sequence[str], *, reservoir: bool = False
+) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]:
+    """The edges and :func:`layer_stats` of ``layers`` in one activation file, reading only those."""
+    path = data.runs[run].activation_path(epoch)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            view = _NpzView(npz, reservoir)
+            return npz["edges"], {layer: layer_stats(view, split, layer) for layer in layers}
+    except Exception as err:  # zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError ...
+        raise RunDirError(f"{path}: unreadable npz ({type(err).__name__}: {err}); the file is damaged") from err
+
+
+def _epochs(data: RunData, run: str, split: str, layers: Sequence[str], *, reservoir: bool = False) -> list[int]:
+    index = data.index
+    rows = index[(index["run"] == run) & (index["split"] == split) & index["layer"].isin(list(layers))]
+    if reservoir:
+        rows = rows[rows["reservoir"] > 0]
+    return sorted(set(rows["epoch"].astype(int).tolist()))
+
+
+def _unit_histograms(
+    data: RunData, run: str, split: str, pairs: Sequence[tuple[str, int]], epochs: Sequence[int] | None = None
+) -> dict[tuple[str, int], dict[str, np.ndarray]]:
+    """Per (layer, unit): ``epoch`` (E,), ``counts`` (E, bins), ``edges`` (E, bins+1), ``under``,
+    ``over``, ``min``, ``max`` (E,), from the epochs where the layer was recorded (or ``epochs``)."""
+    layers = list(dict.fromkeys(layer for layer, _ in pairs))
+    index = data.index[(data.index["run"] == run) & (data.index["split"] == split)]
+    per_epoch = index.groupby("epoch")["layer"].agg(set)
+    rows: dict[tuple[str, int], list[tuple[int, np.ndarray, dict[str, np.ndarray]]]] = {p: [] for p in pairs}
+    for epoch in sorted(per_epoch.index.astype(int)) if epochs is None else epochs:
+        have = [layer for layer in layers if layer in per_epoch.get(epoch, set())]
+        if not have:
+            continue
+        edges, fields = _read(data, run, epoch, split, have)
+        for layer, unit in pairs:
+            if layer in fields:
+                rows[(layer, unit)].append((epoch, edges, fields[layer]))
+    out = {}
+    for (layer, unit), got in rows.items():
+        out[(layer, unit)] = {
+            "epoch": np.array([e for e, _, _ in got], dtype=np.int64),
+            "counts": np.array([f["hist"][unit] for _, _, f in got], dtype=np.float64).reshape(len(got), -1),
+            "edges": np.array([edges for _, edges, _ in got]).reshape(len(got), -1),
+            **{k: np.array([f[k][unit] for _, _, f in got], dtype=np.float64) for k in ("under", "over", "min", "max")},
+        }
+    return out
+
+
+def _quantiles_of(h: dict[str, np.ndarray], q: Sequence[float] = QUANTILES) -> np.ndarray:
+    if len(h["epoch"]) == 0:
+        return np.zeros((0, len(q)))
+    return hist_quantiles(
+        h["counts"], h["edges"], q, under=h["under"], over=h["over"], data_min=h["min"], data_max=h["max"]
+    )
+
+
+def unit_evolution(
+    data: RunData, run: str, layer: str, unit: int = 0, split: str | None = None, q: Sequence[float] = QUANTILES
+) -> pd.DataFrame:
+    """One unit over epochs: histogram quantiles (:func:`hist_quantiles`) and exact moments.
+
+    Returns
+    -------
+    DataFrame
+        One row per recorded epoch: ``epoch``, ``q0.05`` ... (one column per level of ``q``),
+        ``resolution`` (bin width: the quantiles' error bound inside the histogram range),
+        ``mean``, ``var``, ``min``, ``max``, ``count``, ``outside`` (fraction of values outside
+        the histogram range).
+    """
+    split = _resolve_split(data, split)
+    layer = _resolve_layers(data, split, [layer])[0]
+    unit = _resolve_units(data, split, [layer], [unit])[0]
+    if run not in data.runs:
+        raise PlotError(f"unknown run {run!r}; runs: {', '.join(data.runs_list)}")
+    h = _unit_histograms(data, run, split, [(layer, unit)])[(layer, unit)]
+    frame = pd.DataFrame({"epoch": h["epoch"]})
+    for level, col in zip(q, _quantiles_of(h, q).T, strict=True):
+        frame[f"q{level:g}"] = col
+    frame["resolution"] = [_bin_width(e) for e in h["edges"]]
+    moments = _unit_moments(data, split, [layer], [unit])
+    moments = moments[moments["run"] == run].set_index("epoch")
+    for col in ("mean", "var", "min", "max", "count"):
+        frame[col] = moments[col].reindex(frame["epoch"]).to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frame["outside"] = (h["under"] + h["over"]) / (h["counts"].sum(1) + h["under"] + h["over"])
+    return frame
+
+
+def _unit_moments(data: RunData, split: str, layers: Sequence[str], units: Sequence[int]) -> pd.DataFrame:
+    s = data.stats
+    rows = s[(s["split"] == split) & s["layer"].isin(list(layers)) & s["unit"].isin(list(units))]
+    cols = ["run", "method", "epoch", "layer", "unit", "mean", "var", "min", "max", "count"]
+    out = rows[cols].copy()
+    for c in ("run", "method", "layer"):
+        out[c] = out[c].astype(str)
+    return out.sort_values(["run", "layer", "unit", "epoch"]).reset_index(drop=True)
+
+
+def sw1_table(
+    data: RunData,
+    split: str | None = None,
+    layers: Sequence[str] | None = None,
+    *,
+    n_projections: int = 256,
+    seed: int = 0,
+) -> pd.DataFrame:
+    r""":math:`SW_1` to :math:`\mathcal{N}(0, I)` and :math:`L_{per}` per recorded (run, epoch, layer) with a reservoir.
+
+    On the finite reservoir rows :math:`x_i` (a uniform sample of the epoch's rows), with the slices
+    :math:`\theta_j` of :func:`analysis.distances.sliced_w1_to_normal` (``n_projections``, ``seed``)
+    and :math:`a_{ij} = \langle x_i, \theta_j \rangle`:
+
+    .. math::
+        SW_1 = \frac{1}{s} \sum_j W_1\Big(\frac{1}{m} \sum_i \delta_{a_{ij}}, \mathcal{N}(0, 1)\Big)
+        \;\le\; L_{per} = \frac{1}{s m} \sum_{j, i} \mathbb{E}|Z - a_{ij}|
+
+    (the numbers of :func:`analysis.tables.layer_bounds`, without its exact-OT :math:`W_1` check,
+    which costs about 0.5 s per layer and epoch). ``collapsed`` is the rule of
+    :func:`analysis.bounds.check_bounds`: projected standard deviation
+    :math:`\sqrt{\mathrm{mean}_j \mathrm{Var}_i\, a_{ij}} <` :data:`COLLAPSE_STD` and
+    :math:`L_{per} < 2/\sqrt{\pi}`: the bound is small because the activations shrank.
+
+    Returns
+    -------
+    DataFrame
+        ``run``, ``method``, ``split``, ``epoch``, ``layer``, ``rows``, ``units``, ``sw1``,
+        ``lper``, ``projected_std``, ``collapsed``.
+    """
+    split = _resolve_split(data, split, reservoir=True)
+    layers = _layers_of(data, split) if layers is None else _resolve_layers(data, split, layers)
+    projections: dict[int, np.ndarray] = {}
+    rows: list[dict[str, Any]] = []
+    index = data.index
+    kept = index[(index["split"] == split) & (index["reservoir"] > 0) & index["layer"].isin(layers)]
+    with _one_thread():
+        for (run, epoch), block in kept.groupby([kept["run"].astype(str), kept["epoch"].astype(int)], sort=True):
+            have = [layer for layer in layers if layer in set(block["layer"])]
+            rows += _sw1_rows(data, str(run), int(epoch), split, have, projections, n_projections, seed)
+    columns = ["run", "method", "split", "epoch", "layer", "rows", "units", "sw1", "lper", "projected_std", "collapsed"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _sw1_rows(
+    data: RunData,
+    run: str,
+    epoch: int,
+    split: str,
+    layers: Sequence[str],
+    projections: dict[int, np.ndarray],
+    n_projections: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """The :func:`sw1_table` rows of one activation file; ``projections`` caches the slices per dimension."""
+    _, fields = _read(data, run, epoch, split, layers, reservoir=True)
+    rows = []
+    for layer in layers:
+        X = fields[layer]["reservoir"].astype(np.float64)
+        X = X[np.isfinite(X).all(axis=1)]
+        if len(X) == 0:
+            continue
+        d = X.shape[1]
+        if d not in projections:
+            projections[d] = _projections(d, n_projections, seed)
+        P = projections[d]
+        lper = float(per_bound_slices(X, projections=P).mean())
+        proj_std = float(np.sqrt(np.mean(np.var(X @ P.T, axis=0))))  # (m, d) @ (d, s) -> (m, s)
+        rows.append(
+            {
+                "run": run,
+                "method": data.methods[run],
+                "split": split,
+                "epoch": epoch,
+                "layer": layer,
+                "rows": len(X),
+                "units": d,
+                "sw1": float(sliced_w1_to_normal_slices(X, projections=P).mean()),
+                "lper": lper,
+                "projected_std": proj_std,
+                "collapsed": bool(proj_std < COLLAPSE_STD and lper < LPER_AT_GAUSSIAN),
+            }
+        )
+    return rows
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run tiny linear algebra (256 reservoir rows) on one thread: thread pools only add overhead there,
+    10 to 100 times the work itself when the cores are busy. The previous limits are restored."""
+    try:
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+    except ImportError:  # pragma: no cover
+        threadpool_limits = None
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1) if threadpool_limits is not None else nullcontext():
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- drawing helpers ----------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib.pyplot as plt
+
+    use_style()
+    return plt
+
+
+def _epoch_axis(axes: Any) -> None:
+    """Integer epoch ticks on every axes of ``axes``."""
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in np.ravel(axes):
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+
+
+def _marker(n_points: int) -> dict[str, Any]:
+    return {"marker": "o", "ms": 3} if n_points <= 12 else {}
+
+
+def _bands(ax: Axes, epochs: np.ndarray, qs: np.ndarray, color: str) -> None:
+    """5-95% and 25-75% bands and the median of one unit over epochs (a box at a single epoch)."""
+    if len(epochs) == 1:
+        x = epochs[0]
+        ax.vlines(x, qs[0, 0], qs[0, 4], color=color, lw=2, alpha=0.35)
+        ax.vlines(x, qs[0, 1], qs[0, 3], color=color, lw=7, alpha=0.6)
+        ax.plot([x], [qs[0, 2]], "o", color="white", mec=color, ms=5)
+        ax.set_xlim(x - 1, x + 1)
+        return
+    ax.fill_between(epochs, qs[:, 0], qs[:, 4], color=color, alpha=0.18, lw=0, label="5-95%")
+    ax.fill_between(epochs, qs[:, 1], qs[:, 3], color=color, alpha=0.38, lw=0, label="25-75%")
+    ax.plot(epochs, qs[:, 2], color=color, lw=1.5, label="median", **_marker(len(epochs)))
+
+
+def _finish(fig: Figure, legends: Sequence[tuple[list[Any], list[str], int]], note: str | None = None) -> None:
+    """Tight layout, then legend blocks ``(handles, labels, ncol)`` and a grey note below the axes,
+    placed in inches so that they never overlap (``savefig.bbox = "tight"`` of
+    :func:`analysis.style.use_style` keeps them in the file)."""
+    fig.tight_layout()
+    inch = 1.0 / fig.get_figheight()
+    y = 0.0
+    for handles, labels, ncol in legends:
+        if handles:
+            fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, y), ncol=ncol, fontsize=8)
+            y -= (0.19 * -(-len(handles) // ncol) + 0.08) * inch
+    if note:
+        fig.text(0.5, y - 0.04 * inch, note, ha="center", va="top", fontsize=7.5, color="#444444", wrap=True)
+
+
+def _tint(color: str, amount: float = 0.45) -> tuple[float, float, float]:
+    """``color`` blended with white (opaque, so that overlapping ridges hide each other)."""
+    from matplotlib.colors import to_rgb
+
+    r, g, b = to_rgb(color)
+    return (1 - amount * (1 - r), 1 - amount * (1 - g), 1 - amount * (1 - b))
+
+
+def _split_words(split: str) -> str:
+    return f"{split} split ({_SPLIT_WORDS.get(split, split)})"
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+
+def figure2(
+    data: RunData,
+    layers: Sequence[str] | None = None,
+    units: Sequence[int] | None = None,
+    split: str | None = None,
+    *,
+    var_clip: float = VAR_CLIP,
+) -> Figure:
+    r"""The paper's Figure 2: chosen units of chosen layers over training, per method.
+
+    One row per (layer, unit); columns (a), (b), ... one per method (its first run): the unit's
+    distribution over epochs as quantile bands, 5-95% (light), 25-75% (dark) and the median,
+    computed from the recorded histogram by :func:`hist_quantiles` (resolution: the bin width); then
+    (mean) and (variance) of the unit over epochs, every run overlaid in its method's colour. These
+    are the exact moments of all recorded values (:func:`analysis.recorder.moments_from_sums`), not
+    histogram estimates. The variance axis is clipped at ``var_clip`` (5 in the paper); clipped
+    epochs are drawn as open triangles on the clip line. Dotted grey lines: mean 0 and variance 1 of
+    :math:`\mathcal{N}(0, 1)`.
+
+    Parameters
+    ----------
+    data : RunData
+    layers : sequence of str, optional
+        Default :func:`default_layers` of the recorded layers (layer3, layer6 of the demo net).
+    units : sequence of int, optional
+        Units shown for every chosen layer (default ``[0]``).
+    split : {"eval", "train"}, optional
+        Default ``eval`` (a fixed validation batch in eval mode) when recorded, else ``train``.
+    var_clip : float
+        Upper limit of the variance axis.
+
+    Returns
+    -------
+    Figure
+        ``len(layers) * len(units)`` rows of ``n_methods + 2`` axes.
+    """
+    split = _resolve_split(data, split)
+    layers = _resolve_layers(data, split, layers)
+    units = _resolve_units(data, split, layers, units)
+    pairs = [(layer, unit) for layer in layers for unit in units]
+    recorded = _runs_with(data, split)
+    groups = _runs_by_method(data, recorded)
+    methods = list(groups)
+    plt = _pyplot()
+    ncols = len(methods) + 2
+    fig, axes = plt.subplots(
+        len(pairs), ncols, figsize=(2.55 * ncols + 0.6, 2.35 * len(pairs) + 0.9), squeeze=False, sharex=True
+    )
+    widths: set[float] = set()
+    outside = False
+    for col, method in enumerate(methods):
+        hists = _unit_histograms(data, groups[method][0], split, pairs)
+        for row, pair in enumerate(pairs):
+            h = hists[pair]
+            if len(h["epoch"]):
+                _bands(axes[row, col], h["epoch"], _quantiles_of(h), method_color(method))
+                widths.update(_bin_width(e) for e in h["edges"][:1])
+                outside = outside or bool((h["under"] + h["over"]).sum() > 0)
+    for row in range(len(pairs)):  # one activation scale per row, so methods compare at a glance
+        lims = np.array([axes[row, c].get_ylim() for c in range(len(methods))])
+        for c in range(len(methods)):
+            axes[row, c].set_ylim(lims[:, 0].min(), lims[:, 1].max())
+
+    moments = _unit_moments(data, split, layers, units)
+    clipped_any = False
+    for row, (layer, unit) in enumerate(pairs):
+        ax_m, ax_v = axes[row, -2], axes[row, -1]
+        ax_m.axhline(0.0, color=_GREY, ls=":", lw=1)
+        ax_v.axhline(1.0, color=_GREY, ls=":", lw=1)
+        ax_v.axhline(var_clip, color=_GREY, ls="--", lw=0.8)
+        for method in methods:
+            for run in groups[method]:
+                m = moments[(moments["run"] == run) & (moments["layer"] == layer) & (moments["unit"] == unit)]
+                e, mean, var = m["epoch"].to_numpy(), m["mean"].to_numpy(), m["var"].to_numpy()
+                style = _line_style(data, run)
+                ax_m.plot(e, mean, **style, **_marker(len(e)))
+                ax_v.plot(e, np.minimum(var, var_clip), **style, **_marker(len(e)))
+                over = var > var_clip
+                if over.any():
+                    clipped_any = True
+                    ax_v.plot(e[over], np.full(over.sum(), var_clip), "^", mfc="white", mec=style["color"], ms=5)
+        ax_v.set_ylim(0, var_clip * 1.08)
+        ax_m.set_ylabel("mean")
+        ax_v.set_ylabel(f"variance (clipped at {var_clip:g})")
+        axes[row, 0].set_ylabel(f"{layer}, unit {unit}\nactivation value")
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    for col, method in enumerate(methods):
+        axes[0, col].set_title(f"({letters[col]}) {method}: quantile bands", color=method_color(method))
+    axes[0, -2].set_title(f"({letters[len(methods)]}) mean")
+    axes[0, -1].set_title(f"({letters[len(methods) + 1]}) variance")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    _epoch_axis(axes)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    runs_h, runs_l = axes[0, -2].get_legend_handles_labels()
+    if clipped_any:
+        runs_h.append(Line2D([], [], ls="", marker="^", mfc="white", mec="k", ms=5))
+        runs_l.append(f"variance > {var_clip:g} (clipped)")
+    bands_h = [Patch(color="k", alpha=0.18), Patch(color="k", alpha=0.45), Line2D([], [], color="k", lw=1.5)]
+    bands_l = ["bands: 5-95% of the unit's values", "25-75%", "median"]
+    what = ", ".join(f"{layer} unit {unit}" for layer, unit in pairs)
+    fig.suptitle(f"Activation evolution of {what} over training, {_split_words(split)}")
+    width = ", ".join(f"{w:g}" for w in sorted(widths)) or "?"
+    extra = any(len(r) > 1 for r in groups.values())
+    note = (
+        f"Bands: quantiles interpolated within histogram bins of width {width} (resolution ±{width})"
+        + ("; values outside the histogram range placed between its edge and the recorded min/max" if outside else "")
+        + ". Mean and variance: exact moments of all recorded values. Dotted: N(0, 1) (mean 0, variance 1)."
+        + (" Bands: first run of each method; curves: every run (extra seeds lighter)." if extra else "")
+    )
+    _finish(fig, [(runs_h, runs_l, len(runs_h)), (bands_h, bands_l, 3)], note)
+    return fig
+
+
+def sw1_curves(
+    data: RunData,
+    split: str | None = None,
+    layers: Sequence[str] | None = None,
+    *,
+    n_projections: int = 256,
+    seed: int = 0,
+    table: pd.DataFrame | None = None,
+) -> Figure:
+    r"""Per layer, :math:`SW_1` to :math:`\mathcal{N}(0, I)` over epochs next to the bound :math:`L_{per}`.
+
+    One panel per layer with a reservoir (numbers from :func:`sw1_table`): solid, the true sliced
+    distance :math:`SW_1` (exact per slice, on the reservoir rows); dashed, :math:`L_{per}` on the
+    same slices, the upper bound PER minimizes (:math:`SW_1 \le L_{per}` slice by slice). It is not
+    a distance: it is smallest for a point mass at 0, :math:`\sqrt{2/\pi} \approx 0.798` (dotted
+    line; also the :math:`SW_1` of that point mass), and equals :math:`2/\sqrt{\pi} \approx 1.128`
+    at :math:`\mathcal{N}(0, I)` itself (dash-dotted). So with a large :math:`\lambda` the
+    activations shrink, :math:`L_{per}` falls towards 0.798 while the true :math:`SW_1` grows
+    again; those points are marked x (``collapsed``: projected std < :data:`COLLAPSE_STD` and
+    :math:`L_{per} < 1.128`).
+
+    Parameters
+    ----------
+    data : RunData
+    split : {"eval", "train"}, optional
+        Default ``eval`` when it has reservoir rows, else ``train``.
+    layers : sequence of str, optional
+        Default: every layer with a reservoir in ``split``.
+    n_projections, seed : int
+        The slices (as in :func:`analysis.distances.sliced_w1_to_normal`).
+    table : DataFrame, optional
+        A precomputed :func:`sw1_table` to draw instead of computing it.
+
+    Returns
+    -------
+    Figure
+        One axes per layer.
+    """
+    if table is None:
+        table = sw1_table(data, split, layers, n_projections=n_projections, seed=seed)
+    split = str(table["split"].iloc[0]) if len(table) else _resolve_split(data, split, reservoir=True)
+    shown = [layer for layer in _layers_of(data, split) if (table["layer"] == layer).any()]
+    if not shown:
+        raise PlotError(f"no finite reservoir rows in split {split} of {data.root}")
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
+    from matplotlib.transforms import blended_transform_factory
+
+    ncols = min(3, len(shown))
+    nrows = -(-len(shown) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols + 0.9, 2.6 * nrows + 0.8), squeeze=False, sharey=True)
+    groups = _runs_by_method(data, sorted(set(table["run"])))
+    top = max(float(table["lper"].max()), float(table["sw1"].max()), LPER_AT_GAUSSIAN) * 1.08
+    for k, layer in enumerate(shown):
+        ax = axes.flat[k]
+        ax.axhline(LPER_FLOOR, color=_GREY, ls=":", lw=1)
+        ax.axhline(LPER_AT_GAUSSIAN, color=_GREY, ls="-.", lw=1)
+        for runs in groups.values():
+            for run in runs:
+                t = table[(table["run"] == run) & (table["layer"] == layer)].sort_values("epoch")
+                if t.empty:
+                    continue
+                style = _line_style(data, run)
+                e = t["epoch"].to_numpy()
+                mk = _marker(len(e)) or ({"marker": "o", "ms": 3} if len(e) == 1 else {})
+                ax.plot(e, t["sw1"], **style, **mk)
+                ax.plot(e, t["lper"], **{**style, "label": None, "ls": "--", "lw": style["lw"] * 0.8}, **mk)
+                c = t["collapsed"].to_numpy(bool)
+                if c.any():
+                    ax.plot(e[c], t["sw1"].to_numpy()[c], "X", color=style["color"], mec="k", mew=0.6, ms=7)
+        ax.set_ylim(0, top)
+        ax.set_title(f"{layer}")
+        if k % ncols == 0:
+            ax.set_ylabel("SW1 to N(0, I); L_per dashed")
+        if k >= len(shown) - ncols:
+            ax.set_xlabel("epoch")
+        if k % ncols == ncols - 1 or k == len(shown) - 1:  # reference values at the right of each row
+            right = blended_transform_factory(ax.transAxes, ax.transData)
+            for y, text in ((LPER_FLOOR, "0.798 point mass"), (LPER_AT_GAUSSIAN, "1.128 L_per at N(0, I)")):
+                ax.text(1.02, y, text, transform=right, va="center", fontsize=7, color="#555555")
+    _epoch_axis(axes)
+    for ax in axes.flat[len(shown) :]:
+        fig.delaxes(ax)
+    runs_h, runs_l = [], []
+    for runs in groups.values():
+        for run in runs:
+            s = _line_style(data, run)
+            runs_h.append(Line2D([], [], color=s["color"], lw=s["lw"], alpha=s["alpha"]))
+            runs_l.append(s["label"])
+    keys_h = [
+        Line2D([], [], color="k", lw=1.4),
+        Line2D([], [], color="k", lw=1.2, ls="--"),
+        Line2D([], [], ls="", marker="X", color="#bbbbbb", mec="k", mew=0.6, ms=7),
+        Line2D([], [], color=_GREY, lw=1, ls=":"),
+        Line2D([], [], color=_GREY, lw=1, ls="-."),
+    ]
+    keys_l = [
+        "SW1 to N(0, I), exact per slice",
+        "L_per, same slices (bound, not a distance)",
+        f"collapsed (projected std < {COLLAPSE_STD:g}, L_per < 1.128)",
+        "0.798: L_per floor = SW1 of a point mass at 0",
+        "1.128: L_per of N(0, I)",
+    ]
+    rows = sorted(set(table["rows"].astype(int)))
+    m = f"{rows[0]}" if len(rows) == 1 else f"{rows[0]}-{rows[-1]}"
+    fig.suptitle(
+        f"SW1 to N(0, I) per layer (solid) vs the bound L_per (dashed), {_split_words(split)}\n"
+        "L_per is minimized by a point mass (0.798), not by N(0, I) (1.128): a small L_per can mean shrunken "
+        "activations, and then the true SW1 grows again (x)"
+    )
+    note = (
+        f"SW1 on {m} reservoir rows per layer and epoch, {n_projections} slices; an m-point sample carries a "
+        f"finite-sample bias of about 0.4/sqrt(m) per slice (~{0.4 / np.sqrt(rows[0]):.2f} here): compare at "
+        "equal m. SW1 = 0 is N(0, I) exactly."
+    )
+    _finish(fig, [(runs_h, runs_l, min(len(runs_h), 6)), (keys_h, keys_l, 3)], note)
+    return fig
+
+
+def ridgeline(data: RunData, layer: str, unit: int = 0, split: str | None = None, *, max_ridges: int = 20) -> Figure:
+    r"""The unit's histogram over epochs as a ridgeline, one panel per method (its first run).
+
+    Each ridge is the histogram density :math:`c_k / (N \Delta_k)` of one recorded epoch, scaled to
+    its own peak (the shape, not the height, is compared), stacked upwards by epoch. At most
+    ``max_ridges`` evenly spaced epochs are drawn (always the first and the last). Values outside
+    the histogram range are not drawn; their share is given in the panel title when non-zero.
+
+    Returns
+    -------
+    Figure
+        One axes per method.
+    """
+    split = _resolve_split(data, split)
+    layer = _resolve_layers(data, split, [layer])[0]
+    unit = _resolve_units(data, split, [layer], [unit])[0]
+    groups = _runs_by_method(data, _runs_with(data, split))
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        1, len(groups), figsize=(3.1 * len(groups) + 0.5, 4.6), squeeze=False, sharex=True, sharey=False
+    )
+    lo, hi = np.inf, -np.inf
+    for ax, (method, runs) in zip(axes[0], groups.items(), strict=True):
+        epochs = _epochs(data, runs[0], split, [layer])
+        if len(epochs) > max_ridges:
+            epochs = sorted({epochs[round(i)] for i in np.linspace(0, len(epochs) - 1, max_ridges)})
+        h = _unit_histograms(data, runs[0], split, [(layer, unit)], epochs)[(layer, unit)]
+        color = method_color(method)
+        fill = _tint(color)
+        inside = h["counts"].sum(1)
+        for k in range(len(h["epoch"]) - 1, -1, -1):  # top ridge first; lower ridges are drawn over it
+            edges, counts = h["edges"][k], h["counts"][k]
+            if inside[k] == 0:
+                continue
+            nz = np.nonzero(counts)[0]
+            a, b = nz[0], nz[-1] + 1  # the ridge spans its non-empty bins
+            density = counts[a:b] / (inside[k] * np.diff(edges[a : b + 1]))
+            y = 1.5 * density / density.max()  # peak 1.5 ridge spacings: neighbours overlap a little
+            x, top = edges[a : b + 1], k + np.append(y, y[-1])
+            z = 2 * (len(h["epoch"]) - k)
+            ax.fill_between(x, k, top, step="post", color=fill, lw=0, zorder=z)
+            ax.step(x, top, where="post", color=color, lw=0.8, zorder=z + 1)
+            ax.plot([x[0], x[0]], [k, top[0]], color=color, lw=0.8, zorder=z + 1)
+            ax.plot([x[-1], x[-1]], [k, top[-1]], color=color, lw=0.8, zorder=z + 1)
+            lo, hi = min(lo, x[0]), max(hi, x[-1])
+        ticks = np.arange(len(h["epoch"]))
+        step = max(1, len(ticks) // 8)
+        ax.set_yticks(ticks[::step], [str(e) for e in h["epoch"][::step]])
+        ax.set_ylim(-0.2, len(ticks) + 0.8)
+        ax.axvline(0.0, color=_GREY, ls=":", lw=1, zorder=0)
+        total = h["counts"].sum() + h["under"].sum() + h["over"].sum()
+        share = (h["under"].sum() + h["over"].sum()) / total if total else 0.0
+        ax.set_title(method + (f" ({share:.1%} outside the histogram range)" if share > 0 else ""), color=color)
+        ax.set_xlabel("activation value")
+        ax.grid(axis="y", alpha=0)
+    axes[0, 0].set_ylabel("epoch")
+    if np.isfinite(lo):
+        pad = 0.05 * (hi - lo)
+        axes[0, 0].set_xlim(lo - pad, hi + pad)
+    fig.suptitle(
+        f"Histogram of {layer} unit {unit} over epochs, {_split_words(split)}\n"
+        "each ridge scaled to its own peak; bins as recorded"
+    )
+    fig.tight_layout()
+    return fig
+
+
+def metrics_curves(data: RunData) -> Figure:
+    r"""Validation error (or perplexity), training loss and the PER penalty over epochs, every run.
+
+    The PER penalty is :math:`L_{per}` of the regularized layers as logged by the trainer (measured
+    for every method), an upper bound of :math:`SW_1`, with its floor 0.798 (point mass) and its
+    value 1.128 at :math:`\mathcal{N}(0, I)` marked.
+
+    Returns
+    -------
+    Figure
+        One axes per metric found in ``metrics.jsonl`` (at most three).
+    """
+    m = data.metrics
+    if m.empty or "epoch" not in m:
+        raise PlotError(f"no metrics recorded in {data.root}")
+    val = next((c for c in ("val_ppl", "val_error", "val_loss") if c in m and m[c].notna().any()), None)
+    panels = [c for c in (val, "train_loss", "per_penalty") if c is not None and c in m and m[c].notna().any()]
+    if not panels:
+        raise PlotError(f"no val_error/val_ppl, train_loss or per_penalty in the metrics of {data.root}")
+    names = {
+        "val_error": "validation error (%)",
+        "val_ppl": "validation perplexity",
+        "val_loss": "validation loss",
+        "train_loss": "training loss",
+        "per_penalty": "PER penalty: L_per (a bound, not a distance)",
+    }
+    units = {"val_error": "error (%)", "val_ppl": "perplexity", "val_loss": "loss", "train_loss": "loss"}
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.4, 3.2), squeeze=False)
+    for ax, col in zip(axes[0], panels, strict=True):
+        for runs in _runs_by_method(data).values():
+            for run in runs:
+                r = m[(m["run"] == run) & m[col].notna()].sort_values("epoch")
+                ax.plot(r["epoch"], r[col], **_line_style(data, run), **_marker(len(r)))
+        if col != "per_penalty" and (m[col].dropna() > 0).all():
+            ax.set_yscale("log")
+        if col == "per_penalty":
+            ax.axhline(LPER_FLOOR, color=_GREY, ls=":", lw=1, label="0.798: floor (point mass)")
+            ax.axhline(LPER_AT_GAUSSIAN, color=_GREY, ls="-.", lw=1, label="1.128: at N(0, I)")
+        ax.set(title=names.get(col, col), xlabel="epoch", ylabel=units.get(col, "L_per"))
+    _epoch_axis(axes)
+    handles, labels = [], []
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    fig.suptitle("Training metrics per run")
+    _finish(fig, [(handles, labels, min(len(handles), 6))])
+    return fig
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def _load(paths: Sequence[str | os.PathLike[str]], skip_bad: bool) -> RunData:
+    """One RunData for all runs under ``paths``; runs are labelled by their path below the common parent."""
+    if len(paths) == 1:
+        return load_run(paths[0], skip_bad=skip_bad)
+    loaded = [load_run(p, skip_bad=skip_bad) for p in paths]
+    roots = [rd.root.resolve() for d in loaded for rd in d.runs.values()]
+    common = Path(os.path.commonpath([str(p.resolve()) for p in map(Path, paths)]))
+    if common in roots:  # one path is a run inside another: label from one level up
+        common = common.parent
+    runs, methods, configs, skipped = {}, {}, {}, []
+    stats, metrics, index = [], [], []
+    for d in loaded:
+        skipped += d.skipped
+        rename = {}
+        for old, rd in d.runs.items():
+            new = rd.root.resolve().relative_to(common).as_posix()
+            if new not in runs:
+                rename[old] = new
+                runs[new], methods[new], configs[new] = rd, d.methods[old], d.configs[old]
+        for frame, out in ((d.stats, stats), (d.metrics, metrics), (d.index, index)):
+            keep = frame[frame["run"].isin(list(rename))]
+            out.append(keep.assign(run=keep["run"].astype(str).map(rename)))
+    return RunData(
+        root=common,
+        runs=runs,
+        methods=methods,
+        configs=configs,
+        stats=pd.concat(stats, ignore_index=True),
+        metrics=pd.concat(metrics, ignore_index=True),
+        index=pd.concat(index, ignore_index=True),
+        skipped=skipped,
+    )
+
+
+def _save(fig: Figure, path: Path, fmt: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format=fmt))
+    finally:
+        plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m analysis.plot``: write the figures of run or sweep directories; print their paths.
+
+    Exit status 0 on success, 2 for user errors (bad path, nothing recorded, unknown layer, unit or
+    split, damaged file without ``--skip-bad``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # before pyplot is imported: headless
+
+    p = argparse.ArgumentParser(
+        prog="python -m analysis.plot",
+        description="Figure 2 (activation evolution), SW1-vs-L_per curves, ridgelines and metrics of runs.",
+    )
+    p.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run directories or sweep directories")
+    p.add_argument("--layers", nargs="+", help="layers for Figure 2 and the ridgelines (default: every third)")
+    p.add_argument("--units", nargs="+", type=int, help="units of every chosen layer (default 0)")
+    p.add_argument("--split", choices=("eval", "train"), help="default eval when recorded, else train")
+    p.add_argument("--out", type=Path, help="output folder (default PATH/figures, or the common parent's)")
+    p.add_argument("--format", choices=("png", "pdf"), default="png", help="file format (default png)")
+    p.add_argument("--n-projections", type=int, default=256, help="slices for SW1 and L_per (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the slices (default 0)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable files and say which")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = p.parse_args(argv)
+    if args.n_projections < 1 or args.seed < 0:
+        p.error("--n-projections must be >= 1 and --seed >= 0")
+    layers = None if args.layers is None else [x for a in args.layers for x in a.split(",") if x]
+
+    try:
+        data = _load(args.paths, args.skip_bad)
+        for msg in data.skipped:
+            print(f"skipped: {msg}", file=sys.stderr)
+        index = _recorded(data)
+        for run in data.runs_list:
+            if not (index["run"] == run).any():
+                print(f"note: no activations recorded in run {run}; not in the activation figures", file=sys.stderr)
+        split = _resolve_split(data, args.split)
+        layers = _resolve_layers(data, split, layers)
+        units = _resolve_units(data, split, layers, args.units)
+        out = args.out if args.out is not None else Path(data.root) / "figures"
+        fmt = args.format
+        written = [_save(figure2(data, layers, units, split), out / f"figure2.{fmt}", fmt)]
+        print(written[-1], flush=True)
+        for layer in layers:
+            for unit in units:
+                path = out / f"ridgeline_{layer.replace('/', '_')}_unit{unit}.{fmt}"
+                written.append(_save(ridgeline(data, layer, unit, split), path, fmt))
+                print(written[-1], flush=True)
+        optional = (  # drawn when their data exist; otherwise a note says why not
+            ("sw1_curves", lambda: sw1_curves(data, split, n_projections=args.n_projections, seed=args.seed)),
+            ("metrics", lambda: metrics_curves(data)),
+        )
+        for name, draw in optional:
+            try:
+                fig = draw()
+            except PlotError as err:
+                print(f"note: {name} not drawn: {err}", file=sys.stderr)
+                continue
+            written.append(_save(fig, out / f"{name}.{fmt}", fmt))
+            print(written[-1], flush=True)
+    except (RunDirError, PlotError, OSError) as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

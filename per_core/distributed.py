@@ -1,0 +1,187 @@
+r"""Data-parallel plumbing: the torchrun environment, process group, and a BatchNorm synchronized across ranks.
+
+``torchrun --nproc_per_node=N -m per_core.train ...`` starts N processes with the environment
+variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
+:func:`init_from_env` reads them and joins the process group (``nccl`` when CUDA is available,
+``gloo`` on the CPU). Without them everything runs as one process and nothing here communicates.
+
+Seeds under data parallelism (the trainer's convention):
+
+- the data order comes from one generator with the same seed on every rank: every rank walks the
+  same permutation and takes its contiguous share of each global batch (what
+  ``torch.utils.data.DistributedSampler`` does with a shared seed, on in-memory tensors);
+- PER's slices come from one seed shared by all ranks, so all ranks use the same directions and
+  the averaged gradient equals the single-process gradient of the whole batch;
+- augmentation, dropout and the recorder's reservoir draw from per-rank seeds (independent).
+
+Why PER needs no synchronization: with slices shared, rank r's PER gradient for its rows is
+:math:`\frac{1}{N_r} \sum_{i \in r} g(h_i)`; DDP averages gradients over R ranks, so with equal
+shares :math:`N_r = N / R` the result is :math:`\frac{1}{N} \sum_i g(h_i)`, the full-batch gradient,
+with no communication beyond DDP's gradient all-reduce. BatchNorm's normalization uses batch
+statistics, so without synchronization each rank normalizes with its own half-batch statistics;
+:func:`convert_sync_batchnorm` makes it exact at the cost of collectives in every BN layer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+__all__ = [
+    "CrossRankBatchNorm2d",
+    "DistEnv",
+    "convert_sync_batchnorm",
+    "init_from_env",
+    "resolve_device",
+    "sync_bn_traffic",
+]
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process stands: rank, number of ranks and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_reduce_sum(self, t: Tensor) -> Tensor:
+        """Sum of ``t`` over ranks (returned; ``t`` itself is left alone)."""
+        if not self.distributed:
+            return t
+        out = t.clone()
+        dist.all_reduce(out)
+        return out
+
+    def all_gather_object(self, obj: object) -> list[object]:
+        if not self.distributed:
+            return [obj]
+        out: list[object] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> ``cuda:local_rank`` when CUDA is available, else the CPU; 'cuda' -> ``cuda:local_rank``."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available; use --device cpu")
+    return device
+
+
+def init_from_env(device: str = "auto") -> DistEnv:
+    """Join the process group described by torchrun's environment variables (or run as one process).
+
+    The backend is nccl when this rank's device is a GPU and gloo on the CPU.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistEnv(rank, world_size, local_rank, dev)
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks, differentiable: the gradient of a sum used on every rank is the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
+class CrossRankBatchNorm2d(nn.BatchNorm2d):
+    r"""BatchNorm2d whose training statistics are summed over all ranks (works with gloo on the CPU).
+
+    With per-channel sums over the local batch and locations, all-reduced (differentiably, through
+    ``torch.distributed.nn.functional.all_reduce``):
+
+    .. math::
+        \mu = \frac{\sum_r S_1^{(r)}}{\sum_r n_r}, \qquad
+        \sigma^2 = \frac{\sum_r S_2^{(r)}}{\sum_r n_r} - \mu^2, \qquad
+        y = \gamma \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} + \beta
+
+    exactly what one process would compute on the whole batch. ``torch.nn.SyncBatchNorm`` does the
+    same but accepts only GPU tensors; :func:`convert_sync_batchnorm` picks the right one.
+    Communication: one all-reduce of 2C + 1 numbers per layer in forward, and one in backward.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        c = x.shape[1]
+        n_local = x.numel() // c
+        local = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), x.new_tensor([float(n_local)])])
+        total = _AllReduceSum.apply(local)  # (2C + 1,) summed over ranks
+        n = total[-1]
+        mean, var = total[:c] / n, total[c : 2 * c] / n - (total[:c] / n) ** 2
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            self.running_mean.lerp_(mean.detach(), m)
+            self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1), m)
+        y = (x - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None] if self.affine else y
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Replace every BatchNorm2d by a rank-synchronized one: ``nn.SyncBatchNorm`` on GPUs, else ours."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if type(child) is nn.BatchNorm2d:
+            new = CrossRankBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine)
+            new.load_state_dict(child.state_dict())
+            setattr(model, name, new.to(device=child.running_mean.device, dtype=child.running_mean.dtype))
+        else:
+            convert_sync_batchnorm(child, device)
+    return model
+
+
+def sync_bn_traffic(model: nn.Module) -> dict[str, int]:
+    """Collectives and numbers per training step that synchronized BN adds, per rank (PER adds none).
+
+    Per BN layer with C channels: forward all-reduce of 2C + 1 numbers and backward all-reduce of
+    2C numbers (``nn.SyncBatchNorm`` all-gathers mean, invstd and count in forward instead, the same
+    order of size times the number of ranks).
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return {
+        "bn_layers": len(layers),
+        "collectives": 2 * len(layers),
+        "numbers": sum(4 * m.num_features + 1 for m in layers),
+    }

@@ -1,0 +1,340 @@
+"""Figures from run directories (analysis.plot): numbers, panels, colours and the command line."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from matplotlib.collections import PolyCollection
+from matplotlib.colors import to_hex
+from torch import nn
+
+from analysis.io import load_run
+from analysis.plot import (
+    figure2,
+    hist_quantiles,
+    main,
+    metrics_curves,
+    ridgeline,
+    sw1_curves,
+    sw1_table,
+    unit_evolution,
+)
+from analysis.recorder import ActivationRecorder
+from analysis.style import method_color
+from analysis.tables import layer_bounds
+from per_core.rundir import RunDir
+
+matplotlib.use("Agg")
+LAYERS = ("layer1", "layer2", "layer3")
+EDGES = np.linspace(-10, 10, 41)  # the recorder's defaults: 40 bins of width 0.5
+
+
+def known_data(seed, n=3000, scale=1.0):
+    """(n, 3) float32: a normal, a skewed (exponential) and a bimodal unit."""
+    rng = np.random.default_rng(seed)
+    X = np.column_stack(
+        [
+            rng.normal(0.5, 1.5, n),
+            rng.exponential(1.0, n) - 1.0,
+            np.where(rng.random(n) < 0.5, -2.0, 2.0) + 0.3 * rng.normal(size=n),
+        ]
+    )
+    return (scale * X).astype(np.float32)
+
+
+def fake_run(root, method, data_per_epoch, *, reservoir=True, metrics=True):
+    """A run dir whose layers recorded exactly the given {layer: (n, units)} arrays per epoch, in both splits."""
+    rd = RunDir(root)
+    rd.write_config({"method": method, "epochs": len(data_per_epoch)})
+    mods = {name: nn.Identity() for name in data_per_epoch[0]}
+    rec = ActivationRecorder(
+        nn.ModuleDict(mods), mods, reservoir=256, reservoir_every=1, reservoir_splits=("train", "eval")
+    )
+    for epoch, arrays in enumerate(data_per_epoch, start=1):
+        rec.start_epoch(epoch, reservoir=reservoir)
+        for name, X in arrays.items():
+            mods[name].train()
+            mods[name](torch.as_tensor(X))
+        rec.end_epoch()
+        with rec.eval_pass():
+            for name, X in arrays.items():
+                mods[name].eval()
+                mods[name](torch.as_tensor(X))
+        rec.save(rd, epoch)
+    if metrics:
+        rd.write_metrics(
+            [
+                {"epoch": e, "val_error": 10.0 / e, "train_loss": 1.0 / e, "per_penalty": 1.0}
+                for e in range(1, len(data_per_epoch) + 1)
+            ]
+        )
+    return rd
+
+
+def epochs_of(seed, scales):
+    return [
+        {layer: known_data(seed + 10 * e + i, 600, s) for i, layer in enumerate(LAYERS)} for e, s in enumerate(scales)
+    ]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """vanilla (3 epochs), bn (2 seeds) and per whose activations shrink to a near point mass (collapse)."""
+    root = tmp_path_factory.mktemp("sweep")
+    fake_run(root / "vanilla", "vanilla", epochs_of(0, [1.0, 1.5, 2.5]))
+    fake_run(root / "bn" / "seed0", "bn", epochs_of(1, [1.0, 1.0, 1.0]))
+    fake_run(root / "bn" / "seed1", "bn", epochs_of(2, [1.0, 1.0, 1.0]))
+    fake_run(root / "per", "per", epochs_of(3, [1.0, 0.3, 0.02]))
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(sweep):
+    return load_run(sweep)
+
+
+def has_data(ax):
+    """The axes draws something: a line with points or a filled collection with vertices."""
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata()) > 0]
+    polys = [c for c in ax.collections if any(len(p.vertices) for p in c.get_paths())]
+    return bool(lines or polys)
+
+
+# --- numbers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unit", [0, 1, 2])
+def test_hist_quantiles_match_numpy_within_the_bin_width(unit):
+    x = known_data(7, 5000)[:, unit].astype(np.float64)
+    counts = np.histogram(x, EDGES)[0]
+    est = hist_quantiles(counts, EDGES, data_min=x.min(), data_max=x.max())
+    assert np.all(np.abs(est - np.quantile(x, [0.05, 0.25, 0.5, 0.75, 0.95])) <= 0.5)
+
+
+def test_hist_quantiles_place_overflow_between_edge_and_max():
+    x = np.random.default_rng(0).exponential(6.0, 4000)  # about 19% above 10
+    inside = np.histogram(x, EDGES)[0]
+    over = int((x > 10).sum())
+    est = hist_quantiles(inside, EDGES, [0.5, 0.95], over=over, data_min=x.min(), data_max=x.max())
+    exact = np.quantile(x, [0.5, 0.95])
+    assert abs(est[0] - exact[0]) <= 0.5
+    assert 10 <= est[1] <= x.max() and abs(est[1] - exact[1]) <= x.max() - 10  # within the overflow "bin"
+    with pytest.raises(ValueError, match="data_max"):
+        hist_quantiles(inside, EDGES, over=over)
+
+
+def test_hist_quantiles_edge_cases_and_batches():
+    assert np.isnan(hist_quantiles(np.zeros(40), EDGES)).all()  # empty
+    point = np.histogram(np.full(50, 1.3), EDGES)[0]
+    assert np.allclose(hist_quantiles(point, EDGES, data_min=1.3, data_max=1.3), 1.3)  # clipped to [min, max]
+    rows = np.stack([np.histogram(known_data(s, 800)[:, 0], EDGES)[0] for s in range(4)])  # (epochs, bins)
+    batched = hist_quantiles(rows, EDGES)
+    assert batched.shape == (4, 5)
+    assert np.allclose(batched[2], hist_quantiles(rows[2], EDGES))
+    assert np.all(np.diff(batched, axis=1) >= 0)  # quantiles increase with the level
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.floats(-12, 12, allow_nan=False), min_size=1, max_size=200),
+    st.floats(0, 1),
+)
+def test_hist_quantile_lies_in_the_bin_of_the_sample_quantile(values, level):
+    x = np.array(values)
+    counts = np.histogram(x, EDGES)[0]
+    under, over = int((x < -10).sum()), int((x > 10).sum())
+    est = hist_quantiles(counts, EDGES, [level], under=under, over=over, data_min=x.min(), data_max=x.max())[0]
+    width = max(0.5, x.max() - 10, -10 - x.min())  # bin width, or the width of the under/overflow "bin"
+    assert x.min() <= est <= x.max()
+    # x_(ceil(qN)) (numpy's "inverted_cdf") lies in the bin the estimate interpolates in
+    assert abs(est - np.quantile(x, level, method="inverted_cdf")) <= width + 1e-9
+
+
+def test_recorded_quantile_bands_match_the_data_fed(tmp_path):
+    X = known_data(11, 4000)
+    fake_run(tmp_path / "r", "vanilla", [{"layer1": X}, {"layer1": 2 * X}])
+    frame = unit_evolution(load_run(tmp_path / "r"), "r", "layer1", 2)
+    for epoch, Y in ((1, X), (2, 2 * X)):
+        row = frame[frame["epoch"] == epoch].iloc[0]
+        est = row[["q0.05", "q0.25", "q0.5", "q0.75", "q0.95"]].to_numpy(float)
+        assert np.all(np.abs(est - np.quantile(Y[:, 2].astype(np.float64), [0.05, 0.25, 0.5, 0.75, 0.95])) <= 0.5)
+        assert row["resolution"] == 0.5
+        assert np.isclose(row["mean"], Y[:, 2].astype(np.float64).mean())
+        assert np.isclose(row["var"], Y[:, 2].astype(np.float64).var(), rtol=1e-6)
+
+
+def test_sw1_table_matches_layer_bounds_and_flags_the_collapse(sweep, data):
+    ours = sw1_table(data, "train")
+    assert len(ours) == 4 * 3 * 3  # runs x epochs x layers
+    ours = ours.set_index(["run", "epoch", "layer"]).sort_index()
+    assert ours.loc[("per", 3), "collapsed"].all() and not ours.loc["vanilla", "collapsed"].any()
+    per = load_run(sweep / "per")  # layer_bounds also runs exact OT: keep it to one run
+    ref = layer_bounds(per)
+    ref = ref[ref["split"] == "eval"].set_index(["epoch", "layer"]).sort_index()
+    mine = sw1_table(per).set_index(["epoch", "layer"]).sort_index()
+    for col in ("sw1", "lper", "projected_std"):
+        assert np.allclose(mine[col], ref[col], rtol=1e-10), col
+    assert (mine["collapsed"] == ref["collapsed"]).all()
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+
+def test_figure2_panels_and_artists(data):
+    fig = figure2(data, layers=["layer1", "layer3"], units=[0, 2])
+    axes = fig.get_axes()
+    assert len(axes) == 4 * (3 + 2)  # (layer, unit) rows x (vanilla, bn, per, mean, variance)
+    assert all(has_data(ax) for ax in axes)
+    band = axes[0]  # vanilla, layer1 unit 0: 5-95% and 25-75% bands and the median
+    assert sum(isinstance(c, PolyCollection) for c in band.collections) == 2
+    assert "eval split" in fig._suptitle.get_text() and "layer1 unit 0" in fig._suptitle.get_text()
+    assert axes[4].get_ylim()[1] == pytest.approx(5 * 1.08)  # variance axis clipped at 5
+
+
+def test_figure2_defaults_marks_clipped_variance_and_shows_every_seed(tmp_path):
+    big = [{"layer1": 4 * known_data(0, 400)}, {"layer1": known_data(1, 400)}]
+    fake_run(tmp_path / "a", "vanilla", big)
+    fake_run(tmp_path / "b", "vanilla", big)
+    d = load_run(tmp_path)
+    fig = figure2(d, split="train")  # one layer: the default takes it
+    axes = fig.get_axes()
+    assert len(axes) == 1 + 2
+    var_lines = [ln for ln in axes[2].get_lines() if ln.get_marker() == "^"]
+    assert var_lines and np.allclose(var_lines[0].get_ydata(), 5.0)
+    labels = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert "vanilla (a)" in labels and "vanilla (b)" in labels and "variance > 5 (clipped)" in labels
+
+
+def test_single_recorded_epoch(tmp_path):
+    fake_run(tmp_path / "one", "per", [{"layer1": known_data(0, 500)}])
+    d = load_run(tmp_path / "one")
+    for fig, n_axes in (
+        (figure2(d), 3),
+        (sw1_curves(d), 1),
+        (ridgeline(d, "layer1", 1), 1),
+        (metrics_curves(d), 3),
+    ):
+        assert len(fig.get_axes()) == n_axes and all(has_data(ax) for ax in fig.get_axes())
+
+
+def test_sw1_curves_panels_bound_dashed_and_collapse_marked(data):
+    fig = sw1_curves(data)
+    axes = fig.get_axes()
+    assert len(axes) == len(LAYERS) and all(has_data(ax) for ax in axes)
+    styles = {ln.get_linestyle() for ln in axes[0].get_lines() if len(ln.get_xdata()) == 3}
+    assert {"-", "--"} <= styles  # SW1 solid, L_per dashed
+    collapsed = [ln for ln in axes[0].get_lines() if ln.get_marker() == "X"]
+    assert collapsed and to_hex(collapsed[0].get_color()) == method_color("per").lower()
+    text = fig._suptitle.get_text() + " ".join(t.get_text() for leg in fig.legends for t in leg.get_texts())
+    assert "point mass" in text and "not a distance" in text and "L_per distance" not in text
+
+
+def test_ridgeline_and_metrics_panels(data):
+    fig = ridgeline(data, "layer2", 1)
+    titles = [ax.get_title() for ax in fig.get_axes()]
+    assert titles[1:] == ["bn", "per"]  # one panel per method (first bn seed)
+    assert titles[0].startswith("vanilla (") and "outside the histogram range" in titles[0]  # 2.5 x exponential
+    assert all(has_data(ax) for ax in fig.get_axes())
+    fig = metrics_curves(data)
+    assert len(fig.get_axes()) == 3 and all(has_data(ax) for ax in fig.get_axes())
+    assert len(fig.get_axes()[0].get_lines()) == 4  # every run, both bn seeds
+
+
+def test_same_method_same_colour_in_every_figure(data):
+    def colours(ax, label):
+        return {to_hex(ln.get_color()) for ln in ax.get_lines() if ln.get_label() == label}
+
+    want = {m: method_color(m).lower() for m in ("vanilla", "bn", "per")}
+    f2, sw, mc = figure2(data), sw1_curves(data), metrics_curves(data)
+    for m, hex_ in want.items():
+        label = m if m != "bn" else "bn (bn/seed0)"
+        assert colours(f2.get_axes()[-2], label) == {hex_}  # mean panel
+        assert colours(sw.get_axes()[0], label) == {hex_}
+        assert colours(mc.get_axes()[0], label) == {hex_}
+    bands = {ax.get_title(): ax for ax in f2.get_axes()[:3]}
+    for title, ax in bands.items():
+        method = title.split(")")[1].split(":")[0].strip()
+        assert to_hex(ax.collections[0].get_facecolor()[0], keep_alpha=False) == want[method]
+    rl = ridgeline(data, "layer1", 0)
+    assert [to_hex(ax.get_lines()[0].get_color()) for ax in rl.get_axes()] == list(want.values())
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def test_cli_writes_the_figures_and_prints_their_paths(sweep, capsys):
+    assert main([str(sweep), "--layers", "layer2", "--units", "0", "1"]) == 0
+    printed = capsys.readouterr().out.split()
+    names = sorted(p.rsplit("/", 1)[1] for p in printed)
+    assert names == sorted(
+        ["figure2.png", "ridgeline_layer2_unit0.png", "ridgeline_layer2_unit1.png", "sw1_curves.png", "metrics.png"]
+    )
+    assert all((sweep / "figures" / n).stat().st_size > 1000 for n in names)
+    assert not list((sweep / "figures").glob(".*.tmp"))  # atomic writes leave no temp file
+
+
+def test_cli_single_run_pdf_and_several_paths(sweep, tmp_path, capsys):
+    assert main([str(sweep / "per"), "--format", "pdf", "--split", "train"]) == 0
+    out = capsys.readouterr().out.split()
+    assert all(p.startswith(str(sweep / "per" / "figures")) and p.endswith(".pdf") for p in out)
+    assert (sweep / "per" / "figures" / "figure2.pdf").read_bytes().startswith(b"%PDF")
+    assert main([str(sweep / "vanilla"), str(sweep / "bn"), "--out", str(tmp_path / "f")]) == 0
+    printed = capsys.readouterr().out.split()
+    assert len(printed) == 4 and all(p.startswith(str(tmp_path / "f")) for p in printed)  # default layer: layer3
+
+
+@pytest.mark.parametrize(
+    ("make", "args", "message"),
+    [
+        ("empty", [], "neither a run directory nor a sweep"),
+        ("no_activations", [], "no activations recorded in {root}: train with --record"),
+        ("run", ["--layers", "layer9"], "unknown layer 'layer9' in split eval; layers: layer1"),
+        ("run", ["--units", "7"], "unit 7 does not exist in layer layer1: it has units 0..2"),
+    ],
+)
+def test_cli_user_errors_are_one_line(tmp_path, capsys, make, args, message):
+    root = tmp_path / "x"
+    root.mkdir()
+    if make == "no_activations":
+        RunDir(root).write_config({"method": "per"})
+    elif make == "run":
+        fake_run(root, "per", [{"layer1": known_data(0, 200)}])
+    assert main([str(root), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert message.format(root=root) in err
+
+
+def test_cli_skip_bad_goes_on_and_names_the_skipped_file(tmp_path, capsys):
+    rd = fake_run(tmp_path / "r", "per", epochs_of(0, [1.0, 1.0, 1.0]))
+    bad = rd.activation_path(2)
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated
+    assert main([str(rd.root)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "damaged" in err and err.count("\n") == 1
+    assert main([str(rd.root), "--skip-bad"]) == 0
+    captured = capsys.readouterr()
+    assert f"skipped: {bad}" in captured.err
+    assert len(captured.out.split()) == 4  # figure2, ridgeline, sw1 curves, metrics
+
+
+def test_cli_without_reservoirs_notes_the_missing_sw1_figure(tmp_path, capsys):
+    fake_run(tmp_path / "r", "vanilla", epochs_of(0, [1.0, 2.0]), reservoir=False)
+    assert main([str(tmp_path / "r"), "--layers", "layer1,layer2"]) == 0
+    captured = capsys.readouterr()
+    names = [p.rsplit("/", 1)[1] for p in captured.out.split()]
+    assert names == ["figure2.png", "ridgeline_layer1_unit0.png", "ridgeline_layer2_unit0.png", "metrics.png"]
+    assert "note: sw1_curves not drawn: split 'eval' has no reservoir rows" in captured.err
+
+
+def test_python_dash_m_is_headless_and_prints_no_traceback(tmp_path):
+    cmd = [sys.executable, "-m", "analysis.plot", str(tmp_path / "missing")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert proc.returncode == 2 and proc.stderr == f"error: {tmp_path / 'missing'}: no such directory\n"
+    assert proc.stdout == ""

@@ -1,0 +1,135 @@
+"""Data parallelism on the CPU (gloo, 2 processes): PER needs no synchronization, BatchNorm does."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from per_core.distributed import CrossRankBatchNorm2d, convert_sync_batchnorm, sync_bn_traffic
+from per_core.models import build_model
+from per_core.per import PER
+from per_core.rundir import RunDir
+
+pytestmark = pytest.mark.slow
+
+
+def make_model(norm: str) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("small_cnn", width=8, depth=4, norm=norm).double()
+
+
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(16, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 10, (16,), generator=g)
+
+
+def grads_of(model: nn.Module, x, y, per: bool) -> list[torch.Tensor]:
+    handle = (
+        PER(model.module.pre_activations() if hasattr(model, "module") else model.pre_activations(), 0.5, 32, seed=3)
+        if per
+        else None
+    )
+    nn.functional.cross_entropy(model(x), y).backward()
+    if handle is not None:
+        handle.remove()
+    params = model.module.parameters() if hasattr(model, "module") else model.parameters()
+    return [p.grad.detach().clone() for p in params]
+
+
+def worker(rank, world, rendezvous, case, out):
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    norm, per, sync = case
+    model = make_model(norm)
+    if sync:
+        model = convert_sync_batchnorm(model, torch.device("cpu"))
+    calls = {"n": 0}
+    original = dist.all_reduce
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return original(*a, **k)
+
+    dist.all_reduce = counting  # python-level collectives (DDP's own bucketed all-reduce runs in C++)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    x, y = batch()
+    half = len(y) // world
+    grads = grads_of(ddp, x[rank * half : (rank + 1) * half], y[rank * half : (rank + 1) * half], per)
+    dist.all_reduce = original
+    if rank == 0:
+        torch.save({"grads": grads, "collectives": calls["n"]}, out)
+    dist.barrier()  # nobody leaves while another rank still talks
+    dist.destroy_process_group()
+
+
+def ddp_grads(tmp_path, case):
+    out = tmp_path / "grads.pt"
+    rendezvous = tmp_path / f"rendezvous-{'-'.join(map(str, case))}"  # a file, not a port: no races
+    mp.spawn(worker, args=(2, str(rendezvous), case, str(out)), nprocs=2, join=True)
+    return torch.load(out)
+
+
+def close(a, b):
+    return all(torch.allclose(u, v, rtol=1e-9, atol=1e-12) for u, v in zip(a, b, strict=True))
+
+
+def test_per_gradient_under_ddp_equals_single_process_at_the_full_batch_with_no_extra_collective(tmp_path):
+    x, y = batch()
+    single = grads_of(make_model("none"), x, y, per=True)
+    got = ddp_grads(tmp_path, ("none", True, False))
+    assert close(got["grads"], single)
+    assert got["collectives"] == 0  # PER communicates nothing beyond DDP's gradient all-reduce
+    assert not close(single, grads_of(make_model("none"), x, y, per=False))  # and PER did change the gradient
+
+
+def test_batchnorm_needs_synchronization_and_the_cross_rank_version_restores_equality(tmp_path):
+    x, y = batch()
+    single = grads_of(make_model("bn"), x, y, per=False)
+    plain = ddp_grads(tmp_path, ("bn", False, False))
+    assert not close(plain["grads"], single)  # each rank normalized with its own half-batch statistics
+    synced = ddp_grads(tmp_path, ("bn", False, True))
+    assert close(synced["grads"], single)
+    n_bn = sum(
+        isinstance(m, CrossRankBatchNorm2d)
+        for m in convert_sync_batchnorm(make_model("bn"), torch.device("cpu")).modules()
+    )
+    assert synced["collectives"] == 2 * n_bn == sync_bn_traffic(make_model("bn"))["collectives"]
+
+
+def torchrun(out, nproc, *args):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd += ["-m", "per_core.train", "--out", str(out), "--no-progress", "--device", "cpu", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def strip(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_torchrun_two_ranks_match_one_process_and_record_the_same_statistics(tmp_path):
+    args = ["--method", "per", "--epochs", "2", "--batch-size", "32"]
+    torchrun(tmp_path / "ddp", 2, *args)
+    torchrun(tmp_path / "one", 1, *args)
+    a, b = RunDir(tmp_path / "ddp"), RunDir(tmp_path / "one")
+    for r, s in zip(strip(a.read_metrics()), strip(b.read_metrics()), strict=True):
+        assert r.keys() == s.keys()
+        for k in r:
+            assert r[k] == pytest.approx(s[k], rel=1e-6, abs=1e-9), k
+    for epoch in b.activation_epochs():
+        x, y = a.read_npz(a.activation_path(epoch)), b.read_npz(b.activation_path(epoch))
+        for k in y:
+            if k.endswith(("hist", "counts")):
+                assert np.array_equal(x[k], y[k]), (epoch, k)  # the merged ranks saw exactly the same values
+            elif k.endswith("minmax"):
+                np.testing.assert_allclose(x[k], y[k], rtol=1e-5, atol=1e-7)  # float32 activations
+    # the checkpoint holds every rank's RNG state, and a 2-rank run resumes
+    assert len(a.load_checkpoint()["rng_ranks"]) == 2
+    torchrun(tmp_path / "ddp", 2, "--resume", "--epochs", "3")
+    assert len(a.read_metrics()) == 3

@@ -22,12 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from per_core.configs import LAMBDA_GRIDS, METHODS, PRESETS, TrainConfig, get_preset
-from per_core.rundir import RunDir, RunDirError, find_runs
+from per_core.rundir import RunDir, RunDirError, atomic_write, find_runs
 from per_core.train import TrainingError, train
 
 __all__ = ["main", "results_table", "run_sweep"]
 
 REGULARIZERS = ("per", "vcl", "l1", "l2")
+#: Marker file of a run that stopped with a TrainingError (its message inside).
+FAILED = "FAILED"
 
 
 def _run_name(method: str, lam: float | None) -> str:
@@ -50,11 +52,17 @@ def run_sweep(
                 cfg = base.replace(method=method, seed=seed, **({} if lam is None else {"lam": lam}))
                 path = out / _run_name(method, lam) / f"seed{seed}"
                 done = RunDir(path).read_metrics() if RunDir(path).is_run() else []
-                if len(done) >= cfg.epochs:
+                if (path / FAILED).is_file():
+                    print(f"== {path}: failed earlier, skipped (delete {path / FAILED} to retry)", flush=True)
+                elif len(done) >= cfg.epochs:
                     print(f"== {path}: finished, skipped", flush=True)
                 else:
                     print(f"== {path}: {'resuming' if done else 'training'}", flush=True)
-                    train(cfg, path, resume=bool(done), overwrite=not done, progress=progress)
+                    try:
+                        train(cfg, path, resume=bool(done), overwrite=not done, progress=progress)
+                    except TrainingError as err:  # e.g. divergence: report it in the table, go on with the rest
+                        print(f"== {path}: FAILED: {err}", flush=True)
+                        atomic_write(path / FAILED, lambda f, e=err: f.write(f"{e}\n".encode()))
                 runs.append(path)
     return runs
 
@@ -70,22 +78,29 @@ def _metric(rows: list[dict]) -> tuple[str, float]:
 def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
     """The table of a sweep directory: one row per (method, lambda) with mean +- std over seeds."""
     groups: dict[tuple[str, float | None], list[float]] = {}
+    failed: dict[tuple[str, float | None], int] = {}
     metric = "val_error"
     for run in find_runs(sweep):
         cfg, rows = run.read_config(), run.read_metrics()
+        lam = cfg["lam"] if cfg["method"] in REGULARIZERS else None
+        if (run.root / FAILED).is_file():
+            failed[cfg["method"], lam] = failed.get((cfg["method"], lam), 0) + 1
+            groups.setdefault((cfg["method"], lam), [])
+            continue
         if not rows or len(rows) < cfg["epochs"]:
             continue  # unfinished
         metric, value = _metric(rows)
-        lam = cfg["lam"] if cfg["method"] in REGULARIZERS else None
         groups.setdefault((cfg["method"], lam), []).append(value)
     order = {m: i for i, m in enumerate(METHODS)}
     entries = []
     for (method, lam), values in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1] or 0)):
         std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-        entries.append({"method": method, "lam": lam, "mean": float(np.mean(values)), "std": std, "n": len(values)})
+        mean = float(np.mean(values)) if values else math.nan
+        n_failed = failed.get((method, lam), 0)
+        entries.append({"method": method, "lam": lam, "mean": mean, "std": std, "n": len(values), "failed": n_failed})
     best = {}
     for e in entries:
-        if e["lam"] is not None and (e["method"] not in best or e["mean"] < best[e["method"]]["mean"]):
+        if e["lam"] is not None and e["n"] and (e["method"] not in best or e["mean"] < best[e["method"]]["mean"]):
             best[e["method"]] = e
     unit = "%" if metric == "val_error" else ""
     lines = [f"{'method':<8} {'lambda':>8} {metric + ' (mean +- std)':>26} {'seeds':>6}"]
@@ -93,7 +108,8 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
         mark = " *" if best.get(e["method"]) is e and sum(x["method"] == e["method"] for x in entries) > 1 else ""
         lam = "-" if e["lam"] is None else f"{e['lam']:g}"
         spread = "n/a" if math.isnan(e["std"]) else f"{e['std']:.2f}"
-        lines.append(f"{e['method']:<8} {lam:>8} {e['mean']:>17.2f}{unit} +- {spread:<5} {e['n']:>6}{mark}")
+        note = f"  ({e['failed']} diverged)" if e["failed"] else ""
+        lines.append(f"{e['method']:<8} {lam:>8} {e['mean']:>17.2f}{unit} +- {spread:<5} {e['n']:>6}{mark}{note}")
     if best:
         lines.append("* best lambda of the grid (lowest mean), as the paper reports")
     return "\n".join(lines), entries

@@ -42,3 +42,12 @@ def test_sweep_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["--methods", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown methods" in capsys.readouterr().err
     assert main(["--table", str(tmp_path / "missing")]) == 2
+
+
+def test_a_diverging_run_is_reported_and_the_sweep_goes_on(tmp_path, capsys):
+    base = get_preset("demo").replace(record=None).as_smoke()
+    run_sweep(base.replace(lr=1e12), tmp_path, ["vanilla"], [0], progress=False)
+    run_sweep(base, tmp_path, ["bn"], [0], progress=False)
+    assert "FAILED: non-finite" in capsys.readouterr().out
+    text, entries = results_table(tmp_path)
+    assert "(1 diverged)" in text and {e["method"]: e["failed"] for e in entries} == {"vanilla": 1, "bn": 0}

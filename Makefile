@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Trains vanilla, BN and PER on the embedded digits, prints the table, then draws the comparison figures.
 demo: $(STAMP)
 	$(PY) -m per_core.demo --out $(RUNS)/demo
+	$(PY) -m analysis.plot $(RUNS)/demo
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -32,8 +34,10 @@ test: $(STAMP) lint
 bench: $(STAMP)
 	$(PY) -m bench
 
+# Regenerates figures/ (what the README shows) deterministically; trains the demo sweep if it is missing.
 figures: $(STAMP)
-	$(PY) -m analysis.figures --out figures
+	test -f $(RUNS)/demo/per/metrics.jsonl || $(PY) -m per_core.demo --out $(RUNS)/demo --no-progress
+	$(PY) -m analysis.figures --out figures --runs $(RUNS)/demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

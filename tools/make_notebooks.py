@@ -60,6 +60,54 @@ the whole sample (and averages to ~0 in (a)).""",
 )
 
 make(
+    "notebooks/02_run_directory.ipynb",
+    [
+        """md:# Exploring a run directory: how activations evolve under vanilla, BN and PER
+
+Train the demo net briefly with three methods (the same thing `make demo` does, shorter), then read
+the run directories back with `analysis.load_run` and look at the activation statistics the
+recorder kept: per-unit moments, histograms and reservoirs of joint rows.""",
+        """import tempfile
+from pathlib import Path
+
+from analysis import load_run
+from per_core.configs import get_preset
+from per_core.train import train
+
+sweep = Path(tempfile.mkdtemp())
+for method in ["vanilla", "bn", "per"]:
+    cfg = get_preset("demo").replace(method=method, epochs=8, milestones=[6])
+    train(cfg, sweep / method, progress=False)
+data = load_run(sweep)
+data.metrics.groupby("method")[["val_error", "per_penalty"]].last()""",
+        """md:`data.stats` is tidy: one row per (run, epoch, split, layer, unit). The `eval` split is a fixed
+validation batch recorded in eval mode at every epoch, so an epoch-to-epoch change is the network's,
+not the data's.""",
+        """ev = data.stats[(data.stats.split == "eval") & (data.stats.unit == 0) & (data.stats.layer == "layer3")]
+ev.pivot_table(index="epoch", columns="method", values="var", observed=True).round(2)""",
+        """assert set(data.methods.values()) == {"vanilla", "bn", "per"}
+assert {"mean", "var", "skew", "kurt", "nan", "under", "over"} <= set(data.stats.columns)""",
+        """md:Figure 2 of the paper for this run: quantile bands of one unit over epochs per method, and its
+mean and variance.""",
+        """from analysis.plot import figure2, ridgeline, sw1_curves
+
+fig = figure2(data, layers=["layer3", "layer6"], units=[0])""",
+        """md:The true distance to N(0, I) per layer (solid) against the bound L_per (dashed): where a dashed
+curve sits near 0.798 while the solid one rises, the layer's activations are shrinking towards a
+point mass.""",
+        """fig = sw1_curves(data)""",
+        """fig = ridgeline(data, "layer6", unit=0)""",
+        """md:The same numbers as tables, with the bound checks (`python -m analysis.bounds RUN_DIR` writes
+them to `RUN_DIR/analysis/`).""",
+        """from analysis.tables import layer_bounds
+
+bounds = layer_bounds(load_run(sweep / "per"))
+assert bounds["per_slice_ok"].all()
+bounds[bounds.split == "eval"].pivot_table(index="epoch", columns="layer", values="sw1", observed=True).round(3)""",
+    ],
+)
+
+make(
     "notebooks/03_bounds.ipynb",
     [
         """md:# Checking the theory: SW1, the bound L_per, and W1
@@ -101,21 +149,10 @@ Shrink a Gaussian sample towards 0: L_per falls to its floor sqrt(2/pi) while th
 **rises**. A regularizer that only minimizes L_per is rewarded for collapsing activations.""",
         """import matplotlib.pyplot as plt
 
+from analysis.figures import point_mass_trap
 from analysis.style import method_color, use_style
 
-use_style()
-X = rng.normal(size=(2000, 4))
-scales = np.linspace(0, 1.5, 16)
-sw = [sliced_w1_to_normal(s * X, 128) for s in scales]
-lp = [per_bound(s * X, 128) for s in scales]
-fig, ax = plt.subplots(figsize=(5, 3.2))
-ax.plot(scales, sw, "o-", color="k", label="SW1 to N(0, I) (true distance)")
-ax.plot(scales, lp, "s--", color=method_color("per"), label="L_per (bound PER minimizes)")
-ax.axhline(FLOOR, color="gray", lw=0.8, ls=":")
-ax.axhline(AT_GAUSS, color="gray", lw=0.8, ls=":")
-ax.set(xlabel="scale s of the activations (s * N(0, I))", ylabel="value", title="Minimizing the bound shrinks activations")
-ax.legend()
-assert np.argmin(sw) == np.argmin(np.abs(scales - 1)) and np.argmin(lp) == 0""",
+fig = point_mass_trap(n=2000, dim=4)""",
         """md:## 4. Lambda sweep on the demo net
 Train the digits CNN with PER at several lambdas (a few epochs each) and measure, on the fixed
 evaluation batch, the true SW1 per layer next to L_per. Past some lambda the bound keeps falling while

@@ -1,0 +1,58 @@
+"""The run-directory contract: atomic writes, permissions, readers that name the damaged file."""
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from per_core.rundir import FORMAT_VERSION, RunDir, RunDirError, atomic_write, find_runs
+
+
+def test_atomic_write_replaces_whole_files_with_normal_permissions(tmp_path):
+    path = atomic_write(tmp_path / "a" / "f.txt", lambda f: f.write(b"one"))
+    atomic_write(path, lambda f: f.write(b"two"))
+    assert path.read_bytes() == b"two"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+    assert [p.name for p in path.parent.iterdir()] == ["f.txt"]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = atomic_write(tmp_path / "f.txt", lambda f: f.write(b"old"))
+
+    def boom(f):
+        f.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, boom)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_readers_name_the_damaged_file_and_line(tmp_path):
+    rd = RunDir(tmp_path)
+    with pytest.raises(RunDirError, match="config.json is missing"):
+        rd.read_config()
+    rd.write_config({"method": "per"})
+    assert rd.read_config()["format_version"] == FORMAT_VERSION
+    rd.config_path.write_text('{"format_version": 99}')
+    with pytest.raises(RunDirError, match="format version 99"):
+        rd.read_config()
+    rd.metrics_path.write_text('{"epoch": 1}\n{"epoch": 2, "val_\n')
+    with pytest.raises(RunDirError, match=r"metrics.jsonl, line 2"):
+        rd.read_metrics()
+    path = rd.write_npz(rd.activation_path(1), {"x": np.arange(3)})
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(RunDirError, match=r"epoch_0001.npz: unreadable npz"):
+        rd.read_npz(path)
+
+
+def test_find_runs_in_a_sweep_and_a_clear_error_elsewhere(tmp_path):
+    for name in ("b", "a/x"):
+        RunDir(tmp_path / name).write_config({"method": "per"})
+    assert [r.root.relative_to(tmp_path).as_posix() for r in find_runs(tmp_path)] == ["a/x", "b"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunDirError, match="neither a run directory nor a sweep"):
+        find_runs(tmp_path / "empty")

@@ -232,7 +232,7 @@ def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool
     occupied = run.root.exists() and any(run.root.iterdir())
     if resume:
         run.remove_stale_temporaries()
-        saved = run.read_config()
+        saved = TrainConfig.from_dict(run.read_config()).to_dict()  # fields added since: their defaults
         diff = {
             k: (saved.get(k), v) for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v
         }

@@ -120,3 +120,12 @@ def test_resume_removes_temporaries_left_by_a_killed_writer(tmp_path):
     stale.write_bytes(b"half a checkpoint")
     train(small(epochs=2), tmp_path / "r", resume=True, progress=False)
     assert not stale.exists()
+
+
+def test_resume_accepts_a_config_saved_before_a_field_existed(tmp_path):
+    train(small(epochs=1), tmp_path / "r", progress=False)
+    rd = RunDir(tmp_path / "r")
+    old = rd.read_config()
+    del old["sync_bn"]  # a field added to TrainConfig after this run was made
+    rd.write_config({k: v for k, v in old.items() if k != "format_version"})
+    assert len(train(small(epochs=2), tmp_path / "r", resume=True, progress=False)) == 2

@@ -336,6 +336,8 @@ def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str
     start, metrics = 0, []
     if resume and run.checkpoint_path.is_file():
         start, metrics = load_checkpoint(run, s)
+        if main:  # a kill between checkpoint and metrics write leaves metrics.jsonl one epoch behind
+            run.write_metrics(metrics)
     elif resume and progress and main:  # killed before its first epoch finished: nothing to continue from
         tqdm.write(f"{run.root}: no checkpoint yet, starting from epoch 1")
     if main:
@@ -363,9 +365,9 @@ def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str
                 s.recorder.save(run.root, epoch)
             row["seconds"] = time.perf_counter() - t0
             metrics.append(row)
-            if main:
-                run.write_metrics(metrics)
             save_checkpoint(run, s, epoch, metrics)  # the commit point of an epoch
+            if main:  # after the checkpoint: metrics.jsonl never lists an epoch that a resume would redo
+                run.write_metrics(metrics)
             s.env.barrier()
             if progress and main:
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "lr"))

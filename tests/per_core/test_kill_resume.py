@@ -82,3 +82,19 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_
         for k in a:
             assert np.array_equal(a[k], b[k]), (epoch, k)
     json.loads(run.config_path.read_text())  # config.json readable
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_cleanly_keeps_finished_epochs_and_resumes(tmp_path):
+    out = tmp_path / "r"
+    cmd = [sys.executable, "-m", "per_core.train", "--epochs", "30", "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    while epochs_done(out) < 2 and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err[-2000:]
+    done = epochs_done(out)
+    assert 2 <= done < 30 and RunDir(out).load_checkpoint()["epoch"] in (done, done + 1)
+    resumed = subprocess.run([*cmd[:3], "--resume", "--epochs", str(done + 2), "--out", str(out), "--no-progress"])
+    assert resumed.returncode == 0 and epochs_done(out) == done + 2

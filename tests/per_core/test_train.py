@@ -129,3 +129,8 @@ def test_resume_accepts_a_config_saved_before_a_field_existed(tmp_path):
     del old["sync_bn"]  # a field added to TrainConfig after this run was made
     rd.write_config({k: v for k, v in old.items() if k != "format_version"})
     assert len(train(small(epochs=2), tmp_path / "r", resume=True, progress=False)) == 2
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    with pytest.raises(ValueError, match="lam must be >= 0"):
+        main(["--out", str(tmp_path / "y"), "--lam", "-1", "--no-progress", "--debug"])

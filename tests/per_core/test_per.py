@@ -282,3 +282,80 @@ def test_bad_inputs_name_what_is_expected():
         PER([nn.Linear(2, 2), "fc"], 1.0)
     with pytest.raises(ValueError, match="layout"):
         as_samples(torch.zeros(2, 3), "nchw")
+
+
+# --- the fast paths of issue 7 (channels-first kernel, location sampler) --------------------------
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 6 * 35, 6 * 7, 6 * 3, 6, 1])
+def test_gradient_kernel_with_a_folded_scale_is_chunking_invariant(chunk):
+    from per_core.per import _grad_and_loss
+
+    rows = torch.randn(35, 3, generator=gen(20), dtype=F64) * 1.7 - 0.2
+    theta = sample_slices(6, 3, generator=gen(21), dtype=F64)
+    g, loss = _grad_and_loss(rows, theta, True, chunk, 0.25)  # one reused block of <= chunk elements
+    torch.testing.assert_close(g, 0.25 * per_grad(rows, theta=theta), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(loss, per_loss(rows, theta=theta), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(("n_loc", "m"), [(25, 7), (64, 16), (10, 9)])
+def test_location_sampler_draws_m_distinct_positions_each_with_probability_m_over_l(n_loc, m):
+    per = PER(nn.Identity(), 1.0, locations=m)
+    flat = torch.zeros(4000, 1, n_loc)
+    idx = per._pick_locations(flat, gen(22))
+    assert idx.shape == (4000, m)
+    assert all(len(set(row.tolist())) == m for row in idx[:200])  # distinct within an image
+    freq = torch.bincount(idx.flatten(), minlength=n_loc).double() / 4000
+    p = m / n_loc
+    se = math.sqrt(p * (1 - p) / 4000)
+    assert float((freq - p).abs().max()) < 5 * se + 1e-12, freq
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_sampled_locations_gradient_is_per_grad_of_the_chosen_rows_scattered_back(channels_last):
+    h0 = torch.randn(3, 4, 5, 6, generator=gen(23), dtype=F64)
+    if channels_last:
+        h0 = h0.contiguous(memory_format=torch.channels_last)
+    lam, s, m, seed = 0.7, 16, 5, 4
+    layer = nn.Identity()
+    with PER(layer, lam, s, seed=seed, locations=m):
+        h = h0.clone().requires_grad_()
+        up = torch.randn(h0.shape, generator=gen(24), dtype=F64)
+        layer(h).backward(up)
+    g = gen(seed)  # PER's draws, in order: slices, then the locations
+    theta = sample_slices(s, 4, generator=g, dtype=F64)
+    idx = PER(nn.Identity(), 1.0, locations=m)._pick_locations(h0.flatten(2), g)  # (N, m)
+    flat = h0.flatten(2)  # (N, C, L)
+    rows = flat.gather(2, idx[:, None, :].expand(-1, 4, -1)).transpose(1, 2).reshape(-1, 4)  # (N*m, C)
+    expected = torch.zeros_like(flat)
+    g_rows = per_grad(rows, theta=theta).view(3, m, 4).transpose(1, 2)
+    expected.scatter_add_(2, idx[:, None, :].expand(-1, 4, -1), lam * g_rows)
+    torch.testing.assert_close(h.grad, up + expected.view(h0.shape), rtol=1e-12, atol=1e-14)
+
+
+def test_all_locations_on_a_channels_last_conv_equal_autograd_of_per_loss():
+    conv = nn.Conv2d(3, 5, 3, padding=1).double().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 6, 6, generator=gen(25), dtype=F64).contiguous(memory_format=torch.channels_last)
+    with PER(conv, 0.3, 8, seed=1):
+        conv(x).sum().backward()
+    got = conv.weight.grad.clone()
+    conv.weight.grad = None
+    theta = sample_slices(8, 5, generator=gen(1), dtype=F64)
+    out = conv(x)
+    (out.sum() + 0.3 * per_loss(as_samples(out), theta=theta)).backward()
+    torch.testing.assert_close(got, conv.weight.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_sampled_locations_track_the_penalty_of_the_chosen_rows():
+    layer = nn.Identity()
+    h0 = torch.randn(2, 3, 4, 4, generator=gen(26), dtype=F64)
+    with PER(layer, 0.0, 8, seed=2, locations=3, track_penalty=True) as per:
+        h = h0.clone().requires_grad_()
+        layer(h).sum().backward()
+        got = per.penalty()
+    g = gen(2)
+    theta = sample_slices(8, 3, generator=g, dtype=F64)
+    idx = per._pick_locations(h0.flatten(2), g)
+    rows = h0.flatten(2).gather(2, idx[:, None, :].expand(-1, 3, -1)).transpose(1, 2).reshape(-1, 3)
+    assert got == pytest.approx(float(per_loss(rows, theta=theta)), rel=1e-12)
+    assert torch.equal(h.grad, torch.ones_like(h0))  # lam = 0: the gradient is untouched

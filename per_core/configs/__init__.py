@@ -127,14 +127,10 @@ def demo() -> TrainConfig:
     )
 
 
-def corpus_lstm() -> TrainConfig:
-    """The embedded CPython-docs corpus with a small 2-layer LSTM LM (200 units): the Table 3 recipe, scaled down."""
-    return TrainConfig(
-        preset="corpus-lstm",
-        data="corpus",
+def _lm_recipe(**changes: Any) -> TrainConfig:
+    """The language-model recipe of Table 3 (Merity et al. 2017 setup as in PyTorch's word LM example)."""
+    base = TrainConfig(
         model="lstm_lm",
-        model_args={"hidden": 200, "layers": 2, "tied": True, "dropout": 0.3},
-        epochs=12,
         batch_size=20,
         eval_batch_size=10,
         bptt=35,
@@ -146,6 +142,17 @@ def corpus_lstm() -> TrainConfig:
         grad_clip=0.25,
         lam=1e-4,
         record_eval_samples=10,
+    )
+    return base.replace(**changes)
+
+
+def corpus_lstm() -> TrainConfig:
+    """The embedded CPython-docs corpus with a small 2-layer LSTM LM (200 units): the Table 3 recipe, scaled down."""
+    return _lm_recipe(
+        preset="corpus-lstm",
+        data="corpus",
+        model_args={"hidden": 200, "layers": 2, "tied": True, "dropout": 0.3},
+        epochs=12,
     )
 
 
@@ -200,25 +207,13 @@ def _table3(variant: str, dataset: str) -> Callable[[], TrainConfig]:
     tied, dropout = variant.startswith("re-"), 0.5 if "vd-" in variant else 0.0
 
     def preset() -> TrainConfig:
-        return TrainConfig(
+        return _lm_recipe(
             preset=f"table3-{variant}-{dataset}",
             data=dataset,
-            model="lstm_lm",
             model_args={"hidden": 650, "layers": 2, "tied": tied, "dropout": dropout},
             epochs=60,
-            batch_size=20,
-            eval_batch_size=10,
-            bptt=35,
-            lr=20.0,
-            momentum=0.0,
-            weight_decay=0.0,
-            schedule="plateau",
-            gamma=0.25,
-            grad_clip=0.25,
-            lam=1e-4,
             record_every=5,
             record_reservoir_every=20,
-            record_eval_samples=10,
         )
 
     preset.__doc__ = f"Table 3: {variant.upper()} (650 units, 2 layers) on {dataset}, clipping 0.25, 60 epochs."

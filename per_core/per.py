@@ -302,19 +302,20 @@ def as_samples(h: Tensor, layout: Layout = "auto") -> Tensor:
       correlations included, from only N samples in a CHW-dimensional space; that is another method.
     - Cost, and the recommended setting for training (issue 7, ``bench/RESULTS.md``): with all
       locations every location is a row, so a 16-channel 32x32 map at batch 128 is 131,072 rows x
-      256 slices (one erf and two thin matmul terms each), several times the conv's own
-      forward+backward on a CPU; a ResNet-56 step with PER on all 55 layers takes about 3.7x the
-      vanilla step. :class:`PER`
-      with ``locations=m`` uses m random locations per image (stratified, exactly m/L each, so the
-      gradient is unbiased). What SGD uses is the weight gradient, which sums over all locations
-      and images, so location noise averages out there while slice noise, shared by all rows, does
-      not. Relative MSE of the PER part of the producing conv's weight gradient against a
-      4096-slice all-location reference (median over the 55 layers of a ResNet-56, batch 128):
-      all locations 0.129 (s = 256), 0.426 (s = 64), 1.76 (s = 16); m = 16: 0.130, m = 8: 0.139,
-      m = 4: 0.142, m = 1: 0.165 (all s = 256). Hence: keep s = 256 and subsample locations;
-      ``locations=4`` keeps 90 % of the all-location quality at a cost that no longer grows with
-      the map size. ``PER`` itself defaults to all locations (Algorithm 1 exactly, and identical
-      under data parallelism); the trainer's ``per_locations`` chooses.
+      256 slices (one erf and two thin matmul terms each), 3.7x the conv's own forward+backward on
+      a 2-core CPU, and a ResNet-56 step with PER on all 55 layers takes 3.4-4.1x the vanilla step.
+      :class:`PER` with ``locations=m`` uses m random locations per image (stratified, each chosen
+      with probability exactly m/L, so the gradient is unbiased). What SGD uses is the weight
+      gradient, which sums over all locations and images: location noise averages out there, while
+      slice noise, shared by all rows, does not. Relative MSE of the PER part of the producing
+      conv's weight gradient against a 4096-slice all-location reference (ResNet-56, batch 128,
+      median over layers): all locations 0.13 (s = 256), 0.43 (s = 64), 1.8 (s = 16); with s = 256,
+      m = 16: 0.13, m = 8: 0.13, m = 4: 0.14-0.15, m = 2: 0.17, m = 1: 0.17-0.20. Step time over
+      vanilla: m = 4: 1.14-1.22, m = 1: 1.10, BN: 1.09-1.19. Hence keep s = 256 and subsample
+      locations: ``locations=4`` keeps about 90 % of the all-location quality at a cost that does
+      not grow with the map size (the trained demo's per-layer SW1 is within 3 % of all locations).
+      ``PER`` itself defaults to all locations (Algorithm 1 exactly, and identical under data
+      parallelism); the trainer's ``per_locations`` chooses.
     - LSTM output ``(T, N, H)`` (or ``(N, T, H)``) -> ``(T * N, H)``: every time step of every
       sequence is one sample of the H hidden units.
 

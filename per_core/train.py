@@ -400,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of init, data order, PER slices and recorder")
     p.add_argument("--lam", type=float, help="PER strength lambda")
     p.add_argument("--n-slices", type=int, help="PER slices per step (paper: 256)")
+    p.add_argument("--per-locations", help="conv layers: spatial locations per image used by PER, or 'all' (default 4)")
     p.add_argument("--lr", type=float, help="initial learning rate")
     p.add_argument("--batch-size", type=int, help="training batch size")
     p.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
@@ -436,6 +437,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     }
     if args.record is not None:
         changes["record"] = None if args.record == "none" else args.record
+    if args.per_locations is not None:
+        if args.per_locations != "all" and not args.per_locations.isdigit():
+            raise ValueError(f"--per-locations must be a positive integer or 'all', got {args.per_locations!r}")
+        changes["per_locations"] = None if args.per_locations == "all" else int(args.per_locations)
     if args.record_every is not None:
         changes["record_every"] = args.record_every
     return (cfg.as_smoke() if args.smoke else cfg).replace(**changes)

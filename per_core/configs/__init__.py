@@ -38,7 +38,7 @@ class TrainConfig:
     # --- regularization
     lam: float = 1e-4  # PER strength lambda (also the strength of loss-based baselines)
     n_slices: int = 256  # PER slices per step
-    per_locations: int | None = None  # conv layers: spatial locations per image used by PER (None: all)
+    per_locations: int | None = 4  # conv layers: random spatial locations per image for PER (None: all; bench/)
     # --- optimization
     epochs: int = 30  # number of epochs
     batch_size: int = 64  # training batch size (global, over all ranks)
@@ -60,7 +60,7 @@ class TrainConfig:
     record: str | None = "all"  # layers to record: "all", comma-separated labels, or None
     record_every: int = 1  # record activations every k epochs (and always at the last epoch)
     record_eval_samples: int = 256  # fixed validation samples recorded in eval mode at each recorded epoch
-    record_train_every: int = 10  # record one in k training batches (recording costs about a step per batch)
+    record_train_every: int = 20  # record one in k training batches (a recorded batch costs about 1-2 steps)
     record_reservoir_every: int = 1  # keep joint rows (for SW1) at epochs divisible by k, and at the last epoch
     smoke: bool = False  # synthetic data of the real shape and SMOKE_STEPS steps per epoch (tests, quick checks)
 

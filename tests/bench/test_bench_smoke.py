@@ -1,0 +1,66 @@
+"""Every benchmark runs end to end in its tiny ``--quick`` mode, so that none of them rots.
+
+No timing is asserted (timings belong in bench/RESULTS.md, measured as interleaved ratios); the
+checks are that each benchmark finishes and prints well-formed ``NAME RATIO`` lines.
+"""
+
+import importlib
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # bench/ is a top-level folder, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from bench import BENCHMARKS  # noqa: E402
+
+
+def _check_line(line: str) -> None:
+    name, ratio, *context = line.split()
+    assert "/" in name or name == "plot_scaling", line
+    if ratio == "SKIPPED":
+        return
+    value = float(ratio)
+    assert math.isfinite(value) or name.endswith("time_at_equal_error"), line
+    for item in context:
+        assert "=" in item, line
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a busy 2-core machine, every 2-thread op can wait milliseconds for its second
+    thread to be scheduled, which would make the smoke run 10x slower without testing anything more."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_benchmark_runs_in_quick_mode(name, capsys, one_thread):
+    module = importlib.import_module(f"bench.{name}")
+    lines = module.run(quick=True, device="cpu")
+    assert lines, f"bench.{name} printed no result line"
+    for line in lines:
+        _check_line(line)
+    out = capsys.readouterr().out
+    assert all(line in out for line in lines)
+
+
+def test_main_lists_every_module_and_rejects_unknown_names():
+    from bench.__main__ import main
+
+    for name in BENCHMARKS:
+        assert (ROOT / "bench" / f"{name}.py").exists()
+    with pytest.raises(SystemExit):
+        main(["--only", "no_such_benchmark"])
+
+
+def test_no_sort_torch_gradient_matches_the_numpy_reference():
+    from bench.no_sort import check_against_numpy
+
+    assert check_against_numpy() < 1e-10

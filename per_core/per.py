@@ -35,6 +35,7 @@ References
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
@@ -64,6 +65,12 @@ def _check_rows(h: Tensor, name: str = "h") -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {h.dtype}")
     if h.shape[0] < 1 or h.shape[1] < 1:
         raise ValueError(f"{name} must have at least one row and one column, got shape {tuple(h.shape)}")
+    if not bool(torch.isfinite(h).all()):
+        bad = int((~torch.isfinite(h)).sum())
+        raise ValueError(
+            f"{name} must be finite, got {bad} NaN/inf value(s) of {h.numel()}; "
+            "the activations diverged before PER saw them (lower the learning rate or lambda)"
+        )
 
 
 def _check_n_slices(n_slices: int) -> None:
@@ -202,8 +209,11 @@ def per_loss(
 
 
 def _chunk_loss(u: Tensor, e: Tensor) -> Tensor:
-    """Sum of E|Z - a| over a chunk given u = a / sqrt 2 and e = erf(u): sqrt2 u erf(u) + sqrt(2/pi) exp(-u^2)."""
-    return _SQRT2 * torch.sum(u * e) + _SQRT_2_OVER_PI * torch.sum(torch.exp(-(u * u)))
+    """Sum of E|Z - a| = sqrt2 u erf(u) + sqrt(2/pi) exp(-u^2) over each (rows, s) block, u = a / sqrt 2, e = erf(u).
+
+    Sums over the last two dimensions: a scalar for one block, shape (G,) for a stack of G blocks.
+    """
+    return _SQRT2 * torch.sum(u * e, dim=(-2, -1)) + _SQRT_2_OVER_PI * torch.sum(torch.exp(-(u * u)), dim=(-2, -1))
 
 
 def _grad_and_loss(
@@ -211,25 +221,28 @@ def _grad_and_loss(
 ) -> tuple[Tensor, Tensor | None]:
     """Algorithm 1 on rows x (N, d) with slices theta (s, d): ``scale`` x the gradient of L_per and, if asked, L_per.
 
+    Also batched: x (G, N, d) and theta (G, s, d) are G independent problems (one per layer of
+    equal shape) done by the same few batched ops; the loss then has shape (G,).
     Per chunk of rows: one matmul against ``theta / sqrt 2`` (so erf needs no extra scaling pass), erf in
     place, one matmul against ``theta * scale / (N s)`` (the mean and e.g. lambda folded in). erf is
-    evaluated once and serves gradient and loss; memory beyond the output is one (chunk x s) block.
+    evaluated once and serves gradient and loss; memory beyond the output is one (G x chunk x s) block.
     """
-    n, s = x.shape[0], theta.shape[0]
-    t_in = theta.T * (1.0 / _SQRT2)  # (d, s)
-    t_out = theta * (scale / (n * s))  # (s, d)
+    n, s = x.shape[-2], theta.shape[-2]
+    batch = x.shape[:-2]
+    t_in = theta.transpose(-2, -1) * (1.0 / _SQRT2)  # (..., d, s)
+    t_out = theta * (scale / (n * s))  # (..., s, d)
     grad = torch.empty_like(x)
-    loss = x.new_zeros(()) if with_loss else None
-    step = min(n, _chunk_rows(s, chunk_elements))
-    buf = x.new_empty(step, s)  # one block, reused by every chunk (no allocation per chunk)
+    loss = x.new_zeros(batch) if with_loss else None
+    step = min(n, _chunk_rows(s * math.prod(batch), chunk_elements))
+    buf = x.new_empty(*batch, step, s)  # one block, reused by every chunk (no allocation per chunk)
     for i in range(0, n, step):
-        u = torch.matmul(x[i : i + step], t_in, out=buf[: min(step, n - i)])  # (rows, s), u = a / sqrt 2
+        u = torch.matmul(x[..., i : i + step, :], t_in, out=buf[..., : min(step, n - i), :])  # u = a / sqrt 2
         if loss is None:
             e = u.erf_()
         else:
             e = torch.erf(u)
             loss += _chunk_loss(u, e)
-        torch.matmul(e, t_out, out=grad[i : i + step])  # (rows, s) @ (s, d) -> (rows, d)
+        torch.matmul(e, t_out, out=grad[..., i : i + step, :])  # (rows, s) @ (s, d) -> (rows, d)
     return grad, (loss / (n * s) if loss is not None else None)
 
 
@@ -395,6 +408,18 @@ def named_targets(
     return named
 
 
+class _Sampled:
+    """One forward of a layer with ``locations=m``: its chosen rows, waiting for the (batched) backward."""
+
+    __slots__ = ("__weakref__", "grad", "index", "name", "rows")
+
+    def __init__(self, name: str, rows: Tensor, index: Tensor) -> None:
+        self.name = name
+        self.rows = rows  # (N*m, C) in the compute dtype
+        self.index = index  # (N, m) chosen positions per image
+        self.grad: Tensor | None = None  # scale x dL_per/d rows, (N*m, C), once computed
+
+
 class PER:
     r"""Attach PER (Algorithm 1 of [1]_) to layers: in backward, add :math:`\lambda \nabla L_{per}`.
 
@@ -480,6 +505,7 @@ class PER:
         self._generators: dict[torch.device, torch.Generator] = {}
         self._penalties: dict[str, Tensor] = {}
         self._strata_cache: dict[tuple[int, int, torch.device], tuple[Tensor, Tensor]] = {}
+        self._pending: list[weakref.ref[_Sampled]] = []  # sampled-location forwards awaiting their backward
         self._handles = [m.register_forward_hook(self._make_forward_hook(n, m)) for n, m in named.items()]
 
     # -- randomness -----------------------------------------------------------------------------
@@ -520,15 +546,17 @@ class PER:
             d = h.shape[1] if lay == "channels_first" else h.shape[-1]
             dtype = _compute_dtype(h.dtype)
             gen = self._generator(h.device)
-            theta = sample_slices(self.n_slices, d, generator=gen, device=h.device, dtype=dtype)
             if lay == "channels_first":
                 flat = h.detach().flatten(2)  # (N, C, *S) -> (N, C, L): a view for contiguous and channels-last
                 index = self._pick_locations(flat, gen)
                 if index is not None:  # keep only the chosen locations as rows: (N, m, C) -> (N*m, C), a small copy
                     c = flat.shape[1]
                     picked = flat.transpose(1, 2).gather(1, index.unsqueeze(2).expand(-1, -1, c))
-                    h.register_hook(self._make_sampled_grad_hook(name, picked.reshape(-1, c).to(dtype), index, theta))
+                    entry = _Sampled(name, picked.reshape(-1, c).to(dtype), index)
+                    self._pending.append(weakref.ref(entry))
+                    h.register_hook(self._make_sampled_grad_hook(entry))
                     return
+            theta = sample_slices(self.n_slices, d, generator=gen, device=h.device, dtype=dtype)
             h.register_hook(self._make_grad_hook(name, h.detach(), h._version, theta, lay))
 
         return forward_hook
@@ -582,24 +610,54 @@ class PER:
 
         return grad_hook
 
-    def _make_sampled_grad_hook(self, name: str, rows: Tensor, index: Tensor, theta: Tensor):
+    def _make_sampled_grad_hook(self, entry: _Sampled):
         """Backward for ``locations=m``: lambda x the gradient of the N*m chosen rows, added at their locations."""
 
         def grad_hook(grad: Tensor) -> Tensor:
-            scale = self.lam if self.lam != 0.0 else 1.0
-            g, loss = _grad_and_loss(rows, theta, self.track_penalty, self.chunk_elements, scale)  # (N*m, C)
-            if loss is not None:
-                self._penalties[name] = loss.detach()
+            if entry.grad is None:
+                self._compute_pending()
+            assert entry.grad is not None
             if self.lam == 0.0:
                 return grad
-            n, m = index.shape
-            c = rows.shape[1]
-            src = g.to(grad.dtype).view(n, m, c).transpose(1, 2)  # (N*m, C) -> (N, C, m)
+            n, m = entry.index.shape
+            c = entry.rows.shape[1]
+            src = entry.grad.to(grad.dtype).view(n, m, c).transpose(1, 2)  # (N*m, C) -> (N, C, m)
             # out of place: a new (N, C, L) gradient, the hook must not modify its argument
-            out = grad.reshape(n, c, -1).scatter_add(2, index.unsqueeze(1).expand(-1, c, -1), src)
+            out = grad.reshape(n, c, -1).scatter_add(2, entry.index.unsqueeze(1).expand(-1, c, -1), src)
             return out.view(grad.shape)
 
         return grad_hook
+
+    def _compute_pending(self) -> None:
+        """The PER gradients of every layer whose forward ran since the last call, layers of equal shape batched.
+
+        The gradient at a layer's output depends only on its own rows and slices, never on the
+        gradient flowing back, so all of them can be computed when the first one is needed: the
+        layers with equal (N*m, C) (a ResNet stage) share one batched matmul-erf-matmul instead of
+        ~10 small ops each, which on a small-layer net is most of PER's cost (``bench/``).
+        Slices are drawn here, s fresh ones per layer, in forward order. Entries whose graph was
+        dropped without a backward pass are gone (weak references) and cost nothing.
+        """
+        live = [e for ref in self._pending if (e := ref()) is not None and e.grad is None]
+        self._pending.clear()
+        groups: dict[tuple[torch.Size, torch.dtype, torch.device], list[_Sampled]] = {}
+        for e in live:
+            groups.setdefault((e.rows.shape, e.rows.dtype, e.rows.device), []).append(e)
+        scale = self.lam if self.lam != 0.0 else 1.0
+        s = self.n_slices
+        for (shape, dtype, device), entries in groups.items():
+            n, d = shape
+            gen = self._generator(device)
+            theta = sample_slices(len(entries) * s, d, generator=gen, device=device, dtype=dtype).view(-1, s, d)
+            per_block = max(1, self.chunk_elements // (n * s))  # layers per batched block
+            for i in range(0, len(entries), per_block):
+                part = entries[i : i + per_block]
+                x = part[0].rows.unsqueeze(0) if len(part) == 1 else torch.stack([e.rows for e in part])
+                g, loss = _grad_and_loss(x, theta[i : i + len(part)], self.track_penalty, self.chunk_elements, scale)
+                for k, e in enumerate(part):
+                    e.grad = g[k]
+                    if loss is not None:
+                        self._penalties[e.name] = loss[k].detach()
 
     # -- logging and removal --------------------------------------------------------------------
     def penalty(self, per_layer: bool = False) -> float | dict[str, float]:

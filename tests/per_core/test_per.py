@@ -81,6 +81,27 @@ def test_per_grad_equals_autograd_of_per_loss(n, d, s, scale, seed):
     torch.testing.assert_close(per_grad(h, theta=theta), h.grad, rtol=1e-10, atol=1e-13)
 
 
+@given(
+    n=st.integers(1, 30),
+    d=st.integers(1, 8),
+    log_scale=st.floats(-30, 30),
+    dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32, F64]),
+    seed=st.integers(0, 99),
+)
+@settings(max_examples=80, deadline=None)
+def test_loss_and_gradient_stay_finite_and_within_their_bounds_at_any_magnitude(n, d, log_scale, dtype, seed):
+    # Any magnitude the dtype can hold (float16 saturates to its max): no overflow in the erf/exp paths.
+    scale = min(10.0**log_scale, float(torch.finfo(dtype).max) / 10)
+    h = (torch.randn(n, d, generator=gen(seed), dtype=F64) * scale).clamp(-scale, scale).to(dtype)
+    theta = sample_slices(16, d, generator=gen(seed + 1), dtype=F64 if dtype == F64 else torch.float32)
+    loss, grad = per_loss(h, theta=theta), per_grad(h, theta=theta)
+    a = (h.to(theta.dtype) @ theta.T).abs().mean()
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    # E|Z - a| >= max(E|Z|, |a|) (symmetry, Jensen), and |dL/dh_i| <= 1/N since |erf| <= 1 and |theta| = 1
+    assert loss >= max(math.sqrt(2 / math.pi), float(a)) * (1 - 1e-5)
+    assert float(grad.float().norm(dim=1).max()) <= (1 + 1e-2) / n
+
+
 def test_same_generator_state_gives_same_slices_and_chunking_changes_nothing():
     h = torch.randn(300, 6, generator=gen(7), dtype=F64)
     assert torch.equal(per_grad(h, 32, gen(8)), per_grad(h, 32, gen(8)))
@@ -276,6 +297,8 @@ def test_bad_inputs_name_what_is_expected():
         per_grad(torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="at least one row"):
         per_loss(torch.zeros(0, 3))
+    with pytest.raises(ValueError, match=r"must be finite, got 2 NaN/inf"):
+        per_grad(torch.tensor([[0.0, float("nan")], [float("inf"), 1.0]]))
     with pytest.raises(ValueError, match="theta must have shape"):
         per_loss(torch.zeros(2, 3), theta=torch.ones(4, 2))
     with pytest.raises(TypeError, match=r"nn\.Module"):
@@ -322,9 +345,9 @@ def test_sampled_locations_gradient_is_per_grad_of_the_chosen_rows_scattered_bac
         h = h0.clone().requires_grad_()
         up = torch.randn(h0.shape, generator=gen(24), dtype=F64)
         layer(h).backward(up)
-    g = gen(seed)  # PER's draws, in order: slices, then the locations
-    theta = sample_slices(s, 4, generator=g, dtype=F64)
+    g = gen(seed)  # PER's draws, in order: the locations (forward), then the slices (backward)
     idx = PER(nn.Identity(), 1.0, locations=m)._pick_locations(h0.flatten(2), g)  # (N, m)
+    theta = sample_slices(s, 4, generator=g, dtype=F64)
     flat = h0.flatten(2)  # (N, C, L)
     rows = flat.gather(2, idx[:, None, :].expand(-1, 4, -1)).transpose(1, 2).reshape(-1, 4)  # (N*m, C)
     expected = torch.zeros_like(flat)
@@ -354,8 +377,51 @@ def test_sampled_locations_track_the_penalty_of_the_chosen_rows():
         layer(h).sum().backward()
         got = per.penalty()
     g = gen(2)
-    theta = sample_slices(8, 3, generator=g, dtype=F64)
     idx = per._pick_locations(h0.flatten(2), g)
+    theta = sample_slices(8, 3, generator=g, dtype=F64)
     rows = h0.flatten(2).gather(2, idx[:, None, :].expand(-1, 3, -1)).transpose(1, 2).reshape(-1, 3)
     assert got == pytest.approx(float(per_loss(rows, theta=theta)), rel=1e-12)
     assert torch.equal(h.grad, torch.ones_like(h0))  # lam = 0: the gradient is untouched
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 2 * 6 * 8, 6 * 8, 7])  # layers per batched block: all, 2, 1, 1 (row chunks)
+def test_sampled_layers_of_equal_shape_are_batched_and_each_gets_its_own_slices(chunk):
+    # three layers, two of equal shape (batched together) and one other; forward order a, b, c
+    shapes = {"a": (2, 3, 4, 4), "b": (2, 5, 4, 4), "c": (2, 3, 4, 4)}
+    h0 = {k: torch.randn(v, generator=gen(30 + i), dtype=F64) for i, (k, v) in enumerate(shapes.items())}
+    layers = {k: nn.Identity() for k in shapes}
+    lam, s, m = 0.5, 8, 3
+    with PER(layers, lam, s, seed=5, locations=m, chunk_elements=chunk) as per:
+        hs = {k: h0[k].clone().requires_grad_() for k in shapes}
+        sum(layers[k](hs[k]).sum() for k in shapes).backward()
+        assert not per._pending  # everything consumed
+    g = gen(5)
+    idx = {k: per._pick_locations(h0[k].flatten(2), g) for k in shapes}  # forward: the locations, in order
+    theta = {}
+    for group in (("a", "c"), ("b",)):  # backward: s slices per layer, per group of equal rows shape
+        d = shapes[group[0]][1]
+        for k, t in zip(group, sample_slices(len(group) * s, d, generator=g, dtype=F64).view(-1, s, d), strict=True):
+            theta[k] = t
+    for k, shape in shapes.items():
+        flat, c = h0[k].flatten(2), shape[1]
+        ix = idx[k][:, None, :].expand(-1, c, -1)
+        rows = flat.gather(2, ix).transpose(1, 2).reshape(-1, c)
+        expected = torch.zeros_like(flat).scatter_add_(
+            2, ix, lam * per_grad(rows, theta=theta[k]).view(2, m, c).transpose(1, 2)
+        )
+        torch.testing.assert_close(hs[k].grad, 1 + expected.view(shape), rtol=1e-12, atol=1e-14)
+
+
+def test_sampled_forwards_without_backward_are_not_kept_and_a_retained_graph_backpropagates_twice():
+    layer = nn.Identity()
+    h0 = torch.randn(2, 3, 4, 4, generator=gen(40), dtype=F64)
+    with PER(layer, 1.0, 8, locations=2) as per:
+        for _ in range(50):  # forwards whose graphs are dropped
+            layer(h0.clone().requires_grad_()).sum()
+        h = h0.clone().requires_grad_()
+        out = layer(h).sum()
+        assert sum(ref() is not None for ref in per._pending) == 1
+        out.backward(retain_graph=True)
+        first = h.grad.clone()
+        out.backward()
+        torch.testing.assert_close(h.grad, 2 * first)  # the same slices and locations both times

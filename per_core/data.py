@@ -204,15 +204,25 @@ def image_batches(
     """Mini-batches of (x, y); shuffled when ``generator`` is given; this rank's share of each batch.
 
     With ``world_size`` > 1 every rank walks the same permutation (same generator seed) and takes
-    its contiguous slice of every global batch of ``batch_size`` samples. ``augment``: a generator
-    for random crop + flip (:func:`augment_crop_flip`), or None for no augmentation.
+    its contiguous slice of every global batch of ``batch_size`` samples. All ranks get equal shares,
+    so that data parallelism's average of the ranks' mean losses is exactly the mean over the batch:
+    ``batch_size`` must be a multiple of ``world_size``, and of a last, partial batch the
+    ``len % world_size`` samples that do not divide evenly are skipped (fewer than ``world_size``
+    per epoch; ``torch.utils.data.DistributedSampler`` pads with repeats instead).
+    ``augment``: a generator for random crop + flip (:func:`augment_crop_flip`), or None.
     """
+    if batch_size % world_size:
+        raise ValueError(
+            f"batch_size {batch_size} is not divisible by {world_size} ranks; use a multiple of {world_size}"
+        )
     n = len(y)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
-        share = -(-len(idx) // world_size)
+        share = len(idx) // world_size
+        if share == 0:
+            break
         idx = idx[rank * share : (rank + 1) * share]
         xb = x[idx]
         if augment is not None:

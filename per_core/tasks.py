@@ -160,7 +160,8 @@ class LanguageModeling:
 
     def step(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> StepResult:
         x, y = batch
-        hidden = None if self.hidden is None else model.detach_hidden(self.hidden)
+        net = getattr(model, "module", model)  # under DDP the LM's own methods are on the wrapped module
+        hidden = None if self.hidden is None else net.detach_hidden(self.hidden)
         loss, self.hidden = self._loss(model, x, y, hidden)
         return StepResult(loss, torch.zeros((), dtype=torch.int64, device=self.device), y.numel())
 

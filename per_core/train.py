@@ -111,6 +111,16 @@ def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
     cfg.validate()
     env = env or DistEnv(device=resolve_device(cfg.device))
     device = env.device
+    if cfg.batch_size % env.world_size:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} is not divisible by the {env.world_size} ranks: every rank must get an "
+            f"equal share of each batch; use a multiple of {env.world_size}"
+        )
+    if env.distributed and cfg.method in ("dbn", "rbn") and env.is_main:
+        tqdm.write(
+            f"note: {cfg.method} normalizes with each rank's own batch statistics (only BatchNorm2d is synchronized "
+            "across ranks); results differ from one process at the full batch"
+        )
     torch.manual_seed(cfg.seed)  # the trainer owns the process: model init (identical on every rank)
     task = build_task(cfg, device)
     module = build_model(cfg.model, **task.model_kwargs(), norm=norm_for(cfg.method), **cfg.model_args).to(device)
@@ -282,7 +292,8 @@ def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
         count += out.count
         if track:  # the only host syncs (and, under DDP, the only extra collective): one every log_every steps
             pen_local = torch.tensor([s.per.penalty() / len(s.per.modules)], dtype=torch.float64, device=s.device)
-            totals = s.env.all_reduce_sum(torch.cat([loss_sum[None], pen_local, loss_sum.new_tensor([count])]))
+            local = [loss_sum[None], pen_local, loss_sum.new_tensor([count]), wrong.double()[None]]
+            totals = s.env.all_reduce_sum(torch.cat(local))
             mean_loss = float(totals[0]) / float(totals[2])
             pen = float(totals[1]) / s.env.world_size
             if not (math.isfinite(mean_loss) and math.isfinite(pen)):
@@ -294,7 +305,8 @@ def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
                     + "; lower the learning rate or lambda, or clip gradients (--grad-clip)"
                 )
             penalties.append(pen)
-            bar.set_postfix(loss=f"{mean_loss:.3f}")
+            running = s.task.summarize(float(totals[0]), int(totals[3]), int(totals[2]))
+            bar.set_postfix({k.removeprefix("train_"): f"{v:.4g}" for k, v in running.items()})
     s.per.track_penalty = False
     if count == 0:
         raise TrainingError("the training split yielded no batch; check --batch-size against the data size")

@@ -82,6 +82,14 @@ def test_image_batches_cover_each_sample_once_and_shard_by_rank():
     g = [torch.Generator().manual_seed(0) for _ in range(2)]
     shards = [torch.cat([yb for _, yb in image_batches(x, y, 4, generator=g[r], rank=r, world_size=2)]) for r in (0, 1)]
     assert sorted(torch.cat(shards).tolist()) == list(range(10))
+    # 3 ranks, batches of 6 over 10 samples: equal shares (2 + 2 + 2, then 1 + 1 + 1 of the last 4), so the
+    # average of the ranks' mean losses is the batch mean; the one sample that does not divide is skipped
+    g = [torch.Generator().manual_seed(0) for _ in range(3)]
+    parts = [[yb for _, yb in image_batches(x, y, 6, generator=g[r], rank=r, world_size=3)] for r in range(3)]
+    assert [[len(b) for b in p] for p in parts] == [[2, 1]] * 3
+    assert len(set(torch.cat([torch.cat(p) for p in parts]).tolist())) == 9
+    with pytest.raises(ValueError, match="not divisible by 3 ranks"):
+        next(image_batches(x, y, 4, rank=0, world_size=3))
 
 
 def test_word_corpora_from_local_files(tmp_path):

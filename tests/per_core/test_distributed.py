@@ -142,3 +142,68 @@ def test_torchrun_two_ranks_match_one_process_and_record_the_same_statistics(tmp
     assert len(a.load_checkpoint()["rng_ranks"]) == 2
     torchrun(tmp_path / "ddp", 2, "--resume", "--epochs", "3")
     assert len(a.read_metrics()) == 3
+
+
+def test_torchrun_trains_a_language_model_preset(tmp_path):
+    torchrun(tmp_path / "lm", 2, "--preset", "corpus-lstm", "--method", "per", "--smoke", "--epochs", "1")
+    (row,) = RunDir(tmp_path / "lm").read_metrics()
+    assert np.isfinite(row["val_loss"]) and np.isfinite(row["train_loss"])
+
+
+# --- the recorder across ranks ------------------------------------------------------------------
+
+
+def recorded_rows():
+    x = torch.randn(120, 3, generator=torch.Generator().manual_seed(7)) * 2 + 0.5
+    x[5, 1] = float("nan")
+    x[70, 2] = float("inf")
+    return x
+
+
+def new_recorder(seed: int):
+    from analysis.recorder import ActivationRecorder
+
+    tap = nn.Identity()
+    return tap, ActivationRecorder(tap, {"x": tap}, reservoir=16, reservoir_every=1, seed=seed)
+
+
+def recorder_worker(rank, world, rendezvous, out):
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    tap, rec = new_recorder(seed=rank)  # as the trainer does: each rank its own reservoir keys
+    rec.start_epoch(0)
+    half = len(recorded_rows()) // world
+    for part in recorded_rows()[rank * half : (rank + 1) * half].split(25):  # this rank's batches
+        tap(part)
+    own: list = [None] * world
+    dist.all_gather_object(own, rec.snapshot())
+    rec.reduce_across_ranks()
+    if rank == 0:
+        torch.save({"merged": rec.snapshot(), "own": own}, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_recorder_reduced_across_two_ranks_equals_one_recorder_over_all_rows(tmp_path):
+    from analysis.recorder import layer_stats
+
+    out = tmp_path / "rec.pt"
+    mp.spawn(recorder_worker, args=(2, str(tmp_path / "rendezvous-rec"), str(out)), nprocs=2, join=True)
+    got = torch.load(out, weights_only=False)
+    tap, one = new_recorder(seed=0)
+    one.start_epoch(0)
+    for part in recorded_rows().split(25):
+        tap(part)
+    merged, single = layer_stats(got["merged"], "train", "x"), layer_stats(one.snapshot(), "train", "x")
+    for f in ("hist", "under", "over", "nan", "posinf", "neginf", "count", "min", "max"):
+        np.testing.assert_array_equal(merged[f], single[f], err_msg=f)
+    for f in ("mean", "var", "skew", "kurt"):
+        np.testing.assert_allclose(merged[f], single[f], rtol=1e-10, err_msg=f)
+    # the reservoir: the k smallest keys over both ranks' own reservoirs, with their rows
+    own = [layer_stats(s, "train", "x") for s in got["own"]]
+    keys = np.concatenate([o["reservoir_keys"] for o in own])
+    rows = np.concatenate([o["reservoir"] for o in own])
+    best = np.argsort(keys, kind="stable")[: len(merged["reservoir_keys"])]
+    assert len(best) == 16
+    np.testing.assert_array_equal(np.sort(merged["reservoir_keys"]), keys[best])
+    order = np.argsort(merged["reservoir_keys"], kind="stable")
+    np.testing.assert_array_equal(merged["reservoir"][order], rows[best])

@@ -235,11 +235,18 @@ def image_batches(
 _TOKEN = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 
 
-def _tokenize_lines(lines: Sequence[str], lower: bool) -> list[list[str]]:
+def _tokenize_lines(lines: Sequence[str], lower: bool, keep_blank: bool = False) -> list[list[str]]:
+    """Words of each line plus ``<eos>``; ``keep_blank``: a blank line is a lone ``<eos>``.
+
+    PTB and WikiText-2 keep blank lines, as the standard loader does (pytorch/examples
+    word_language_model: ``line.split() + ['<eos>']`` for every line), so token counts and
+    perplexities are comparable with the published ones; WikiText-2 has a blank line around
+    every heading and paragraph.
+    """
     out = []
     for line in lines:
         words = _TOKEN.findall(line.lower()) if lower else line.split()
-        if words:
+        if words or keep_blank:
             out.append([*words, "<eos>"])
     return out
 
@@ -295,7 +302,7 @@ def load_word_corpus(data_dir: str | Path, name: str) -> TextData:
             f"{name} not found in {root}: missing {', '.join(missing)}. Put the standard word-level files "
             f"({', '.join(f.name for f in files)}) in one folder and pass it as --data-dir"
         )
-    splits = [_tokenize_lines(f.read_text(encoding="utf-8").splitlines(), lower=False) for f in files]
+    splits = [_tokenize_lines(f.read_text(encoding="utf-8").splitlines(), lower=False, keep_blank=True) for f in files]
     return _build(name, *splits, min_count=1)
 
 

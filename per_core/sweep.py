@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from per_core.configs import LAMBDA_GRIDS, METHODS, PRESETS, TrainConfig, get_preset
+from per_core.configs import LAMBDA_GRIDS, METHODS, PAPER_RESULTS, PRESETS, TrainConfig, get_preset
 from per_core.rundir import RunDir, RunDirError, atomic_write, find_runs
 from per_core.train import TrainingError, train
 
@@ -67,91 +68,192 @@ def run_sweep(
     return runs
 
 
-def _metric(rows: list[dict]) -> tuple[str, float]:
+#: Final-epoch metrics a table reports, in order of preference; the first present is the one
+#: lambdas are chosen by (lower is better for all of them).
+_METRICS = ("val_error", "val_ppl", "val_loss")
+
+
+def _final_metrics(rows: list[dict]) -> dict[str, float]:
+    """The validation metric of the last epoch, and its test counterpart when one was measured."""
     last = rows[-1]
-    for key in ("val_error", "val_ppl", "val_loss"):
+    for key in _METRICS:
         if key in last:
-            return key, float(last[key])
+            test = "test_" + key.removeprefix("val_")
+            return {key: float(last[key]), **({test: float(last[test])} if test in last else {})}
     raise RunDirError("metrics.jsonl has no validation metric")
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = float(np.mean(values)) if values else math.nan
+    return mean, (float(np.std(values, ddof=1)) if len(values) > 1 else math.nan)
+
+
+def _pm(mean: float, std: float, unit: str = "") -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.2f}{unit} +- " + ("n/a" if math.isnan(std) else f"{std:.2f}")
+
+
 def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
-    """The table of a sweep directory: one row per (method, lambda) with mean +- std over seeds."""
-    groups: dict[tuple[str, float | None], list[float]] = {}
+    """The tables of a sweep directory: every (method, lambda), then the paper's layout.
+
+    First table: one row per (method, lambda) with the final validation metric (and test
+    perplexity for language models) as mean +- sample std over seeds, the seed count, runs that
+    diverged, and the best lambda of each method's grid marked (lowest validation mean: the paper
+    reports the best of its grid). Second, when the runs come from a preset of Tables 1-3: the
+    paper's layout, methods as columns (each at its best lambda), next to the paper's numbers
+    (:data:`per_core.configs.PAPER_RESULTS`).
+
+    Returns the text and one dict per (method, lambda): method, lam, metric, mean, std, n, failed,
+    and for a test metric ``test_metric``, ``test_mean``, ``test_std``.
+    """
+    groups: dict[tuple[str, float | None], list[dict[str, float]]] = {}
     failed: dict[tuple[str, float | None], int] = {}
-    metric = "val_error"
+    presets = set()
     for run in find_runs(sweep):
         cfg, rows = run.read_config(), run.read_metrics()
-        lam = cfg["lam"] if cfg["method"] in REGULARIZERS else None
+        key = (cfg["method"], cfg["lam"] if cfg["method"] in REGULARIZERS else None)
+        groups.setdefault(key, [])
         if (run.root / FAILED).is_file():
-            failed[cfg["method"], lam] = failed.get((cfg["method"], lam), 0) + 1
-            groups.setdefault((cfg["method"], lam), [])
-            continue
-        if not rows or len(rows) < cfg["epochs"]:
-            continue  # unfinished
-        metric, value = _metric(rows)
-        groups.setdefault((cfg["method"], lam), []).append(value)
+            failed[key] = failed.get(key, 0) + 1
+        elif rows and len(rows) >= cfg["epochs"]:  # finished
+            groups[key].append(_final_metrics(rows))
+            presets.add(cfg.get("preset"))
     order = {m: i for i, m in enumerate(METHODS)}
     entries = []
-    for (method, lam), values in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1] or 0)):
-        std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-        mean = float(np.mean(values)) if values else math.nan
-        n_failed = failed.get((method, lam), 0)
-        entries.append({"method": method, "lam": lam, "mean": mean, "std": std, "n": len(values), "failed": n_failed})
-    best = {}
+    for (method, lam), finals in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1] or 0)):
+        metric = next((k for k in _METRICS if finals and k in finals[0]), "val_error")
+        mean, std = _mean_std([f[metric] for f in finals if metric in f])
+        e = {"method": method, "lam": lam, "metric": metric, "mean": mean, "std": std, "n": len(finals)}
+        e["failed"] = failed.get((method, lam), 0)
+        test = "test_" + metric.removeprefix("val_")
+        if finals and all(test in f for f in finals):
+            e["test_metric"] = test
+            e["test_mean"], e["test_std"] = _mean_std([f[test] for f in finals])
+        entries.append(e)
+    best: dict[str, dict] = {}
     for e in entries:
-        if e["lam"] is not None and e["n"] and (e["method"] not in best or e["mean"] < best[e["method"]]["mean"]):
+        if e["n"] and (e["method"] not in best or e["mean"] < best[e["method"]]["mean"]):
             best[e["method"]] = e
+    metric = next((e["metric"] for e in entries if e["n"]), "val_error")
     unit = "%" if metric == "val_error" else ""
-    lines = [f"{'method':<8} {'lambda':>8} {metric + ' (mean +- std)':>26} {'seeds':>6}"]
+    has_test = any("test_mean" in e for e in entries)
+    head = f"{'method':<8} {'lambda':>8} {metric + ' (mean +- std)':>26}"
+    lines = [head + (f" {'test (mean +- std)':>22}" if has_test else "") + f" {'seeds':>6}"]
     for e in entries:
-        mark = " *" if best.get(e["method"]) is e and sum(x["method"] == e["method"] for x in entries) > 1 else ""
+        several = sum(x["method"] == e["method"] for x in entries) > 1
+        mark = " *" if e["lam"] is not None and several and best.get(e["method"]) is e else ""
         lam = "-" if e["lam"] is None else f"{e['lam']:g}"
-        spread = "n/a" if math.isnan(e["std"]) else f"{e['std']:.2f}"
         note = f"  ({e['failed']} diverged)" if e["failed"] else ""
-        lines.append(f"{e['method']:<8} {lam:>8} {e['mean']:>17.2f}{unit} +- {spread:<5} {e['n']:>6}{mark}{note}")
-    if best:
+        test = f" {_pm(e.get('test_mean', math.nan), e.get('test_std', math.nan)):>22}" if has_test else ""
+        lines.append(f"{e['method']:<8} {lam:>8} {_pm(e['mean'], e['std'], unit):>26}{test} {e['n']:>6}{mark}{note}")
+    if any(e["lam"] is not None for e in entries):
         lines.append("* best lambda of the grid (lowest mean), as the paper reports")
+    if len(presets) == 1 and (preset := presets.pop()) in PAPER_RESULTS:
+        lines += ["", *_paper_layout(preset, best)]
     return "\n".join(lines), entries
+
+
+def _paper_layout(preset: str, best: dict[str, dict]) -> list[str]:
+    """Methods as columns (each at its best lambda), this sweep's rows and the paper's, for one preset."""
+    paper = PAPER_RESULTS[preset]
+    methods = [m for m in METHODS if m in best or m in paper]
+    metrics = list(next(iter(paper.values())))  # e.g. ["val_error"] or ["val_ppl", "test_ppl"]
+    width = 18
+    lines = [f"{preset} in the paper's layout (each method at its best lambda; n seeds):"]
+    lines.append(f"{'':<22}" + "".join(f"{m:>{width}}" for m in methods))
+    for metric in metrics:
+        ours = []
+        for m in methods:
+            e = best.get(m)
+            key = "mean" if metric.startswith("val_") else "test_mean"
+            if e is None or key not in e or math.isnan(e[key]):
+                ours.append("-")
+            else:
+                std = e["std"] if key == "mean" else e["test_std"]
+                ours.append(f"{_pm(e[key], std)} ({e['n']})")
+        lines.append(f"{'this sweep ' + metric:<22}" + "".join(f"{v:>{width}}" for v in ours))
+        row = [f"{paper[m][metric]:.2f}" if m in paper else "-" for m in methods]
+        lines.append(f"{'paper ' + metric:<22}" + "".join(f"{v:>{width}}" for v in row))
+    return lines
+
+
+def _csv(text: str, convert: Callable[[str], Any], flag: str, form: str) -> list[Any]:
+    """Comma-separated values of ``flag``, converted; a ValueError names the flag and the expected form."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    try:
+        values = [convert(x) for x in items]
+    except ValueError:
+        raise ValueError(f"{flag} must be {form}, got {text!r}") from None
+    if not values:
+        raise ValueError(f"{flag} must be {form}, got {text!r}")
+    return values
+
+
+def _method(name: str) -> str:
+    if name not in METHODS:
+        raise ValueError(name)
+    return name
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    base = get_preset(args.preset)
+    base = base.as_smoke() if args.smoke else base
+    changes: dict[str, Any] = {}
+    if args.epochs is not None:
+        changes.update(epochs=args.epochs, milestones=[m for m in base.milestones if m < args.epochs])
+    if args.data_dir is not None:
+        changes["data_dir"] = args.data_dir
+    if args.no_record:
+        changes["record"] = None
+    if args.per_locations is not None:
+        changes["per_locations"] = (
+            None if args.per_locations == "all" else _csv(args.per_locations, int, "--per-locations", "N or 'all'")[0]
+        )
+    cfg = base.replace(**changes)
+    cfg.validate()
+    return cfg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m per_core.sweep", description="Run methods x lambdas x seeds.")
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
-    p.add_argument("--methods", default="vanilla,bn,per", help="comma-separated methods")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--methods", default="vanilla,bn,per", help=f"comma-separated, of: {', '.join(METHODS)}")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated integer seeds")
     p.add_argument("--lams", help="comma-separated lambdas for per/vcl/l1/l2, or 'grid' for the preset's grid")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument("--per-locations", help="conv layers: spatial locations per image used by PER, or 'all'")
     p.add_argument("--data-dir", help="folder with the real data files")
     p.add_argument("--out", type=Path, help="sweep directory")
     p.add_argument("--table", type=Path, help="print the results table of an existing sweep and exit")
     p.add_argument("--smoke", action="store_true", help="synthetic data, a few steps per run")
     p.add_argument("--no-record", action="store_true", help="do not record activations (faster, smaller)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = p.parse_args(argv)
     try:
         if args.table is None:
             if args.out is None:
                 raise ValueError("--out is required to run a sweep (or use --table SWEEP_DIR)")
-            methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-            unknown = [m for m in methods if m not in METHODS]
-            if unknown:
-                raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
-            base = get_preset(args.preset)
-            base = base.as_smoke() if args.smoke else base
-            if args.epochs is not None:
-                base = base.replace(epochs=args.epochs, milestones=[m for m in base.milestones if m < args.epochs])
-            if args.data_dir is not None:
-                base = base.replace(data_dir=args.data_dir)
-            if args.no_record:
-                base = base.replace(record=None)
-            lams = LAMBDA_GRIDS[args.preset] if args.lams == "grid" else None
-            if args.lams and args.lams != "grid":
-                lams = [float(x) for x in args.lams.split(",")]
-            seeds = [int(x) for x in args.seeds.split(",")]
-            run_sweep(base, args.out, methods, seeds, lams, progress=not args.no_progress)
+            methods = _csv(args.methods, _method, "--methods", f"a comma-separated list of {', '.join(METHODS)}")
+            seeds = _csv(args.seeds, int, "--seeds", "comma-separated integers, e.g. 0,1,2")
+            lams = None
+            if args.lams == "grid":
+                lams = LAMBDA_GRIDS[args.preset]
+            elif args.lams:
+                lams = _csv(args.lams, float, "--lams", "comma-separated numbers or 'grid'")
+                if any(not (math.isfinite(x) and x >= 0) for x in lams):
+                    raise ValueError(f"--lams must be finite numbers >= 0, got {args.lams!r}")
+            run_sweep(_config(args), args.out, methods, seeds, lams, progress=not args.no_progress)
         text, _ = results_table(args.table or args.out)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("interrupted: finished runs are kept; run the same command again to continue", file=sys.stderr)
+        return 130
     except (ValueError, OSError, TrainingError) as err:
+        if args.debug:
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(text)

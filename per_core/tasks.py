@@ -53,7 +53,7 @@ class Task(Protocol):
 
     def step(self, model: nn.Module, batch: Any) -> StepResult: ...
 
-    def evaluate(self, model: nn.Module) -> dict[str, float]: ...
+    def evaluate(self, model: nn.Module, final: bool = False) -> dict[str, float]: ...
 
     def summarize(self, loss_sum: float, errors: int, count: int) -> dict[str, float]: ...
 
@@ -104,7 +104,8 @@ class ImageClassification:
         return {"train_loss": loss_sum / count, "train_error": 100.0 * errors / count}
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, final: bool = False) -> dict[str, float]:
+        """Validation loss and error (%); the CIFAR validation split is its test batch, as in the paper's tables."""
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         wrong = torch.zeros((), device=self.device, dtype=torch.int64)
         for x, y in image_batches(self.data.val_x, self.data.val_y, self.cfg.eval_batch_size):
@@ -134,6 +135,7 @@ class LanguageModeling:
         self.device = device
         self.train = batchify(data.train, cfg.batch_size).to(device)  # (L, B)
         self.valid = batchify(data.valid, min(cfg.eval_batch_size, max(1, data.valid.numel() // 4))).to(device)
+        self.test = batchify(data.test, min(cfg.eval_batch_size, max(1, data.test.numel() // 4))).to(device)
         self.hidden: Any = None
 
     def model_kwargs(self) -> dict[str, Any]:
@@ -169,14 +171,21 @@ class LanguageModeling:
         loss = loss_sum / count
         return {"train_loss": loss, "train_ppl": math.exp(min(loss, 50.0))}
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def _perplexity(self, model: nn.Module, stream: Tensor, split: str) -> dict[str, float]:
         total, count, hidden = 0.0, 0, None
-        for x, y in self._segments(self.valid):
+        for x, y in self._segments(stream):
             loss, hidden = self._loss(model, x, y, hidden)
             total += float(loss) * y.numel()
             count += y.numel()
-        return {"val_loss": total / count, "val_ppl": math.exp(min(total / count, 50.0))}
+        return {f"{split}_loss": total / count, f"{split}_ppl": math.exp(min(total / count, 50.0))}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, final: bool = False) -> dict[str, float]:
+        """Validation loss and perplexity; at the final epoch also the test split's (Table 3 reports both)."""
+        out = self._perplexity(model, self.valid, "val")
+        if final:
+            out.update(self._perplexity(model, self.test, "test"))
+        return out
 
     def forward(self, model: nn.Module, batch: Any) -> Tensor:
         return model(batch)[0]

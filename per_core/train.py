@@ -366,7 +366,7 @@ def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str
                 s.recorder.end_epoch()
                 s.recorder.reduce_across_ranks()  # every rank's train statistics into rank 0's
             s.module.eval()
-            row.update(s.task.evaluate(s.module))  # every rank evaluates the same data: no collective needed
+            row.update(s.task.evaluate(s.module, final=epoch == cfg.epochs))  # same data on every rank: no collective
             if isinstance(s.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 s.scheduler.step(row["val_loss"])
             else:

@@ -92,6 +92,18 @@ def test_image_batches_cover_each_sample_once_and_shard_by_rank():
         next(image_batches(x, y, 4, rank=0, world_size=3))
 
 
+def test_wikitext2_keeps_blank_lines_as_eos_like_the_standard_loader(tmp_path):
+    text = " \n = Valkyria Chronicles = \n \n Senjō no Valkyria 3 : <unk> Chronicles \n"
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"wiki.{split}.tokens").write_text(text, encoding="utf-8")
+    d = load_word_corpus(tmp_path, "wikitext2")
+    words = [d.vocab[i] for i in d.train.tolist()]
+    # pytorch/examples word_language_model: line.split() + ['<eos>'] for every line, blank ones included
+    expected = [w for line in text.splitlines() for w in [*line.split(), "<eos>"]]
+    assert words == expected and words[:2] == ["<eos>", "="]
+    assert d.valid.tolist() == d.train.tolist()
+
+
 def test_word_corpora_from_local_files(tmp_path):
     (tmp_path / "ptb.train.txt").write_text(" the cat sat <unk> \n the dog \n")
     (tmp_path / "ptb.valid.txt").write_text(" the cat \n")

@@ -1,7 +1,11 @@
 """Sweeps: layout, skip/resume of finished runs, and the mean +- std table."""
 
-import numpy as np
+import json
 
+import numpy as np
+import pytest
+
+from per_core import sweep
 from per_core.configs import get_preset
 from per_core.sweep import main, results_table, run_sweep
 
@@ -24,8 +28,6 @@ def test_sweep_layout_table_and_skip(tmp_path, capsys):
     per = [e for e in entries if e["method"] == "per"]
     assert [e["lam"] for e in per] == [0.01, 0.1] and all(e["n"] == 2 for e in entries)
     # mean and sample std over the seeds' final val_error
-    import json
-
     vals = [
         json.loads((tmp_path / "vanilla" / f"seed{s}" / "metrics.jsonl").read_text().splitlines()[-1])["val_error"]
         for s in (0, 1)
@@ -38,10 +40,55 @@ def test_sweep_layout_table_and_skip(tmp_path, capsys):
     assert "finished, skipped" in capsys.readouterr().out
 
 
-def test_sweep_cli_errors_are_one_line(tmp_path, capsys):
-    assert main(["--methods", "nope", "--out", str(tmp_path)]) == 2
-    assert "unknown methods" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--methods", "nope"], "--methods must be a comma-separated list of vanilla"),
+        (["--methods", ""], "--methods must be"),
+        (["--seeds", "a,b"], "--seeds must be comma-separated integers"),
+        (["--lams", "x"], "--lams must be comma-separated numbers"),
+        (["--lams", "-1"], "--lams must be finite numbers >= 0"),
+        (["--epochs", "0"], "epochs"),
+        (["--per-locations", "zero"], "--per-locations must be N or 'all'"),
+    ],
+)
+def test_sweep_cli_errors_are_one_line_naming_the_flag(tmp_path, capsys, args, message):
+    assert main([*args, "--out", str(tmp_path / "s"), "--smoke"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()  # nothing was started
+
+
+def test_sweep_cli_table_of_a_missing_sweep_and_ctrl_c(tmp_path, capsys, monkeypatch):
     assert main(["--table", str(tmp_path / "missing")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_sweep", interrupted)
+    assert main(["--out", str(tmp_path / "s"), "--smoke"]) == 130
+    assert "run the same command again" in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):
+        main(["--out", str(tmp_path / "s"), "--smoke", "--debug"])
+
+
+def test_paper_layout_with_test_perplexity_for_a_table3_preset(tmp_path):
+    base = get_preset("table3-lstm-ptb").replace(record=None, epochs=1).as_smoke()
+    run_sweep(base, tmp_path, ["vanilla", "per"], [0, 1], lams=[1e-4, 3e-4], progress=False)
+    text, entries = results_table(tmp_path)
+    per = [e for e in entries if e["method"] == "per"]
+    assert {e["metric"] for e in entries} == {"val_ppl"} and all(e["test_metric"] == "test_ppl" for e in entries)
+    rows = [
+        json.loads((tmp_path / "per-lam0.0001" / f"seed{s}" / "metrics.jsonl").read_text().splitlines()[-1])
+        for s in (0, 1)
+    ]
+    assert per[0]["test_mean"] == pytest.approx(np.mean([r["test_ppl"] for r in rows]))
+    layout = text.split("in the paper's layout")[1].splitlines()
+    assert layout[1].split() == ["vanilla", "per"]
+    best = min(per, key=lambda e: e["mean"])
+    assert f"{best['mean']:.2f} +- {best['std']:.2f} (2)" in layout[2]  # each method at its best lambda
+    assert layout[3].split()[-2:] == ["123.20", "118.50"] and layout[5].split()[-2:] == ["122.00", "114.50"]
 
 
 def test_a_diverging_run_is_reported_and_the_sweep_goes_on(tmp_path, capsys):

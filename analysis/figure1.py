@@ -10,8 +10,14 @@ that point, :math:`g(h) = \mathbb{E}_\theta[\mathrm{erf}(\langle\theta,h\rangle/
 so its arrows (orange) are the same field in every panel, a pull towards 0, even for the Gaussian
 (a) where the true distance is already ~0. That is why :math:`L_{per}` is minimized by a point
 mass. The descent direction of the exact sliced distance
-(:func:`analysis.distances.sliced_w1_to_normal_grad`, purple) depends on the whole sample: it is
-~0 on average in (a) and moves samples towards where the Gaussian has mass.
+(:func:`analysis.distances.sliced_w1_to_normal_grad`, purple) depends on the whole sample and
+moves samples towards where the Gaussian has mass; in (a) it only corrects the sample's own noise.
+Its size does not shrink with the distance (on each slice a sample's gradient is :math:`\pm 1/n`),
+so the purple arrows in (a) are not ~0: they are shorter on average than in (c) and (d), and their
+net push (the mean arrow) is small.
+
+Each field is drawn with one length scale shared by the four panels (the longest arrow of a
+colour over all panels is 0.6 units), so arrow lengths compare across panels.
 """
 
 from __future__ import annotations
@@ -65,8 +71,8 @@ def figure1_table(
     return rows
 
 
-def _arrows(ax, X: np.ndarray, grad: np.ndarray, color: str, label: str) -> None:
-    g = -0.6 * grad / np.linalg.norm(grad, axis=1).max()  # descent direction, longest arrow 0.6 units
+def _arrows(ax, X: np.ndarray, grad: np.ndarray, longest: float, color: str, label: str) -> None:
+    g = -0.6 * grad / longest  # descent direction; a gradient of norm `longest` is drawn 0.6 units long
     ax.quiver(
         X[:, 0],
         X[:, 1],
@@ -91,14 +97,19 @@ def figure1(n: int = 2000, seed: int = 0, n_projections: int = 256, arrows: int 
     fig = plt.figure(figsize=(12, 4.8))
     grid = fig.add_gridspec(2, 4, height_ratios=[3.2, 1.0], hspace=0.3)
     P = _projections(2, n_projections, seed)
+    picked, fields = {}, {"per": {}, "exact": {}}
+    for key, X in samples.items():
+        pick = np.random.default_rng(seed).choice(len(X), size=min(arrows, len(X)), replace=False)
+        picked[key] = X[pick]
+        fields["exact"][key] = sliced_w1_to_normal_grad(X, projections=P)[pick]
+        fields["per"][key] = per_grad(torch.from_numpy(X[pick]), theta=torch.from_numpy(P)).numpy()
+    # one scale per field across the four panels, so lengths compare between panels
+    longest = {f: max(float(np.linalg.norm(g, axis=1).max()) for g in grads.values()) for f, grads in fields.items()}
     for col, (key, X) in enumerate(samples.items()):
         ax = fig.add_subplot(grid[0, col])
         ax.scatter(X[:, 0], X[:, 1], s=3, alpha=0.3, color="#777777", rasterized=True)
-        pick = np.random.default_rng(seed).choice(len(X), size=min(arrows, len(X)), replace=False)
-        exact = sliced_w1_to_normal_grad(X, projections=P)[pick]
-        per = per_grad(torch.from_numpy(X[pick]), theta=torch.from_numpy(P)).numpy()
-        _arrows(ax, X[pick], per, method_color("per"), "PER descent")
-        _arrows(ax, X[pick], exact, EXACT_COLOR, "exact SW1 descent")
+        _arrows(ax, picked[key], fields["per"][key], longest["per"], method_color("per"), "PER descent")
+        _arrows(ax, picked[key], fields["exact"][key], longest["exact"], EXACT_COLOR, "exact SW1 descent")
         ax.set(xlim=(-4, 4), ylim=(-4, 4), aspect="equal", xlabel="unit 1", ylabel="unit 2" if col == 0 else None)
         ax.set_title(f"{FIGURE1_NAMES.get(key, key)}\nSW1 {rows[col]['sw1']:.3f}, L_per {rows[col]['l_per']:.3f}")
         if col == 0:
@@ -116,5 +127,13 @@ def figure1(n: int = 2000, seed: int = 0, n_projections: int = 256, arrows: int 
         "L_per is a bound, not the distance: it ranks (c) below the Gaussian (a), and its descent (orange) pulls "
         "every sample towards 0 (floor 0.798 = point mass; 1.128 at N(0, I))",
         fontsize=9,
+    )
+    fig.text(
+        0.5,
+        0.01,
+        "Arrows: descent direction of each sample's gradient, one length scale per colour shared by the four "
+        f"panels: 0.6 units = gradient norm {longest['per']:.1e} (orange, PER), {longest['exact']:.1e} (purple, SW1)",
+        ha="center",
+        fontsize=7,
     )
     return fig

@@ -6,7 +6,11 @@ r"""The figures in ``figures/`` (what the README shows), regenerated determinist
 - ``point_mass_trap.png``: :func:`point_mass_trap`, the bound against the true distance as the
   activations shrink (no training);
 - with ``--runs`` (a demo sweep made by ``python -m per_core.demo``): ``figure2.png``,
-  ``sw1_curves.png`` and ``metrics.png`` from :mod:`analysis.plot`.
+  ``sw1_curves.png``, ``metrics.png`` and ``ridgeline.png`` (unit 0 of ``--ridgeline``, default
+  ``layer3``, over epochs, one panel per method) from :mod:`analysis.plot`.
+
+The files are byte-for-byte reproducible on one install: Agg output, fixed seeds, and no ``Software``
+entry (the matplotlib version) in the PNG metadata.
 
 This module never trains (analysis does not import the trainer): ``make figures`` runs the demo
 first when ``runs/demo`` is missing.
@@ -17,8 +21,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +33,11 @@ from analysis.distances import sliced_w1_to_normal
 from analysis.style import method_color, use_style
 
 __all__ = ["main", "point_mass_trap"]
+
+
+def _write_png(fig, f) -> None:
+    # no "Software" entry (the matplotlib version) in the PNG metadata: the bytes depend only on what is drawn
+    fig.savefig(f, format="png", dpi=90, metadata={"Software": None})
 
 
 def point_mass_trap(n: int = 2000, dim: int = 4, n_projections: int = 128, seed: int = 0, steps: int = 16):
@@ -65,14 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     matplotlib.use("Agg")
     from analysis.figure1 import figure1
     from analysis.io import load_run
-    from analysis.plot import figure2, metrics_curves, sw1_curves
+    from analysis.plot import PlotError, figure2, metrics_curves, ridgeline, sw1_curves
     from per_core.rundir import RunDirError, atomic_write
 
     p = argparse.ArgumentParser(prog="python -m analysis.figures", description="Regenerate the README figures.")
     p.add_argument("--out", type=Path, default=Path("figures"), help="output folder (default figures/)")
     p.add_argument("--runs", type=Path, help="a demo sweep directory (runs/demo) for the run-based figures")
+    p.add_argument("--ridgeline", default="layer3", metavar="LAYER", help="layer of ridgeline.png (default layer3)")
     args = p.parse_args(argv)
-    figures = {"figure1": figure1, "point_mass_trap": point_mass_trap}
+    figures: dict[str, Callable[[], Any]] = {}  # name -> draw(); the run-based ones first (they can fail)
     if args.runs is not None:
         try:
             data = load_run(args.runs)
@@ -80,13 +92,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         figures.update(
-            figure2=lambda: figure2(data), sw1_curves=lambda: sw1_curves(data), metrics=lambda: metrics_curves(data)
+            figure2=lambda: figure2(data),
+            sw1_curves=lambda: sw1_curves(data),
+            metrics=lambda: metrics_curves(data),
+            ridgeline=lambda: ridgeline(data, args.ridgeline, unit=0),
         )
+    figures.update(figure1=figure1, point_mass_trap=point_mass_trap)
     import matplotlib.pyplot as plt
 
     for name, make in figures.items():
-        fig = make()
-        path = atomic_write(args.out / f"{name}.png", lambda f, fig=fig: fig.savefig(f, format="png", dpi=90))
+        try:
+            fig = make()
+        except PlotError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        path = atomic_write(args.out / f"{name}.png", partial(_write_png, fig))
         plt.close(fig)
         print(path)
     return 0

@@ -47,3 +47,18 @@ def test_figure_has_four_panels_with_points_and_arrows_and_a_table():
 def test_method_colours_are_fixed_and_unknown_methods_stable():
     assert method_color("per") == METHOD_COLORS["per"] != method_color("bn")
     assert method_color("my-method") == method_color("my-method")
+
+
+def test_arrows_share_one_scale_per_field_across_the_panels():
+    fig = figure1(n=300, n_projections=32, arrows=20)
+    panels = [ax for ax in fig.axes if ax.collections]  # (a), (b), (c), (d)
+    for field in (1, 2):  # PER arrows, exact-SW1 arrows
+        lengths = [np.hypot(ax.collections[field].U, ax.collections[field].V) for ax in panels]
+        np.testing.assert_allclose(max(float(a.max()) for a in lengths), 0.6)  # the longest over all panels
+    exact = [np.hypot(ax.collections[2].U, ax.collections[2].V) for ax in panels]
+    push = [np.hypot(ax.collections[2].U.mean(), ax.collections[2].V.mean()) for ax in panels]
+    largest = int(np.argmax([a.max() for a in exact]))
+    assert largest != 0 and exact[0].max() < exact[largest].max()  # (a)'s arrows are not scaled up to full length
+    assert exact[0].mean() < 0.8 * exact[2].mean()  # the exact field pushes the skewed (c) harder than (a)
+    assert push[0] < 0.5 * push[2]  # and its net push in (a) is small
+    assert "one length scale per colour" in " ".join(t.get_text() for t in fig.texts)

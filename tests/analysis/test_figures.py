@@ -3,8 +3,34 @@
 import math
 
 import numpy as np
+import torch
+from torch import nn
 
 from analysis.figures import main, point_mass_trap
+from analysis.recorder import ActivationRecorder
+from per_core.rundir import RunDir
+
+RUN_FIGURES = ["figure1.png", "figure2.png", "metrics.png", "point_mass_trap.png", "ridgeline.png", "sw1_curves.png"]
+
+
+def small_run(root, method, scales, seed):
+    """A run dir whose layers layer1..layer3 recorded N(0, s^2) rows (300 x 2) at each epoch, with metrics."""
+    rd = RunDir(root)
+    rd.write_config({"method": method, "epochs": len(scales)})
+    mods = {f"layer{i}": nn.Identity() for i in (1, 2, 3)}
+    rec = ActivationRecorder(nn.ModuleDict(mods), mods, reservoir=128, reservoir_every=1)
+    rng = np.random.default_rng(seed)
+    for epoch, s in enumerate(scales, start=1):
+        rows = {name: torch.as_tensor(s * rng.normal(size=(300, 2)), dtype=torch.float32) for name in mods}
+        rec.start_epoch(epoch)
+        for name, X in rows.items():
+            mods[name](X)
+        rec.end_epoch()
+        with rec.eval_pass():
+            for name, X in rows.items():
+                mods[name](X)
+        rec.save(rd, epoch)
+    rd.write_metrics([{"epoch": e, "val_error": 10.0 / e, "train_loss": 1.0 / e} for e in range(1, len(scales) + 1)])
 
 
 def test_point_mass_trap_shows_the_bound_falling_while_the_distance_rises():
@@ -22,3 +48,19 @@ def test_cli_writes_the_theory_figures(tmp_path, capsys):
     assert sorted(p.rsplit("/", 1)[-1] for p in written) == ["figure1.png", "point_mass_trap.png"]
     assert all((tmp_path / n).stat().st_size > 10_000 for n in ("figure1.png", "point_mass_trap.png"))
     assert main(["--out", str(tmp_path), "--runs", str(tmp_path / "missing")]) == 2
+
+
+def test_cli_writes_the_run_figures_byte_for_byte_the_same_twice(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    small_run(sweep / "vanilla", "vanilla", [1.0, 1.5, 2.0], seed=0)
+    small_run(sweep / "per", "per", [1.0, 0.5, 0.1], seed=1)
+    for out in ("a", "b"):
+        assert main(["--out", str(tmp_path / out), "--runs", str(sweep)]) == 0
+    written = capsys.readouterr().out.split()
+    assert sorted({p.rsplit("/", 1)[-1] for p in written}) == RUN_FIGURES
+    for name in RUN_FIGURES:
+        a, b = ((tmp_path / out / name).read_bytes() for out in ("a", "b"))
+        assert a == b, f"{name} differs between two runs"
+        assert b"Matplotlib" not in a  # no version in the metadata
+    assert main(["--out", str(tmp_path / "c"), "--runs", str(sweep), "--ridgeline", "layer9"]) == 2
+    assert "unknown layer" in capsys.readouterr().err

@@ -48,6 +48,9 @@ import torch
 from analysis.distances import (
     _check_positive_int,
     _check_seed,
+    _common_scale,
+    _finite_result,
+    _mean,
     _resolve_projections,
     _samples_2d,
     _slice_chunks,
@@ -87,7 +90,9 @@ def per_bound(X: Any, n_projections: int = 256, seed: int = 0, *, projections: A
         |Z - \langle x_i, \theta_j \rangle| \;\ge\; \frac{1}{s} \sum_{j=1}^{s}
         W_1(\nu_{\theta_j}, \mathcal{N}(0,1))
 
-    computed by :func:`per_core.per.per_loss` in float64 (paper [1]_, Eq. 6).
+    computed by :func:`per_core.per.per_loss` in float64 (paper [1]_, Eq. 6). When its sum of n s
+    terms would overflow (values near the float64 maximum), the mean of :func:`per_bound_slices` is
+    taken instead, without overflow; a bound beyond the float64 maximum raises ValueError.
 
     Parameters
     ----------
@@ -118,6 +123,13 @@ def per_bound(X: Any, n_projections: int = 256, seed: int = 0, *, projections: A
     """
     X = _samples_2d(X, "X")
     P = _resolve_projections(X.shape[1], n_projections, seed, projections)
+    n, d = X.shape
+    # per_loss sums n s terms E|Z - a| <= |a| + 1 <= sqrt(d) max|x| + 1 before dividing: near the float64
+    # maximum that sum overflows, and the mean is taken slice by slice without overflow instead
+    with np.errstate(over="ignore"):
+        largest_sum = n * P.shape[0] * (math.sqrt(d) * float(np.abs(X).max()) + 1.0)
+    if not largest_sum < np.finfo(np.float64).max / 4:
+        return float(_finite_result(_mean(per_bound_slices(X, projections=P)), "per_bound"))
     theta = torch.from_numpy(P)
     return float(per_loss(torch.from_numpy(np.ascontiguousarray(X)), n_slices=P.shape[0], theta=theta))
 
@@ -152,8 +164,9 @@ def per_bound_slices(X: Any, n_projections: int = 256, seed: int = 0, *, project
     Xt, Pt = torch.from_numpy(np.ascontiguousarray(X)), torch.from_numpy(P)
     out = np.empty(P.shape[0])
     for cols in _slice_chunks(X.shape[0], P.shape[0]):
-        out[cols] = folded_normal_mean(Xt @ Pt[cols].T).mean(dim=0).numpy()  # (n, c) -> (c,)
-    return out
+        proj = _finite_result((Xt @ Pt[cols].T).numpy(), "the projections of X")  # (n, d) @ (d, c) -> (n, c)
+        out[cols] = _mean(folded_normal_mean(torch.from_numpy(proj)).numpy(), axis=0)  # (n, c) -> (c,)
+    return _finite_result(out, "per_bound_slices")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,7 +348,7 @@ def check_bounds(
     # SW1 <= L_per, slice by slice
     sw_slices = sliced_w1_to_normal_slices(X, projections=P)
     lper_slices = per_bound_slices(X, projections=P)
-    sw1, lper = float(sw_slices.mean()), float(lper_slices.mean())
+    sw1, lper = float(_mean(sw_slices)), float(_mean(lper_slices))
     excess = sw_slices - lper_slices
     per_slice_ok = bool((excess <= rtol * np.abs(lper_slices) + atol).all())
     if not per_slice_ok:
@@ -355,7 +368,7 @@ def check_bounds(
         X_m = X if m == n else X[np.sort(rng.choice(n, size=m, replace=False))]
         gauss = rng.standard_normal((m, d))
         w1_value = w1(X_m, gauss, max_samples=exact_max_samples, seed=seed)
-        slack = sliced_w1_to_normal_slices(gauss, projections=P).mean()
+        slack = _mean(sliced_w1_to_normal_slices(gauss, projections=P))
         if m < n:
             slack += sliced_w1(X, X_m, projections=P)
         slack = float(slack)
@@ -403,10 +416,15 @@ def check_bounds(
 
 
 def _projected_std(X: np.ndarray, P: np.ndarray) -> float:
-    """sqrt(mean_j Var_i <x_i, theta_j>) = sqrt(mean_j theta_j^T Cov theta_j)."""
+    """sqrt(mean_j Var_i <x_i, theta_j>) = sqrt(mean_j theta_j^T Cov theta_j).
+
+    Homogeneous of degree 1 in X: computed on X / c (a power of two) so that the squares cannot overflow.
+    """
+    c = _common_scale(X)
+    X = X / c if c != 1.0 else X
     centered = X - X.mean(axis=0)
     cov = centered.T @ centered / X.shape[0]  # (d, d)
-    return float(math.sqrt(max(0.0, np.einsum("jk,kl,jl->", P, cov, P) / P.shape[0])))
+    return c * float(math.sqrt(max(0.0, np.einsum("jk,kl,jl->", P, cov, P) / P.shape[0])))
 
 
 # --- command line: python -m analysis.bounds RUN_DIR ---------------------------------------------
@@ -418,12 +436,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     Exit status: 0 when every check passed, 1 when a bound was violated (reported with its run,
     split, layer and epoch), 2 for user errors (bad path, damaged file).
     """
-    import argparse
     import sys
 
+    from per_core.cli import OneLineArgumentParser
     from per_core.rundir import RunDirError
 
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(  # usage errors: one line, exit 2
         prog="python -m analysis.bounds",
         description="Distances to N(0, I) and the checks SW1 <= L_per, SW1 <= W1 for every recorded layer and epoch.",
     )
@@ -433,6 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files and say which")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
+    if args.n_projections < 1 or not 0 <= args.seed < 2**64:
+        p.error("--n-projections must be >= 1 and --seed in [0, 2**64)")
     from analysis.tables import write_tables
 
     failed = 0

@@ -24,6 +24,12 @@ backend's generator (a numpy ``RandomState`` for numpy input), not from a torch 
 module always passes its projections in. ``ot`` is imported lazily
 (it adds about half a second to ``import analysis``).
 
+Extreme magnitudes: means are taken without overflow (rows near the float64 maximum give their
+true distance, not ``inf``), and :func:`sliced_w1`, :func:`max_sliced_w1` and :func:`w1`, which are
+positively homogeneous, work on inputs divided by a power of two (exact) when the largest
+:math:`|x|` is above :math:`2^{300}` or below :math:`2^{-300}`. A result beyond the float64
+maximum raises ValueError.
+
 References
 ----------
 .. [1] Joo, T., Kang, D., Kim, B. "Regularizing activations in neural networks via
@@ -134,8 +140,9 @@ def _check_positive_int(value: Any, name: str) -> int:
 
 
 def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    # torch.Generator.manual_seed takes [0, 2**64): a larger seed would fail later without naming it
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     return int(seed)
 
 
@@ -143,6 +150,32 @@ def _finite_result(value: np.ndarray, what: str) -> np.ndarray:
     if not np.isfinite(value).all():
         raise ValueError(f"{what} overflowed (the values are too large for float64); rescale the input")
     return value
+
+
+def _mean(values: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """Mean that does not overflow: values near the float64 maximum sum to inf, their (v / n) do not.
+
+    The plain mean (bit-identical to ``values.mean(axis)``) whenever its sum is finite.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = values.mean(axis=axis)
+    if np.isfinite(out).all() or not np.isfinite(values).all():
+        return out
+    return (values / (values.size if axis is None else values.shape[axis])).sum(axis=axis)
+
+
+#: Inputs of the homogeneous distances (W1(cX, cY) = c W1(X, Y)) are brought to a magnitude of about 1
+#: by a power of two when their largest |value| is outside this range (squares in cdist, sums of n
+#: terms in POT would over- or underflow); powers of two scale exactly.
+_SAFE_MAGNITUDE = (2.0**-300, 2.0**300)
+
+
+def _common_scale(*arrays: np.ndarray) -> float:
+    """A power of two c with max|arrays| / c in [1, 2), or 1.0 when the magnitudes are safe as they are."""
+    top = max(float(np.abs(a).max()) for a in arrays)
+    if top == 0.0 or _SAFE_MAGNITUDE[0] <= top <= _SAFE_MAGNITUDE[1]:
+        return 1.0
+    return math.ldexp(1.0, math.frexp(top)[1] - 1)
 
 
 # --- slices -----------------------------------------------------------------------------------
@@ -483,7 +516,8 @@ def sliced_w1_to_normal(X: Any, n_projections: int = 256, seed: int = 0, *, proj
     .. [2] Bonneel, Rabin, Peyré, Pfister, "Sliced and Radon Wasserstein barycenters of measures",
        J. Math. Imaging Vis. 51 (2015).
     """
-    return float(sliced_w1_to_normal_slices(X, n_projections, seed, projections=projections).mean())
+    values = sliced_w1_to_normal_slices(X, n_projections, seed, projections=projections)
+    return float(_finite_result(_mean(values), "sliced_w1_to_normal"))
 
 
 # --- between two samples (POT) ----------------------------------------------------------------
@@ -550,6 +584,9 @@ def _sliced_pot(X: Any, Y: Any, n_projections: int, seed: int, projections: Any,
     Y = _samples_2d(Y, "Y")
     _check_same_dim(X, Y)
     P = _resolve_projections(X.shape[1], n_projections, seed, projections)
+    c = _common_scale(X, Y)  # SW1(cX, cY) = c SW1(X, Y): POT's sums stay finite at any magnitude
+    if c != 1.0:
+        X, Y = X / c, Y / c
     ot = _pot()
     fn = ot.sliced_wasserstein_distance if reduce == "mean" else ot.max_sliced_wasserstein_distance
     parts = []  # POT projects all slices at once: chunks of slices bound the memory
@@ -559,7 +596,9 @@ def _sliced_pot(X: Any, Y: Any, n_projections: int, seed: int, projections: Any,
         parts.append((float(value), cols.stop - cols.start))
     values = np.array([v for v, _ in parts])
     sizes = np.array([k for _, k in parts])
-    value = values.max() if reduce == "max" else np.dot(values, sizes) / sizes.sum()
+    value = values.max() if reduce == "max" else np.dot(values, sizes / sizes.sum())
+    with np.errstate(over="ignore"):
+        value = np.float64(value) * c
     return float(_finite_result(np.asarray(value, dtype=np.float64), "the sliced distance"))
 
 
@@ -679,9 +718,14 @@ def w1(X: Any, Y: Any, *, max_samples: int = W1_MAX_SAMPLES, seed: int = 0) -> f
     _check_same_dim(X, Y)
     max_samples = _check_positive_int(max_samples, "max_samples")
     seed = _check_seed(seed)
+    c = _common_scale(X, Y)  # W1(cX, cY) = c W1(X, Y): no overflow (or underflow) of the squares in cdist
+    if c != 1.0:
+        X, Y = X / c, Y / c
     ot = _pot()
     if X.shape[1] == 1:
         value = ot.wasserstein_1d(X[:, 0], Y[:, 0], p=1)  # W_1^1 = W_1
+        with np.errstate(over="ignore"):
+            value = np.float64(value) * c
         return float(_finite_result(np.asarray(value, dtype=np.float64), "w1"))
     n, m = X.shape[0], Y.shape[0]
     if n > max_samples or m > max_samples:
@@ -704,4 +748,6 @@ def w1(X: Any, Y: Any, *, max_samples: int = W1_MAX_SAMPLES, seed: int = 0) -> f
         cost, log = ot.emd2(a, b, M, numItermax=max(100_000, 100 * n * m), log=True)
     if log["warning"] is not None:
         raise RuntimeError(f"w1: the network simplex did not reach the optimum ({log['warning']})")
-    return float(cost)
+    with np.errstate(over="ignore"):
+        cost = np.float64(cost) * c
+    return float(_finite_result(np.asarray(cost), "w1"))

@@ -41,7 +41,6 @@ References
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -992,7 +991,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     matplotlib.use("Agg")  # before pyplot is imported: headless
 
-    p = argparse.ArgumentParser(
+    from per_core.cli import OneLineArgumentParser
+
+    p = OneLineArgumentParser(  # usage errors: one line, exit 2
         prog="python -m analysis.plot",
         description="Figure 2 (activation evolution), SW1-vs-L_per curves, ridgelines and metrics of runs.",
     )
@@ -1007,8 +1008,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files and say which")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
-    if args.n_projections < 1 or args.seed < 0:
-        p.error("--n-projections must be >= 1 and --seed >= 0")
+    if args.n_projections < 1 or not 0 <= args.seed < 2**64:
+        p.error("--n-projections must be >= 1 and --seed in [0, 2**64)")
     layers = None if args.layers is None else [x for a in args.layers for x in a.split(",") if x]
 
     try:

@@ -178,6 +178,13 @@ def augment_crop_flip(x: Tensor, generator: torch.Generator, pad: int = 4) -> Te
     x : Tensor, shape (N, C, H, W). Returns a tensor of the same shape. Written with torch ops
     (no torchvision); the randomness comes from ``generator``.
     """
+    if not isinstance(x, Tensor) or x.ndim != 4:
+        got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a batch of images, a tensor of shape (N, C, H, W), got {got}")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"pad must be an integer >= 0, got {pad!r}")
     n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # (N, C, H+2p, W+2p)
     oy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
@@ -211,6 +218,13 @@ def image_batches(
     per epoch; ``torch.utils.data.DistributedSampler`` pads with repeats instead).
     ``augment``: a generator for random crop + flip (:func:`augment_crop_flip`), or None.
     """
+    for name, value, low in (("batch_size", batch_size, 1), ("world_size", world_size, 1), ("rank", rank, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if rank >= world_size:
+        raise ValueError(f"rank must be below world_size {world_size}, got {rank}")
+    if len(x) != len(y):
+        raise ValueError(f"x and y must have the same number of samples, got {len(x)} and {len(y)}")
     if batch_size % world_size:
         raise ValueError(
             f"batch_size {batch_size} is not divisible by {world_size} ranks; use a multiple of {world_size}"
@@ -317,6 +331,11 @@ def synthetic_text(n_tokens: int = 2000, vocab_size: int = 50, seed: int = 0) ->
 
 def batchify(ids: Tensor, batch_size: int) -> Tensor:
     """A token stream (L,) as ``batch_size`` parallel streams, shape (L // batch_size, batch_size)."""
+    if not isinstance(ids, Tensor) or ids.ndim != 1:
+        got = f"shape {tuple(ids.shape)}" if isinstance(ids, Tensor) else type(ids).__name__
+        raise ValueError(f"ids must be a token stream, a 1-D tensor of shape (L,), got {got}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     n = ids.numel() // batch_size
     if n < 2:
         raise ValueError(f"{ids.numel()} tokens are too few for batch size {batch_size}")

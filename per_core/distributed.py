@@ -78,13 +78,36 @@ class DistEnv:
         return out
 
 
+#: What ``--device`` accepts (``resolve_device``'s ``name``).
+_VALID_DEVICES = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> ``cuda:local_rank`` when CUDA is available, else the CPU; 'cuda' -> ``cuda:local_rank``."""
+    """'auto' -> ``cuda:local_rank`` when CUDA is available, else the CPU; 'cuda' -> ``cuda:local_rank``.
+
+    Raises ValueError, saying what is valid, for any other name, for a GPU that is not there
+    (CUDA not available, ``cuda:N`` beyond the GPUs present) and for 'mps' without Apple's backend.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"device must be a string ({_VALID_DEVICES}), got {type(name).__name__}")
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available; use --device cpu")
+    try:
+        device = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+    except RuntimeError:  # torch's message lists 20 backends this project does not run on
+        raise ValueError(f"device must be {_VALID_DEVICES}, got {name!r}") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be {_VALID_DEVICES}, got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} was asked for but CUDA is not available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {name!r} was asked for but only {torch.cuda.device_count()} GPU(s) are visible "
+                f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} was asked for but the MPS backend is not available; use --device cpu")
     return device
 
 

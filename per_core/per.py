@@ -35,6 +35,7 @@ References
 from __future__ import annotations
 
 import math
+import numbers
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import Literal
@@ -51,6 +52,8 @@ _SQRT2 = math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 #: Elements of one (rows x slices) projection chunk: bounds the memory of the gradient path (4 MiB float32).
 DEFAULT_CHUNK_ELEMENTS = 1 << 20
+#: Rows of a given ``theta`` must have unit norm to this tolerance (more for half precision).
+_UNIT_NORM_TOL = 1e-5
 
 
 def _check_rows(h: Tensor, name: str = "h") -> None:
@@ -76,6 +79,52 @@ def _check_rows(h: Tensor, name: str = "h") -> None:
 def _check_n_slices(n_slices: int) -> None:
     if isinstance(n_slices, bool) or not isinstance(n_slices, int) or n_slices < 1:
         raise ValueError(f"n_slices must be a positive integer, got {n_slices!r}")
+
+
+def _check_chunk_elements(chunk_elements: int) -> None:
+    if isinstance(chunk_elements, bool) or not isinstance(chunk_elements, int) or chunk_elements < 1:
+        raise ValueError(f"chunk_elements must be a positive integer, got {chunk_elements!r}")
+
+
+def _check_generator(generator: object) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
+            "pass torch.Generator().manual_seed(seed) to seed the slices"
+        )
+
+
+#: Seeds accepted by ``torch.Generator.manual_seed`` without wrapping around: [0, 2**64).
+_SEED_LIMIT = 1 << 64
+
+
+def _check_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < _SEED_LIMIT:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    return int(seed)
+
+
+def _check_theta(theta: object, dim: int) -> Tensor:
+    """``theta`` as given to per_loss/per_grad: a finite floating (s, d) tensor with s >= 1 and unit rows."""
+    if not isinstance(theta, Tensor):
+        raise TypeError(
+            f"theta must be a torch.Tensor of shape (n_slices, {dim}) with unit rows, got {type(theta).__name__}"
+            + ("; convert it with torch.from_numpy(theta)" if hasattr(theta, "__array__") else "")
+        )
+    if theta.ndim != 2 or theta.shape[1] != dim or theta.shape[0] < 1:
+        raise ValueError(f"theta must have shape (n_slices, {dim}) with n_slices >= 1, got {tuple(theta.shape)}")
+    if not theta.is_floating_point():
+        raise TypeError(f"theta must be a floating-point tensor, got dtype {theta.dtype}")
+    if not bool(torch.isfinite(theta).all()):
+        raise ValueError("theta must be finite, got NaN/inf values")
+    norms = theta.detach().double().norm(dim=1)
+    tol = max(_UNIT_NORM_TOL, 8 * torch.finfo(theta.dtype).eps)  # a unit vector rounded to bfloat16 is off by <= 2^-8
+    if float((norms - 1).abs().max()) > tol:
+        raise ValueError(
+            f"theta must have rows of unit norm (within {tol:.1g}), got norms in "
+            f"[{float(norms.min()):.6g}, {float(norms.max()):.6g}]; use sample_slices() or divide by the row norms"
+        )
+    return theta
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -122,6 +171,7 @@ def sample_slices(
     _check_n_slices(n_slices)
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    _check_generator(generator)
     gen_device = generator.device if generator is not None else device
     v = torch.randn(n_slices, dim, generator=generator, device=gen_device, dtype=_compute_dtype(dtype))
     theta = v / v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
@@ -142,15 +192,23 @@ def folded_normal_mean(a: Tensor) -> Tensor:
     >>> round(float(folded_normal_mean(torch.tensor(0.0))), 6)  # sqrt(2/pi)
     0.797885
     """
+    if not isinstance(a, Tensor) or not a.is_floating_point():
+        got = f"dtype {a.dtype}" if isinstance(a, Tensor) else type(a).__name__
+        raise TypeError(f"a must be a floating-point torch.Tensor, got {got}")
     return a * torch.erf(a / _SQRT2) + _SQRT_2_OVER_PI * torch.exp(-0.5 * a * a)
 
 
 def _slices_for(h: Tensor, n_slices: int, generator: torch.Generator | None, theta: Tensor | None) -> Tensor:
     if theta is None:
         return sample_slices(n_slices, h.shape[1], generator=generator, device=h.device, dtype=h.dtype)
-    if theta.ndim != 2 or theta.shape[1] != h.shape[1]:
-        raise ValueError(f"theta must have shape (n_slices, {h.shape[1]}), got {tuple(theta.shape)}")
-    return theta.to(device=h.device, dtype=h.dtype)
+    return _check_theta(theta, h.shape[1]).to(device=h.device, dtype=h.dtype)
+
+
+def _check_args(h: Tensor, n_slices: int, generator: object, chunk_elements: int) -> None:
+    _check_rows(h)
+    _check_n_slices(n_slices)
+    _check_generator(generator)
+    _check_chunk_elements(chunk_elements)
 
 
 def _chunk_rows(n_slices: int, chunk_elements: int) -> int:
@@ -184,14 +242,16 @@ def per_loss(
     generator : torch.Generator, optional
         Randomness for the directions.
     theta : Tensor, shape (s, d), optional
-        Use these unit directions instead of drawing new ones.
+        Use these directions instead of drawing new ones: finite, s >= 1, rows of unit norm
+        (checked to 1e-5, or 8 machine epsilons of a half-precision ``theta``).
     chunk_elements : int
-        The rows x slices projection is computed in chunks of at most this many elements.
+        The rows x slices projection is computed in chunks of at most this many elements (>= 1).
 
     Returns
     -------
     loss : Tensor, shape ()
-        In the dtype of ``h`` (float32 for half inputs).
+        In the dtype of ``h`` (float32 for half inputs). A ValueError is raised instead of an
+        infinite loss when the N x s terms overflow the compute dtype (float32 near its maximum).
 
     Example
     -------
@@ -199,13 +259,19 @@ def per_loss(
     >>> round(float(per_loss(h, 16, torch.Generator().manual_seed(0))), 6)
     0.797885
     """
-    _check_rows(h)
-    _check_n_slices(n_slices)
+    _check_args(h, n_slices, generator, chunk_elements)
     x = h.to(_compute_dtype(h.dtype))
     theta = _slices_for(x, n_slices, generator, theta)
     step = _chunk_rows(theta.shape[0], chunk_elements)
     total = sum(folded_normal_mean(x[i : i + step] @ theta.T).sum() for i in range(0, x.shape[0], step))
-    return total / (x.shape[0] * theta.shape[0])
+    loss = total / (x.shape[0] * theta.shape[0])
+    if not bool(torch.isfinite(loss)):
+        raise ValueError(
+            f"per_loss overflowed in {x.dtype} (h holds values up to {float(x.abs().max()):.3g}; the sum of "
+            f"{x.shape[0]} x {theta.shape[0]} terms exceeds the largest {x.dtype}); rescale h"
+            + (" or use float64" if x.dtype != torch.float64 else "")
+        )
+    return loss
 
 
 def _chunk_loss(u: Tensor, e: Tensor) -> Tensor:
@@ -282,8 +348,7 @@ def per_grad(
     >>> bool(torch.allclose(h.grad, per_grad(h, theta=theta)))
     True
     """
-    _check_rows(h)
-    _check_n_slices(n_slices)
+    _check_args(h, n_slices, generator, chunk_elements)
     x = h.detach().to(_compute_dtype(h.dtype))
     theta = _slices_for(x, n_slices, generator, theta)
     grad, _ = _grad_and_loss(x, theta, False, chunk_elements)
@@ -363,7 +428,12 @@ def as_samples(h: Tensor, layout: Layout = "auto") -> Tensor:
 
 def from_samples(rows: Tensor, shape: torch.Size | tuple[int, ...], layout: Layout = "auto") -> Tensor:
     """Inverse of :func:`as_samples`: rows (N', d) back to a tensor of ``shape``."""
+    if not isinstance(rows, Tensor) or rows.ndim != 2:
+        got = f"shape {tuple(rows.shape)}" if isinstance(rows, Tensor) else type(rows).__name__
+        raise ValueError(f"rows must be a torch.Tensor of shape (N', d), got {got}")
     shape = tuple(shape)
+    if math.prod(shape) != rows.numel():
+        raise ValueError(f"rows of shape {tuple(rows.shape)} cannot fill shape {shape} ({math.prod(shape)} elements)")
     if _resolve_layout(shape, layout) == "channels_first":
         moved = (shape[0], *shape[2:], shape[1])
         return rows.reshape(moved).movedim(-1, 1)  # (N * prod(S), C) -> (N, C, *S)
@@ -438,7 +508,8 @@ class PER:
     of the models in :mod:`per_core.models`, the place where BN normalizes and where a Gaussian
     target is attainable), or pass the activation modules (e.g. ``nn.ELU``) to regularize
     post-activations. For ``nn.LSTM``/``nn.GRU``/``nn.RNN`` the hidden-state sequence (the first
-    output) is regularized, each time step a sample.
+    output) is regularized, each time step a sample. An empty output (a batch of N = 0) has no rows
+    and is skipped: nothing is added, no penalty is tracked.
 
     Parameters
     ----------
@@ -449,8 +520,8 @@ class PER:
     n_slices : int
         Slices s drawn for every forward pass (paper: 256).
     seed : int
-        Seed of PER's own generators (one per device). Use the same seed on every data-parallel
-        rank so that all ranks use the same slices.
+        Seed of PER's own generators (one per device), in [0, 2**64). Use the same seed on every
+        data-parallel rank so that all ranks use the same slices.
     locations : int, optional
         For channels-first (conv) outputs, use m = ``locations`` random spatial locations per image
         instead of all L: an unbiased estimate of the same gradient (each location is chosen with
@@ -494,6 +565,8 @@ class PER:
         _check_n_slices(n_slices)
         if locations is not None and (isinstance(locations, bool) or not isinstance(locations, int) or locations < 1):
             raise ValueError(f"locations must be None (all) or a positive integer, got {locations!r}")
+        seed = _check_seed(seed)
+        _check_chunk_elements(chunk_elements)
         named = named_targets(modules, "PER")
         self.lam = float(lam)
         self.n_slices = n_slices
@@ -541,6 +614,8 @@ class PER:
             if not isinstance(h, Tensor) or not h.requires_grad or not h.is_floating_point():
                 return
             if self.lam == 0.0 and not self.track_penalty:
+                return
+            if h.numel() == 0:  # an empty batch (or empty feature maps): no rows, nothing to regularize
                 return
             lay = _resolve_layout(tuple(h.shape), layout)
             d = h.shape[1] if lay == "channels_first" else h.shape[-1]

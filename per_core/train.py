@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 import per_core
 from per_core.baselines import VCL, L1Penalty, L2Penalty
+from per_core.cli import OneLineArgumentParser
 from per_core.configs import METHODS, PRESETS, SMOKE_STEPS, TrainConfig, get_preset
 from per_core.distributed import DistEnv, convert_sync_batchnorm, init_from_env, resolve_device, shutdown
 from per_core.models import build_model
@@ -275,6 +276,7 @@ def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
     bar = tqdm(
         batches, desc=desc, total=total, leave=False, disable=not (progress and s.env.is_main), dynamic_ncols=True
     )
+    done, checked, last_batch = -1, -1, None  # last step run, last step whose loss was checked, its batch
     for step, batch in enumerate(bar):
         if cfg.smoke and step >= SMOKE_STEPS:
             break
@@ -290,6 +292,7 @@ def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
         loss_sum += out.loss.detach().double() * out.count
         wrong += out.errors
         count += out.count
+        done, last_batch = step, batch
         if track:  # the only host syncs (and, under DDP, the only extra collective): one every log_every steps
             pen_local = torch.tensor([s.per.penalty() / len(s.per.modules)], dtype=torch.float64, device=s.device)
             local = [loss_sum[None], pen_local, loss_sum.new_tensor([count]), wrong.double()[None]]
@@ -298,12 +301,12 @@ def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
             pen = float(totals[1]) / s.env.world_size
             if not (math.isfinite(mean_loss) and math.isfinite(pen)):
                 what = "training loss" if not math.isfinite(mean_loss) else "PER penalty"
-                layers = {k: v for k, v in s.per.penalty(per_layer=True).items() if not math.isfinite(v)}
+                pens = s.per.penalty(per_layer=True)
+                layers = [k for k in s.per.modules if k in pens and not math.isfinite(pens[k])]  # in model order
                 raise TrainingError(
-                    f"non-finite {what} at epoch {epoch}, step {step}"
-                    + (f" (layers {', '.join(layers)})" if layers else "")
-                    + "; lower the learning rate or lambda, or clip gradients (--grad-clip)"
+                    _divergence(s, epoch, f"non-finite {what} at epoch {epoch}, step {step}", layers, batch)
                 )
+            checked = step
             penalties.append(pen)
             running = s.task.summarize(float(totals[0]), int(totals[3]), int(totals[2]))
             bar.set_postfix({k.removeprefix("train_"): f"{v:.4g}" for k, v in running.items()})
@@ -311,12 +314,53 @@ def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
     if count == 0:
         raise TrainingError("the training split yielded no batch; check --batch-size against the data size")
     totals = s.env.all_reduce_sum(torch.stack([loss_sum, wrong.double(), loss_sum.new_tensor(count)]))
-    if not math.isfinite(float(totals[0])):
-        raise TrainingError(f"non-finite training loss at the end of epoch {epoch}")
+    if not math.isfinite(float(totals[0])):  # between the last checked step and the end of the epoch
+        where = (
+            f"non-finite training loss at epoch {epoch}, after step {checked} (the last step checked; the loss is "
+            f"checked every {cfg.log_every} steps and at the end of the epoch, after step {done})"
+        )
+        raise TrainingError(_divergence(s, epoch, where, [], last_batch))
     return {
         **s.task.summarize(float(totals[0]), int(totals[1]), int(totals[2])),
         "per_penalty": float(np.mean(penalties)) if penalties else float("nan"),
     }
+
+
+def _non_finite_layers(s: Setup, batch: Any) -> list[str]:
+    """The regularized layers whose output on ``batch`` is non-finite now, in forward order (one eval forward pass)."""
+    bad: list[str] = []
+
+    def hook(name: str):
+        def check(module: nn.Module, args: tuple, out: Any) -> None:
+            h = out[0] if isinstance(out, tuple) else out
+            h = getattr(h, "data", h) if not isinstance(h, torch.Tensor) else h  # PackedSequence -> its rows
+            if isinstance(h, torch.Tensor) and h.is_floating_point() and not bool(torch.isfinite(h).all()):
+                bad.append(name)
+
+        return check
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in s.per.modules.items()]
+    try:  # eval mode: no batch statistics and no collective (the run stops; the model is not used again)
+        s.module.eval()
+        with torch.no_grad():
+            s.task.forward(s.module, batch[0] if isinstance(batch, tuple) else batch)
+    except Exception:  # a diagnosis must never replace the error it explains
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return bad
+
+
+def _divergence(s: Setup, epoch: int, where: str, layers: list[str], batch: Any) -> str:
+    """The message of a divergence: where, which layers (from PER's penalty, else one forward pass), what to do."""
+    detail = ""
+    if layers:
+        detail = f" (layers {', '.join(layers)}: non-finite PER penalty)"
+    elif batch is not None and (found := _non_finite_layers(s, batch)):
+        detail = f" (layers {', '.join(found)}: non-finite activations on the last batch, in forward order)"
+    kept = f"the checkpoint of epoch {epoch - 1} is intact" if epoch > 1 else "no checkpoint was written"
+    return f"{where}{detail}; {kept}; lower the learning rate or lambda, or clip gradients (--grad-clip)"
 
 
 def _should_record(cfg: TrainConfig, epoch: int) -> bool:
@@ -397,7 +441,7 @@ def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(  # usage errors: one line, exit 2
         prog="python -m per_core.train",
         description="Train a model with PER or a baseline into a run directory.",
     )

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -87,6 +88,8 @@ def datasets(draw):
                 "tiny",
                 "huge",
                 "shifted",
+                "minute",
+                "enormous",
             ]
         )
     )
@@ -104,6 +107,8 @@ def datasets(draw):
         "single_row": lambda: rng.normal(0, 3, size=(1, d)),
         "tiny": lambda: 1e-8 * rng.normal(size=(n, d)),
         "huge": lambda: 1e6 * rng.normal(size=(n, d)),
+        "minute": lambda: 1e-300 * rng.normal(size=(n, d)),
+        "enormous": lambda: 1e300 * rng.normal(size=(n, d)),  # squares and sums of n terms would overflow
         "shifted": lambda: rng.normal(size=(n, d)) + rng.normal(0, 5, size=d),
     }[kind]()
     return kind, X
@@ -128,10 +133,10 @@ def test_check_bounds_passes_on_many_distributions(data, seed):
         np.testing.assert_allclose(sw, lp, rtol=1e-10)
         assert report.projected_std == pytest.approx(0.0, abs=1e-9 * (1 + np.abs(X).max()))
         assert any("point mass" in note for note in report.notes)
-    if kind == "tiny":
+    if kind in ("tiny", "minute"):
         assert report.collapsed and any("shrank" in note for note in report.notes)
         assert report.lper == pytest.approx(LPER_FLOOR, rel=1e-6)
-    if kind == "huge":
+    if kind in ("huge", "enormous"):
         assert not report.collapsed
 
 
@@ -262,3 +267,125 @@ def test_per_bound_validation():
         per_bound([[0.0, np.inf]])
     with pytest.raises(ValueError, match="n_projections"):
         per_bound_slices(np.ones((2, 2)), -3)
+
+
+# --- reliability: seeds, extreme magnitudes, NaN/Inf and half precision ------------------------------
+
+
+def test_three_rows_near_the_float64_maximum():
+    # the true L_per (~9e306) fits in float64; per_loss's sum of n x s terms would not
+    X = np.full((3, 2), 1e307)
+    P = _projections(2, 256, 0)
+    a = np.abs(P @ [1.0, 1.0])  # |<x, theta_j>| / 1e307 of the point mass
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # E|Z - a| = |a| once exp(-a^2/2) underflows: L_per = mean_j |a_j|
+        assert per_bound(X) == pytest.approx(1e307 * a.mean(), rel=1e-12)
+        np.testing.assert_allclose(per_bound_slices(X, projections=P), 1e307 * a, rtol=1e-12)
+        report = check_bounds(X * [1, -1], n_projections=64)
+    assert report.passed and math.isfinite(report.lper) and math.isfinite(report.w1)
+    assert report.lper == pytest.approx(report.sw1, rel=1e-12)  # a point mass: the bound is tight
+    with pytest.raises(ValueError, match="overflow"):  # projections beyond the float64 maximum
+        per_bound(np.full((3, 2), 1.5e308))
+
+
+@pytest.mark.parametrize("seed", [2**64, 2**70, -1])
+def test_out_of_range_seeds_name_the_argument(seed):
+    for call in (per_bound, per_bound_slices, check_bounds):
+        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64\)"):
+            call(np.ones((3, 2)), 8, seed)
+
+
+@given(
+    n=st.integers(1, 20),
+    d=st.integers(1, 4),
+    log_scale=st.integers(-300, 300),
+    bad=st.sampled_from([np.nan, np.inf, -np.inf]),
+    as_tensor=st.booleans(),
+    data=st.data(),
+)
+@settings(max_examples=40, deadline=None)
+def test_nan_and_inf_anywhere_are_rejected_naming_x(n, d, log_scale, bad, as_tensor, data):
+    X = np.random.default_rng(n * d).normal(size=(n, d)) * 10.0**log_scale
+    X[data.draw(st.integers(0, n - 1)), data.draw(st.integers(0, d - 1))] = bad
+    X = torch.from_numpy(X) if as_tensor else X
+    for call in (per_bound, per_bound_slices, check_bounds):
+        with pytest.raises(ValueError, match="X must be finite"):
+            call(X, 8)
+
+
+@given(n=st.integers(1, 30), d=st.integers(1, 4), log_scale=st.floats(-300, 300), seed=st.integers(0, 2**16))
+@settings(max_examples=60, deadline=None)
+def test_per_bound_at_any_magnitude_up_to_1e300(n, d, log_scale, seed):
+    scale = 10.0**log_scale
+    X0 = np.random.default_rng(seed).standard_t(3, size=(n, d))
+    P = _projections(d, 8, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lper = per_bound(X0 * scale, projections=P)
+        slices = per_bound_slices(X0 * scale, projections=P)
+    # |E|Z - a| - |a|| <= E|Z| = sqrt(2/pi): L_per is the mean |projection| up to that
+    assert abs(lper - scale * np.abs(X0 @ P.T).mean()) <= LPER_FLOOR * (1 + 1e-9) + 1e-12 * scale
+    assert lper >= LPER_FLOOR * (1 - 1e-12) and np.isfinite(slices).all()
+    assert slices.mean() == pytest.approx(lper, rel=1e-12)
+
+
+@given(
+    n=st.integers(1, 40),
+    d=st.integers(1, 4),
+    log_scale=st.floats(-6, 4),
+    dtype=st.sampled_from([torch.float16, torch.bfloat16]),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=40, deadline=None)
+def test_half_precision_tensors_are_handled_and_close_to_the_float32_result(n, d, log_scale, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    X32 = torch.randn(n, d, generator=g) * 10.0**log_scale + torch.randn(d, generator=g)
+    X16 = X32.to(dtype)
+    # L_per and SW1 move by at most max_i |x_i - x'_i| when each row moves (both are 1-Lipschitz)
+    dx = float((X16.double() - X32.double()).norm(dim=1).max())
+    assert abs(per_bound(X16, 16) - per_bound(X32, 16)) <= dx + 1e-9
+    np.testing.assert_allclose(per_bound_slices(X16, 16), per_bound_slices(X32, 16), rtol=0, atol=dx + 1e-9)
+    report = check_bounds(X16, 16, exact_max_samples=40)
+    assert report.passed and abs(report.lper - per_bound(X32, 16)) <= dx + 1e-9
+
+
+# --- the analysis command lines: usage errors are one line ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "message"),
+    [
+        ("analysis.bounds", ["RUN", "--seed", "x"], "argument --seed: invalid int value: 'x'"),
+        ("analysis.bounds", ["RUN", "--seed", str(2**70)], r"--seed in [0, 2**64)"),
+        ("analysis.bounds", ["RUN", "--n-projections", "0"], "--n-projections must be >= 1"),
+        ("analysis.bounds", [], "the following arguments are required: paths"),
+        ("analysis.plot", ["RUN", "--format", "gif"], "argument --format: invalid choice: 'gif'"),
+        ("analysis.plot", ["RUN", "--units", "a"], "argument --units: invalid int value: 'a'"),
+        ("analysis.plot", ["RUN", "--seed", "-1"], "--seed in [0, 2**64)"),
+    ],
+)
+def test_analysis_cli_usage_errors_are_one_line_exit_2(module, argv, message, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module).main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"python -m {module}: error: ") and message in err, err
+    assert err.count("\n") == 1 and err.endswith(" (see --help)\n") and "usage:" not in err
+
+
+@pytest.mark.parametrize("module", ["analysis.bounds", "analysis.plot"])
+def test_analysis_cli_process_prints_one_line_and_no_traceback(module, tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", module, str(tmp_path), "--n-projections", "many"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    message = "argument --n-projections: invalid int value: 'many'"
+    assert proc.returncode == 2 and proc.stderr == f"python -m {module}: error: {message} (see --help)\n"

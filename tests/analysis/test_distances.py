@@ -3,6 +3,7 @@
 import itertools
 import math
 import time
+import warnings
 
 import mpmath
 import numpy as np
@@ -21,6 +22,7 @@ from analysis.distances import (
     max_sliced_w1,
     sliced_w1,
     sliced_w1_to_normal,
+    sliced_w1_to_normal_grad,
     sliced_w1_to_normal_slices,
     w1,
     w1_to_normal,
@@ -585,3 +587,140 @@ def test_exact_gradient_is_radially_neutral_at_the_gaussian_and_expands_shrunk_d
     shrunk = 0.3 * X
     assert outward(sliced_w1_to_normal_grad(shrunk, projections=P)) < -0.3  # descent moves samples outwards
     assert outward(per(shrunk)) > 0.05  # PER's descent still pulls them in
+
+
+# --- reliability: seeds, extreme magnitudes, NaN/Inf and half precision ------------------------------
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: sliced_w1_to_normal(np.ones((3, 2)), seed=s),
+        lambda s: sliced_w1(np.ones((3, 2)), np.zeros((3, 2)), seed=s),
+        lambda s: max_sliced_w1(np.ones((3, 2)), np.zeros((3, 2)), seed=s),
+        lambda s: w1(np.ones((3, 2)), np.zeros((3, 2)), seed=s),
+    ],
+)
+@pytest.mark.parametrize("seed", [2**64, 2**70, -1, 1.5, "0"])
+def test_out_of_range_seeds_name_the_argument(call, seed):
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64\)"):
+        call(seed)
+
+
+def test_three_rows_near_the_float64_maximum_do_not_overflow():
+    # the true values (~1e307) fit in float64: means are taken without summing to inf, and the
+    # homogeneous distances are computed on inputs scaled by a power of two
+    X = np.full((3, 2), 1e307) * [1, -1]
+    P = _projections(2, 256, 0)
+    a = np.abs(P @ [1.0, -1.0])  # |<x, theta_j>| / 1e307
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "overflow encountered in reduce"
+        # a point mass at a_j = 1e307 <x, theta_j>: W1 = E|Z - a_j| = |a_j| (the exp term underflows to 0)
+        assert sliced_w1_to_normal(X) == pytest.approx(1e307 * a.mean(), rel=1e-12)
+        assert sliced_w1(X, -X) == pytest.approx(2e307 * a.mean(), rel=1e-12)
+        assert max_sliced_w1(X, -X) == pytest.approx(2e307 * a.max(), rel=1e-12)
+        assert w1(X, -X) == pytest.approx(2e307 * math.sqrt(2), rel=1e-12)
+        assert w1(X[:, :1], -X[:, :1]) == pytest.approx(2e307, rel=1e-12)
+        assert w1([[1e-200, 0.0]], [[0.0, 1e-200]]) == pytest.approx(1e-200 * math.sqrt(2), rel=1e-12)  # no underflow
+    with pytest.raises(ValueError, match="overflow"):  # a result beyond the float64 maximum is still an error
+        w1(np.full((3, 2), 1e308), np.full((3, 2), -1e308))
+
+
+@st.composite
+def with_one_bad_value(draw, ndim=2):
+    """A finite array of random shape with one NaN, +inf or -inf at a random place."""
+    shape = (draw(st.integers(1, 12)),) if ndim == 1 else (draw(st.integers(1, 12)), draw(st.integers(1, 4)))
+    x = np.random.default_rng(draw(st.integers(0, 2**16))).normal(size=shape) * 10.0 ** draw(st.integers(-300, 300))
+    x[tuple(draw(st.integers(0, k - 1)) for k in shape)] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+    return x
+
+
+@given(with_one_bad_value(), st.booleans(), st.booleans())
+@settings(max_examples=60, deadline=None)
+def test_nan_and_inf_anywhere_are_rejected_naming_the_argument(X, as_tensor, bad_is_y):
+    good = np.zeros((3, X.shape[1]))
+    if as_tensor:
+        X = torch.from_numpy(X)
+    for fn in (sliced_w1_to_normal, sliced_w1_to_normal_slices, sliced_w1_to_normal_grad):
+        with pytest.raises(ValueError, match="X must be finite"):
+            fn(X, 8)
+    name, (A, B) = ("Y", (good, X)) if bad_is_y else ("X", (X, good))
+    for fn in (sliced_w1, max_sliced_w1):
+        with pytest.raises(ValueError, match=f"{name} must be finite"):
+            fn(A, B, 8)
+    with pytest.raises(ValueError, match=f"{name} must be finite"):
+        w1(A, B)
+    with pytest.raises(ValueError, match="projections must be finite"):
+        sliced_w1_to_normal(good, projections=np.full((1, good.shape[1]), np.nan))
+
+
+@given(with_one_bad_value(ndim=1))
+@settings(max_examples=30, deadline=None)
+def test_nan_and_inf_in_one_dimensional_samples_are_rejected(x):
+    with pytest.raises(ValueError, match="x must be finite"):
+        w1_to_normal(x)
+    with pytest.raises(ValueError, match="weights must be finite"):
+        w1_to_normal(np.zeros_like(x), weights=x)
+
+
+@given(
+    n=st.integers(1, 30),
+    d=st.integers(1, 4),
+    log_scale=st.floats(-300, 300),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=60, deadline=None)
+def test_any_magnitude_up_to_1e300_gives_finite_results_within_their_bounds(n, d, log_scale, seed):
+    rng = np.random.default_rng(seed)
+    scale = 10.0**log_scale
+    X0, Y0 = rng.normal(size=(n, d)), rng.standard_t(3, size=(n + 1, d))
+    X, Y = X0 * scale, Y0 * scale
+    P = _projections(d, 8, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sw = sliced_w1_to_normal(X, projections=P)
+        # W1 to N(0,1) differs from W1 to the point mass at 0 (the mean |projection|) by at most E|Z|
+        assert abs(sw - scale * np.abs(X0 @ P.T).mean()) <= SQRT_2_OVER_PI * (1 + 1e-9) + 1e-12 * scale
+        # the distances between samples are homogeneous: W(cX, cY) = c W(X, Y)
+        assert sliced_w1(X, Y, projections=P) == pytest.approx(scale * sliced_w1(X0, Y0, projections=P), rel=1e-9)
+        assert max_sliced_w1(X, Y, projections=P) == pytest.approx(
+            scale * max_sliced_w1(X0, Y0, projections=P), rel=1e-9
+        )
+        assert w1(X, Y) == pytest.approx(scale * w1(X0, Y0), rel=1e-9)
+        g = sliced_w1_to_normal_grad(X, projections=P)
+        assert np.isfinite(g).all() and np.abs(g).max() <= 1 / n + 1e-12
+
+
+def _rounding_distance(a16, a32):
+    """max_i |x_i - x'_i|: every W1 here moves by at most this when each row moves (1-Lipschitz)."""
+    return float((a16.double() - a32.double()).norm(dim=1).max())
+
+
+@given(
+    n=st.integers(1, 40),
+    d=st.integers(1, 4),
+    log_scale=st.floats(-6, 4),  # within float16's range (max 65504)
+    dtype=st.sampled_from([torch.float16, torch.bfloat16]),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=60, deadline=None)
+def test_half_precision_tensors_are_handled_and_close_to_the_float32_result(n, d, log_scale, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    X32 = torch.randn(n, d, generator=g) * 10.0**log_scale + torch.randn(d, generator=g)
+    Y32 = torch.randn(n + 2, d, generator=g) * 2.0
+    X16, Y16 = X32.to(dtype), Y32.to(dtype)
+    dx, dy = _rounding_distance(X16, X32), _rounding_distance(Y16, Y32)
+    unit = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11  # relative rounding; float16 subnormals: 2^-25
+    assert dx <= unit * float(X32.double().norm(dim=1).max()) + 2.0**-24 * math.sqrt(d)
+    tol = 1e-9
+    assert abs(sliced_w1_to_normal(X16, 16) - sliced_w1_to_normal(X32, 16)) <= dx + tol
+    assert abs(sliced_w1(X16, Y16, 16) - sliced_w1(X32, Y32, 16)) <= dx + dy + tol
+    assert abs(max_sliced_w1(X16, Y16, 16) - max_sliced_w1(X32, Y32, 16)) <= dx + dy + tol
+    assert abs(w1(X16, Y16) - w1(X32, Y32)) <= dx + dy + tol
+    assert abs(w1_to_normal(X16[:, 0]) - w1_to_normal(X32[:, 0])) <= dx + tol
+
+
+def test_half_precision_overflow_is_reported_as_non_finite_input():
+    X = torch.tensor([[7e4, 0.0]]).to(torch.float16)  # beyond float16's max: inf
+    with pytest.raises(ValueError, match=r"X must be finite, got 0 NaN and 1 infinite"):
+        sliced_w1_to_normal(X)

@@ -122,3 +122,32 @@ def test_embedded_corpus_and_batchify():
     assert d.vocab[int(d.train[-1])] == "<eos>" and "<unk>" in d.vocab
     b = batchify(torch.arange(10), 3)
     assert b.shape == (3, 3) and b[:, 1].tolist() == [3, 4, 5]  # column = one contiguous stream
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda: batchify(torch.arange(10), 0), ValueError, "batch_size must be a positive integer, got 0"),
+        (lambda: batchify(torch.arange(10), -2), ValueError, "batch_size must be a positive integer"),
+        (lambda: batchify(torch.arange(10), 2.0), ValueError, "batch_size must be a positive integer"),
+        (lambda: batchify(torch.zeros(2, 5), 2), ValueError, r"ids must be a token stream, .* got shape \(2, 5\)"),
+        (lambda: batchify([1, 2, 3, 4], 2), ValueError, "ids must be a token stream.*got list"),
+        (lambda: batchify(torch.arange(3), 2), ValueError, "too few for batch size 2"),
+        (lambda: augment_crop_flip(torch.zeros(3, 8, 8), torch.Generator()), ValueError, r"\(N, C, H, W\), got shape"),
+        (lambda: augment_crop_flip(torch.zeros(2, 3, 8, 8), torch.Generator(), pad=-1), ValueError, "pad must be"),
+        (lambda: augment_crop_flip(torch.zeros(2, 3, 8, 8), torch.Generator(), pad=1.5), ValueError, "pad must be"),
+        (lambda: augment_crop_flip(torch.zeros(2, 3, 8, 8), 0), TypeError, "generator must be a torch.Generator"),
+        (lambda: next(image_batches(torch.zeros(4, 1), torch.zeros(4), 0)), ValueError, "batch_size must be"),
+        (lambda: next(image_batches(torch.zeros(4, 1), torch.zeros(4), 2, rank=2, world_size=2)), ValueError, "rank"),
+        (lambda: next(image_batches(torch.zeros(4, 1), torch.zeros(3), 2)), ValueError, "same number of samples"),
+    ],
+)
+def test_bad_arguments_name_the_argument_and_the_expected_form(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_augment_with_zero_padding_only_flips():
+    x = torch.randn(50, 2, 4, 4, generator=torch.Generator().manual_seed(2))
+    out = augment_crop_flip(x, torch.Generator().manual_seed(3), pad=0)
+    assert all(torch.equal(o, a) or torch.equal(o, a.flip(2)) for o, a in zip(out, x, strict=True))

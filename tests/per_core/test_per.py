@@ -84,14 +84,16 @@ def test_per_grad_equals_autograd_of_per_loss(n, d, s, scale, seed):
 @given(
     n=st.integers(1, 30),
     d=st.integers(1, 8),
-    log_scale=st.floats(-30, 30),
+    log_scale=st.floats(-30, 300),
     dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32, F64]),
     seed=st.integers(0, 99),
 )
 @settings(max_examples=80, deadline=None)
 def test_loss_and_gradient_stay_finite_and_within_their_bounds_at_any_magnitude(n, d, log_scale, dtype, seed):
-    # Any magnitude the dtype can hold (float16 saturates to its max): no overflow in the erf/exp paths.
-    scale = min(10.0**log_scale, float(torch.finfo(dtype).max) / 10)
+    # Any magnitude up to 1e300 that the dtype can hold (float16 saturates to its max) and whose N x s
+    # terms sum within the compute dtype: no overflow in the erf/exp paths (beyond that, per_loss raises).
+    compute_max = float(torch.finfo(F64 if dtype == F64 else torch.float32).max)
+    scale = min(10.0**log_scale, float(torch.finfo(dtype).max) / 10, compute_max / (10 * n * 16 * math.sqrt(d)))
     h = (torch.randn(n, d, generator=gen(seed), dtype=F64) * scale).clamp(-scale, scale).to(dtype)
     theta = sample_slices(16, d, generator=gen(seed + 1), dtype=F64 if dtype == F64 else torch.float32)
     loss, grad = per_loss(h, theta=theta), per_grad(h, theta=theta)
@@ -425,3 +427,110 @@ def test_sampled_forwards_without_backward_are_not_kept_and_a_retained_graph_bac
         first = h.grad.clone()
         out.backward()
         torch.testing.assert_close(h.grad, 2 * first)  # the same slices and locations both times
+
+
+# --- argument and edge-case validation (reliability issue) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("theta", "exc", "match"),
+    [
+        (torch.ones(4, 3), ValueError, r"theta must have rows of unit norm .* \[1\.73205, 1\.73205\]"),
+        (torch.full((4, 3), float("nan")), ValueError, "theta must be finite"),
+        (torch.zeros(0, 3), ValueError, r"theta must have shape \(n_slices, 3\) with n_slices >= 1"),
+        (np.eye(3), TypeError, r"theta must be a torch\.Tensor .* torch\.from_numpy"),
+        (torch.eye(3, dtype=torch.long), TypeError, "theta must be a floating-point"),
+    ],
+)
+def test_bad_theta_is_rejected_naming_theta(theta, exc, match):
+    h = torch.randn(5, 3, generator=gen(50))
+    for fn in (per_loss, per_grad):
+        with pytest.raises(exc, match=match):
+            fn(h, theta=theta)
+
+
+def test_theta_rounded_to_half_precision_is_still_unit():
+    h = torch.randn(5, 3, generator=gen(51))
+    theta = sample_slices(8, 3, generator=gen(52))
+    for dt in (torch.float16, torch.bfloat16):
+        torch.testing.assert_close(per_loss(h, theta=theta.to(dt)), per_loss(h, theta=theta), rtol=2e-2, atol=0)
+
+
+def test_bad_generator_chunk_and_seed_are_rejected_naming_the_argument():
+    h = torch.randn(5, 3, generator=gen(53))
+    for fn in (per_loss, per_grad):
+        with pytest.raises(TypeError, match=r"generator must be a torch\.Generator or None, got int"):
+            fn(h, 4, 5)
+        for chunk in (0, -1, 2.5):
+            with pytest.raises(ValueError, match="chunk_elements must be a positive integer"):
+                fn(h, 4, chunk_elements=chunk)
+    with pytest.raises(TypeError, match="generator"):
+        sample_slices(4, 3, generator=np.random.default_rng(0))
+    for seed in ("x", -1, 2**64, 1.5, True):
+        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64\)"):
+            PER(nn.Linear(2, 2), 1.0, seed=seed)
+    with pytest.raises(ValueError, match="chunk_elements"):
+        PER(nn.Linear(2, 2), 1.0, chunk_elements=0)
+    assert PER(nn.Linear(2, 2), 1.0, seed=np.int64(3)).seed == 3
+
+
+def test_float32_overflow_of_the_loss_is_an_error_not_an_inf():
+    h = torch.full((64, 2), 3e37)  # each term fits in float32, their sum over 64 x 16 does not
+    with pytest.raises(ValueError, match=r"per_loss overflowed in torch\.float32 .* use float64"):
+        per_loss(h, 16, gen(54))
+    assert math.isfinite(float(per_loss(h.double(), 16, gen(54))))
+    assert torch.isfinite(per_grad(h, 16, gen(54))).all()  # the gradient is bounded by 1/N: never overflows
+
+
+@pytest.mark.parametrize(
+    ("layer", "shape", "locations"),
+    [
+        (nn.Linear(3, 4), (0, 3), None),
+        (nn.Conv2d(2, 3, 3, padding=1), (0, 2, 5, 5), None),
+        (nn.Conv2d(2, 3, 3, padding=1), (0, 2, 5, 5), 2),
+        (nn.LSTM(3, 4), (5, 0, 3), None),
+    ],
+)
+def test_an_empty_batch_is_skipped_by_the_hooks(layer, shape, locations):
+    with PER(layer, 1.0, 8, locations=locations, track_penalty=True) as per:
+        x = torch.zeros(shape, requires_grad=True)
+        out = layer(x)
+        (out[0] if isinstance(out, tuple) else out).sum().backward()
+        assert x.grad.shape == shape and not per._penalties  # nothing to regularize, nothing tracked
+        # and the next non-empty batch is regularized as usual
+        x = torch.randn((2, *shape[1:]) if not isinstance(layer, nn.LSTM) else (5, 2, 3), requires_grad=True)
+        out = layer(x)
+        (out[0] if isinstance(out, tuple) else out).sum().backward()
+        assert per.penalty() > 0.79
+
+
+def test_other_public_functions_name_their_argument():
+    with pytest.raises(TypeError, match="a must be a floating-point torch.Tensor, got float"):
+        folded_normal_mean(0.5)
+    with pytest.raises(ValueError, match="rows must be a torch.Tensor of shape"):
+        from_samples(torch.zeros(6), (2, 3))
+    with pytest.raises(ValueError, match=r"cannot fill shape \(2, 4\)"):
+        from_samples(torch.zeros(2, 3), (2, 4))
+    with pytest.raises(ValueError, match="dim must be a positive integer"):
+        sample_slices(4, 0)
+
+
+@given(
+    n=st.integers(1, 20),
+    d=st.integers(1, 6),
+    dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32, F64]),
+    bad=st.sampled_from([float("nan"), float("inf"), -float("inf")]),
+    data=st.data(),
+)
+@settings(max_examples=40, deadline=None)
+def test_non_finite_inputs_are_rejected_at_any_shape_and_dtype(n, d, dtype, bad, data):
+    h = torch.randn(n, d, generator=gen(n * d)).to(dtype)
+    i, j = data.draw(st.integers(0, n - 1)), data.draw(st.integers(0, d - 1))
+    h[i, j] = bad
+    for fn in (per_loss, per_grad):
+        with pytest.raises(ValueError, match=r"h must be finite, got 1 NaN/inf"):
+            fn(h, 4, gen(0))
+    theta = sample_slices(4, d, generator=gen(1))
+    theta[0, j] = bad
+    with pytest.raises(ValueError, match="theta must be finite"):
+        per_loss(h.nan_to_num(0.0, 0.0, 0.0), theta=theta)

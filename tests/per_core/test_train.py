@@ -1,11 +1,15 @@
 """The trainer and the run directory: determinism, exact resume, refusals and clear errors."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
+import per_core.train as train_module
 from per_core.configs import TrainConfig, get_preset
+from per_core.distributed import resolve_device
 from per_core.rundir import FORMAT_VERSION, RunDir, RunDirError
 from per_core.train import TrainingError, main, train
 
@@ -86,13 +90,45 @@ def test_resume_with_a_different_config_says_what_differs(tmp_path):
         train(small(epochs=2, lam=0.5), tmp_path / "r", resume=True, progress=False)
 
 
-def test_divergence_stops_with_the_epoch_and_step_and_keeps_the_last_checkpoint(tmp_path):
-    train(small(epochs=1), tmp_path / "r", progress=False)
-    before = (tmp_path / "r" / "checkpoints" / "last.pt").read_bytes()
-    cfg = small(epochs=3, lr=1e12)
-    with pytest.raises(TrainingError, match=r"non-finite .* epoch \d+, step \d+"):
+def test_divergence_stops_with_the_epoch_step_and_layers_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    # one good epoch, then the SAME run diverges in epoch 2 (resumed with a learning rate that blows up)
+    run = RunDir(tmp_path / "r")
+    train(small(epochs=1), run.root, progress=False)
+    before = run.checkpoint_path.read_bytes()
+    original = train_module.train_epoch
+
+    def diverging(s, epoch, progress):
+        if epoch == 2:
+            for group in s.optimizer.param_groups:
+                group["lr"] = 1e12
+        return original(s, epoch, progress)
+
+    monkeypatch.setattr(train_module, "train_epoch", diverging)
+    with pytest.raises(TrainingError, match=r"non-finite .* at epoch 2, (after )?step \d+.*\(layers ") as err:
+        train(small(epochs=3), run.root, resume=True, progress=False)
+    assert "the checkpoint of epoch 1 is intact" in str(err.value) and "--grad-clip" in str(err.value)
+    assert run.checkpoint_path.read_bytes() == before  # byte for byte: nothing of epoch 2 was committed
+    assert [m["epoch"] for m in run.read_metrics()] == [1]
+    assert not list(run.root.rglob("*.tmp"))
+    monkeypatch.undo()
+    assert len(train(small(epochs=2), run.root, resume=True, progress=False)) == 2  # and the run can go on
+
+
+def test_divergence_after_the_last_checked_step_names_the_epoch_the_step_and_the_layers(tmp_path):
+    # the loss is checked at step 0 only; the run blows up at the steps after it
+    cfg = small(epochs=2, lr=1e12, log_every=1000)
+    pattern = r"epoch 1, after step 0 \(the last step checked; .* step \d+\) \(layers layer1, .*non-finite activations"
+    with pytest.raises(TrainingError, match=pattern):
         train(cfg, tmp_path / "d", progress=False)
-    assert (tmp_path / "r" / "checkpoints" / "last.pt").read_bytes() == before
+    assert not RunDir(tmp_path / "d").checkpoint_path.exists()
+
+
+def test_cli_divergence_is_one_line_naming_epoch_step_and_layers(tmp_path, capsys):
+    out = tmp_path / "dv"
+    assert main(["--method", "per", "--lr", "1e12", "--smoke", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: non-finite training loss at epoch 1, after step 0")
+    assert "(layers layer1" in err and "Traceback" not in err
 
 
 def test_cli_smoke_run_and_resume(tmp_path, capsys):
@@ -134,3 +170,56 @@ def test_resume_accepts_a_config_saved_before_a_field_existed(tmp_path):
 def test_debug_flag_shows_the_traceback(tmp_path):
     with pytest.raises(ValueError, match="lam must be >= 0"):
         main(["--out", str(tmp_path / "y"), "--lam", "-1", "--no-progress", "--debug"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--epochs", "x", "--out", "o"], "argument --epochs: invalid int value: 'x'"),
+        (["--method", "sgd", "--out", "o"], "argument --method: invalid choice: 'sgd'"),
+        (["--lam", "--out", "o"], "argument --lam: expected one argument"),
+        (["--smoke"], "the following arguments are required: --out"),
+        (["--out", "o", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_cli_usage_errors_are_one_line_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"python -m per_core.train: error: {message}" + err.split(message, 1)[1]
+    assert err.count("\n") == 1 and err.endswith(" (see --help)\n") and "usage:" not in err
+
+
+def test_unknown_device_says_what_is_valid():
+    for name in ("tpu", "meta", "", "CUDA"):
+        with pytest.raises(ValueError, match=r"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got"):
+            resolve_device(name)
+    with pytest.raises(TypeError, match="device must be a string"):
+        resolve_device(0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available; use --device cpu"):
+            resolve_device("cuda:3")
+    else:
+        with pytest.raises(ValueError, match="GPU"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--device", "tpu"], "error: device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'tpu'"),
+        (["--batch-size", "many"], "python -m per_core.train: error: argument --batch-size: invalid int value"),
+    ],
+)
+def test_cli_process_prints_one_line_and_no_traceback(tmp_path, argv, message):
+    proc = subprocess.run(
+        [sys.executable, "-m", "per_core.train", "--out", str(tmp_path / "x"), "--no-progress", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "x").exists()

@@ -18,7 +18,6 @@ first when ``runs/demo`` is missing.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ import numpy as np
 from analysis.bounds import per_bound
 from analysis.distances import sliced_w1_to_normal
 from analysis.style import method_color, use_style
+from per_core.cli import OneLineArgumentParser
 
 __all__ = ["main", "point_mass_trap"]
 
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from analysis.plot import PlotError, figure2, metrics_curves, ridgeline, sw1_curves
     from per_core.rundir import RunDirError, atomic_write
 
-    p = argparse.ArgumentParser(prog="python -m analysis.figures", description="Regenerate the README figures.")
+    p = OneLineArgumentParser(prog="python -m analysis.figures", description="Regenerate the README figures.")
     p.add_argument("--out", type=Path, default=Path("figures"), help="output folder (default figures/)")
     p.add_argument("--runs", type=Path, help="a demo sweep directory (runs/demo) for the run-based figures")
     p.add_argument("--ridgeline", default="layer3", metavar="LAYER", help="layer of ridgeline.png (default layer3)")

@@ -8,11 +8,11 @@ final validation error and L_per per method.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from per_core.cli import OneLineArgumentParser
 from per_core.configs import get_preset
 from per_core.train import train
 
@@ -34,7 +34,7 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m per_core.demo", description=__doc__.splitlines()[0])
+    p = OneLineArgumentParser(prog="python -m per_core.demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="sweep directory (default runs/demo)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per method (default: the demo preset's)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")

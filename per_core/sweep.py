@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from per_core.cli import OneLineArgumentParser
 from per_core.configs import LAMBDA_GRIDS, METHODS, PAPER_RESULTS, PRESETS, TrainConfig, get_preset
 from per_core.rundir import RunDir, RunDirError, atomic_write, find_runs
 from per_core.train import TrainingError, train
@@ -216,7 +217,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m per_core.sweep", description="Run methods x lambdas x seeds.")
+    p = OneLineArgumentParser(prog="python -m per_core.sweep", description="Run methods x lambdas x seeds.")
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
     p.add_argument("--methods", default="vanilla,bn,per", help=f"comma-separated, of: {', '.join(METHODS)}")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated integer seeds")

@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=METHODS,
         help="vanilla; bn / dbn (decorrelated BN) / rbn (recurrent BN, LSTMs); per; vcl / l1 / l2 (loss penalties)",
     )
-    p.add_argument("--out", required=True, type=Path, help="run directory to write")
+    p.add_argument("--out", type=Path, help="run directory to write (default: runs/PRESET-METHOD-seedS)")
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--seed", type=int, help="seed of init, data order, PER slices and recorder")
     p.add_argument("--lam", type=float, help="PER strength lambda")
@@ -505,7 +505,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.out is None and args.resume:
+            raise ValueError("--resume needs --out RUN_DIR (the run to continue)")
         cfg = config_from_args(args)
+        if args.out is None:
+            args.out = Path("runs") / f"{cfg.preset}-{cfg.method}-seed{cfg.seed}{'-smoke' if cfg.smoke else ''}"
         metrics = train(
             cfg,
             args.out,

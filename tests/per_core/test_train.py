@@ -150,6 +150,17 @@ def test_cli_user_errors_are_one_line_messages(tmp_path, capsys):
     assert "unknown layer 'layer99'" in capsys.readouterr().err
 
 
+def test_cli_default_run_directory_is_named_after_preset_method_and_seed(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main(["--method", "per", "--seed", "3", "--smoke", "--epochs", "1", "--record", "none", "--no-progress"]) == 0
+    )
+    assert RunDir(tmp_path / "runs" / "demo-per-seed3-smoke").read_metrics()[0]["epoch"] == 1
+    assert "done: runs/demo-per-seed3-smoke" in capsys.readouterr().out
+    assert main(["--resume", "--no-progress"]) == 2
+    assert "--resume needs --out" in capsys.readouterr().err
+
+
 def test_resume_removes_temporaries_left_by_a_killed_writer(tmp_path):
     train(small(epochs=1), tmp_path / "r", progress=False)
     stale = tmp_path / "r" / "checkpoints" / ".last.pt.abc123.tmp"
@@ -178,7 +189,7 @@ def test_debug_flag_shows_the_traceback(tmp_path):
         (["--epochs", "x", "--out", "o"], "argument --epochs: invalid int value: 'x'"),
         (["--method", "sgd", "--out", "o"], "argument --method: invalid choice: 'sgd'"),
         (["--lam", "--out", "o"], "argument --lam: expected one argument"),
-        (["--smoke"], "the following arguments are required: --out"),
+        (["--smoke", "--seed"], "argument --seed: expected one argument"),
         (["--out", "o", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     ],
 )

@@ -234,3 +234,14 @@ def test_cli_process_prints_one_line_and_no_traceback(tmp_path, argv, message):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "x").exists()
+
+
+def test_cli_record_chosen_layers_only(tmp_path):
+    out = tmp_path / "rec"
+    argv = ["--method", "per", "--smoke", "--epochs", "1", "--record", "layer3,layer6", "--out", str(out)]
+    assert main([*argv, "--no-progress"]) == 0
+    rd = RunDir(out)
+    arrays = rd.read_npz(rd.activation_path(1))
+    layers = {k.split("/")[1] for k in arrays if k.startswith(("train/", "eval/"))}
+    assert layers == {"layer3", "layer6"}
+    assert {k.split("/")[0] for k in arrays if k.endswith("/hist")} == {"train", "eval"}

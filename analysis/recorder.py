@@ -36,9 +36,12 @@ the *units* are the columns. For every epoch, split and layer the recorder keeps
 
 All accumulators are sums (plus min/max and "k smallest keys"), so merging two recorders, e.g. two
 data-parallel ranks (give each rank its own ``seed``), is elementwise: :meth:`ActivationRecorder.merge`.
-Everything is reduced on the activations' device with one ``bucketize`` and one ``index_add_`` per
-layer and batch, without host synchronization (``torch.bincount`` synchronizes on CUDA to size its
-output, ``torch.histc`` fails in deterministic mode).
+Everything is reduced on the activations' device, without host synchronization on CUDA: a layer's
+output is viewed as (A, U, B) (conv: (N, C, H*W)), never copied into rows; a value's bucket is found
+by arithmetic on the uniform edges, exactly (``_BucketTable``; ``bucketize`` only where the
+range is too narrow for that), and counted with ``bincount`` on the CPU and ``index_add_`` elsewhere
+(``torch.bincount`` synchronizes on CUDA to size its output, ``torch.histc`` fails in deterministic
+mode). On the CPU, where a host sync is free, a batch whose values are all finite skips every mask.
 
 Splits: ``train`` records the forwards of modules in training mode between :meth:`start_epoch`
 and :meth:`end_epoch`; ``eval`` records every forward inside :meth:`eval_pass` (e.g. a fixed batch,
@@ -65,23 +68,27 @@ The per-unit fields are packed into four arrays per block because every npz entr
 0.1 ms to read; :func:`layer_stats` unpacks them by name. A (split, layer) that saw no forward in
 the epoch has no entries. Every unit of a layer sees the same rows: ``count + nan + posinf + neginf``.
 
-Budget (defaults: 40 bins of width 1/2 on [-10, 10], k = 256 reservoir rows every 20th epoch,
-train split only). The paper's 11-layer CNN records 10 conv layers of 192,192,240,240,260,260,280,
-280,300,300 = 2544 units. Per epoch and split, the 7 float64 numbers per unit (shift, S1..S4, min,
-max) are 2544 x 7 x 8 B = 142 KB and barely compress; the histograms, 2544 x 40 int64 = 0.8 MB raw,
-compress to about 0.25 MB (train: 5e7 rows per unit in layer 1) and 0.15 MB (eval: 500 images).
-So about 0.66 MB per epoch for both splits, 133 MB for 200 epochs. A reservoir is incompressible
-float32, 256 x 2544 x 4 B = 2.6 MB (2.4 MB compressed), at 11 of the epochs 0..200: 27 MB. Total
-about 160 MB, under the 200 MB budget; ``test_budget_of_the_paper_cnn_over_200_epochs`` measures it
-on synthetic CIFAR-sized counts. Halving the bin width would add about 35 MB; a reservoir at every
-epoch about 480 MB.
+Budget: 40 bins of width 1/2 on [-10, 10] (the defaults) and k = 256 reservoir rows, recorded the
+way ``per_core.train`` does it: one train batch in ``record_train_every``, the fixed eval batch, a
+reservoir of both splits at epochs divisible by ``record_reservoir_every`` and at the last epoch.
+The paper's 11-layer CNN records 10 conv layers of 192,192,240,240,260,260,280,280,300,300 = 2544
+units. Per epoch and split, the 7 float64 numbers per unit (shift, S1..S4, min, max) are 2544 x 7 x
+8 B = 142 KB and barely compress; the histograms, 2544 x 40 int64 = 0.8 MB raw, compress to about
+0.15 MB: about 0.6 MB per recorded epoch for both splits. A reservoir epoch adds 256 x 2544 x 4 B =
+2.6 MB of incompressible float32 per split, 5.2 MB for both. A Table 2 preset (165 epochs, every 5th
+recorded, reservoirs every 20th and at the last: 33 epochs, 9 with reservoirs) writes about 63 MB,
+under the 200 MB budget; with a reservoir at every recorded epoch it would be 180 MB, and 200
+recorded epochs with reservoirs 1.1 GB. ``test_budget_of_the_table2_runs_with_the_trainers_recorder``
+measures it with the trainer's recorder on synthetic CIFAR-sized counts.
 
-Cost: per recorded element one bucketize, one ``index_add_``, min/max and four float64 power sums,
-about 250 bytes of memory traffic; measured 25 ns per element on a 2-core CPU, which is as much as
-the training step itself spends per activation of a conv net (+130% for a 128-wide CNN on 32x32
-images). To stay near 5% of a step, record one train batch in ``train_every`` (about 20): the
-statistics then describe that sample of the epoch's batches, and the reservoir stays uniform over
-the rows recorded.
+Cost: per recorded element about 20 passes of simple arithmetic (bucket, count, min/max, four float64
+power sums) over slices of 2^19 elements that stay in cache: 1.7 ns per element on a 2-core CPU for
+the 11-layer CNN's layers (the bucketize version before: 23 ns). A recorded training step costs
+1.14-1.16x an unrecorded one for that CNN at batch 250, 1.65x for the demo net, whose layers are so
+small that the ~35 tensor ops per layer dominate. Record one train batch in ``train_every`` (the
+trainer: 20): the statistics then describe that sample of the epoch's batches, the reservoir stays
+uniform over the rows recorded, and a recorded epoch costs 1.00x (CNN) and 1.05x (demo) per step
+(``bench/recorder.py``, ``bench/RESULTS.md`` goal 5).
 
 References
 ----------
@@ -104,7 +111,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from per_core.per import _layout_of, as_samples  # _layout_of: conv modules are channels-first
+from per_core.per import _layout_of, _resolve_layout  # conv modules are channels-first
 from per_core.rundir import RunDir
 
 __all__ = [
@@ -124,6 +131,8 @@ SPLITS = ("train", "eval")
 #: Modules recorded by ``layers="all"`` when the model has no ``pre_activations()``.
 RECORDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.LSTM, nn.GRU)
 _FLT_MAX = float(torch.finfo(torch.float32).max)
+#: Default ``chunk_elements`` on the CPU (the float64 temporaries of a slice stay in cache) and elsewhere.
+CPU_CHUNK_ELEMENTS, DEVICE_CHUNK_ELEMENTS = 1 << 19, 1 << 22
 #: Columns of ``{split}/{layer}/counts`` and ``{split}/{layer}/sums`` (also stored in every file).
 COUNT_FIELDS = ("count", "under", "over", "nan", "posinf", "neginf")
 SUM_FIELDS = ("shift", "sum1", "sum2", "sum3", "sum4")
@@ -231,10 +240,10 @@ class _Stats:
         return torch.stack([sum(math.comb(p, j) * delta ** (p - j) * s[j] for j in range(p + 1)) for p in range(1, 5)])
 
     def keep_smallest(self, keys: Tensor, rows: Tensor, k: int) -> None:
-        keys, rows = torch.cat([self.keys, keys]), torch.cat([self.rows, rows])
+        keys, rows = torch.cat([self.keys, keys]), torch.cat([self.rows, rows])  # copies: never a view of an output
         if keys.numel() > k:
             keys, index = torch.topk(keys, k, largest=False, sorted=False)
-            rows = rows[index]
+            rows = rows.index_select(0, index)
         self.keys, self.rows = keys, rows
 
     def merge_(self, other: _Stats, k: int) -> None:
@@ -270,6 +279,72 @@ class _Stats:
             order = torch.argsort(self.keys)
             out["reservoir"], out["reservoir_keys"] = self.rows[order].cpu().numpy(), self.keys[order].cpu().numpy()
         return {f"{prefix}/{k}": v for k, v in out.items()}
+
+
+class _BucketTable:
+    r"""How values of one (dtype, device) are put into buckets (bucket layout in :class:`_Stats`).
+
+    ``bounds`` (bins+3,): :math:`-\max_{f32}`, :math:`e_0 .. e_{n-1}`, the next float after
+    :math:`e_n`, the next float after :math:`\max_{f32}`; bucket j holds ``bounds[j-1] <= x <
+    bounds[j]`` (what ``bucketize(right=True)`` returns), so ``upper`` (``bounds`` padded to bins+5)
+    is every bucket's upper boundary. Three ways to find a value's bucket, fastest first:
+
+    - ``grid``: when :math:`1/w` is a power of two :math:`\ge 1` and every edge is an integer
+      multiple of w (the default: w = 1/2 on [-10, 10]), :math:`\lfloor x/w \rfloor` is exact, and
+      the bucket of a finite value is :math:`\lfloor x/w \rfloor - e_0/w + 2` clamped to
+      [1, bins+1], plus one where :math:`x > e_n` (the last bin is closed);
+    - ``scale``/``offset``: the guess :math:`\lfloor x s + o \rfloor` with :math:`s = 1/w`,
+      :math:`o = 3/2 - e_0/w`, clamped to [0, bins+2] (NaN: bins+4), is the true bucket or the one
+      below it when its rounding plus the edges' distance from a uniform grid stays under half a
+      bucket on the range (checked here; None otherwise). The guess is monotone in x, so this then
+      holds for every x, and one comparison with ``upper[guess]`` makes it exact;
+    - otherwise ``bucketize`` (a binary search, ~10x slower).
+    """
+
+    def __init__(self, edges: Tensor, dtype: torch.dtype, device: torch.device) -> None:
+        e = edges.to(dtype)
+        top = torch.tensor([e[-1].item(), _FLT_MAX], dtype=dtype)
+        top = torch.nextafter(top, torch.full_like(top, math.inf))  # x >= next(e_n) <=> x > e_n
+        bounds = torch.cat([torch.tensor([-_FLT_MAX], dtype=dtype), e[:-1], top])
+        upper = torch.cat([bounds, torch.full((2,), math.inf, dtype=dtype)])
+        self.bounds, self.upper = (t.to(device, non_blocking=True) for t in (bounds, upper))
+        e64 = edges.tolist()
+        n, lo, hi = len(e64) - 1, e64[0], e64[-1]
+        self.last = hi
+        w = (hi - lo) / n
+        s, o = 1.0 / w, 1.5 - lo / w
+        # grid: x * s is exact (a power of two >= 1: no rounding, no underflow), the edges are integers
+        inv = round(s)
+        on_grid = inv >= 1 and inv & (inv - 1) == 0 and all(v * inv == lo * inv + j for j, v in enumerate(e64))
+        self.grid: tuple[int, int] | None = None  # (1/w, e_0/w)
+        if on_grid and float(lo * inv).is_integer() and abs(lo * inv) + n < 2**22:
+            self.grid = (inv, int(lo * inv))
+        s_d, o_d = (torch.tensor(v, dtype=dtype).item() for v in (s, o))  # as the kernels see them
+        eps, big = torch.finfo(dtype).eps, max(abs(lo), abs(hi)) + w
+        rounding = big * abs(s_d - s) + abs(o_d - o) + 2 * eps * (2 * big * s + abs(o) + 1)
+        off_grid = max(abs(v - (lo + j * w)) for j, v in enumerate(e64)) / w + 1e-9
+        self.scale: float | None = s_d if rounding + off_grid < 0.25 else None  # < 0.5 needed
+        self.offset = o_d
+
+
+def _units_in_middle(h: Tensor, channels_first: bool) -> Tensor:
+    """``h`` as (A, U, B) whose rows (those of :func:`per_core.as_samples`) are the pairs (a, b) in order.
+
+    A conv output (N, C, *S) becomes (N, C, prod(S)), a view of a contiguous tensor: no transposed
+    copy; channels-last memory and features-last outputs become rows (N', U, 1).
+    """
+    if channels_first:
+        if h.is_contiguous() or not h.movedim(1, -1).is_contiguous():
+            return h.reshape(h.shape[0], h.shape[1], -1)  # (N, C, *S) -> (N, C, L)
+        h = h.movedim(1, -1)  # channels-last memory: (N, *S, C) is contiguous
+    return h.reshape(-1, h.shape[-1])[:, :, None]  # (..., U) -> (N', U, 1)
+
+
+def _per_unit(t: Tensor, op: str) -> Tensor:
+    """Reduce (..., A, U, B) to (..., U) with ``op`` (sum, amin, amax) in the order that vectorizes on a CPU."""
+    if t.shape[-1] >= 64:
+        return getattr(t, op)((-3, -1))
+    return getattr(getattr(t, op)(-3), op)(-1)  # short rows: over A first, contiguous (U, B) blocks
 
 
 def _resolve_layers(model: nn.Module, layers: str | Sequence[str] | Mapping[str, nn.Module]) -> dict[str, nn.Module]:
@@ -329,9 +404,11 @@ class ActivationRecorder:
         ``train_every``-th); 1 records all. The eval split is always recorded in full.
     seed : int
         Seed of the recorder's own generators (one per device); use a different seed per rank.
-    chunk_elements : int
+    chunk_elements : int or None
         A layer output is processed in slices of about this many elements (bounds temporary memory:
-        about 50 bytes per element).
+        about 50 bytes per element; a slice holds at least one sample). None: 2^19 on the CPU, where
+        the slice's temporaries stay in cache (3x faster than 2^24) and are kept between batches
+        (about 23 MB, until :meth:`remove`), and 2^22 elsewhere.
 
     Example
     -------
@@ -359,7 +436,7 @@ class ActivationRecorder:
         reservoir_splits: Sequence[str] = ("train",),
         train_every: int = 1,
         seed: int = 0,
-        chunk_elements: int = 1 << 24,
+        chunk_elements: int | None = None,
     ) -> None:
         lo, hi = (float(v) for v in range)
         if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
@@ -371,6 +448,8 @@ class ActivationRecorder:
                 f"need reservoir >= 0, reservoir_every >= 1 and train_every >= 1, got "
                 f"{reservoir}, {reservoir_every}, {train_every}"
             )
+        if chunk_elements is not None and chunk_elements < 1:
+            raise ValueError(f"chunk_elements must be None or >= 1, got {chunk_elements!r}")
         if not set(reservoir_splits) <= set(SPLITS):
             raise ValueError(f"reservoir_splits must be a subset of {SPLITS}, got {reservoir_splits!r}")
         self.bins, self.reservoir, self.reservoir_every = bins, reservoir, reservoir_every
@@ -380,14 +459,17 @@ class ActivationRecorder:
         if not bool((edges[1:] > edges[:-1]).all()):
             raise ValueError(f"{bins} bins on {range!r} are narrower than float32 resolution")
         self.edges = edges.double()  # (bins+1,), exactly representable in float32
+        self._last_edge = float(edges[-1])
         self.modules = _resolve_layers(model, layers)
         self.layers = list(self.modules)
         self.epoch: int | None = None
         self._train = self._eval = self._reservoir_now = False
         self._stats: dict[tuple[str, str], _Stats] = {}
         self._calls: dict[str, int] = {}  # train-mode forwards seen per layer this epoch
-        self._bounds: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        self._tables: dict[tuple[torch.dtype, torch.device], _BucketTable] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._buffers: dict[tuple[str, torch.dtype], tuple[Tensor, Tensor]] = {}  # CPU scratch (_scratch)
+        self._unit_offsets: dict[tuple[int, torch.device, int], Tensor] = {}
         self._handles = [m.register_forward_hook(self._hook(n, m)) for n, m in self.modules.items()]
 
     # -- epochs and splits ----------------------------------------------------------------------
@@ -447,55 +529,132 @@ class ActivationRecorder:
     def _record(self, split: str, label: str, h: Tensor, layout: str) -> None:
         if h.ndim < 2:
             raise ValueError(f"layer {label!r}: output of shape {tuple(h.shape)} has no unit dimension")
+        channels_first = _resolve_layout(tuple(h.shape), layout) == "channels_first"
         dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
-        step = max(1, self.chunk_elements // max(1, h[0].numel()))
+        chunk = self.chunk_elements or (CPU_CHUNK_ELEMENTS if h.device.type == "cpu" else DEVICE_CHUNK_ELEMENTS)
+        step = max(1, chunk // max(1, h[0].numel()))
         keep = self._reservoir_now and split in self.reservoir_splits
         for i in range(0, h.shape[0], step):
-            rows = as_samples(h[i : i + step], layout).to(dtype).contiguous()  # (N', units)
+            x = _units_in_middle(h[i : i + step], channels_first).to(dtype)  # (A, U, B): rows are (a, b)
             stats = self._stats.get((split, label))
             if stats is None:
-                stats = self._stats[split, label] = _Stats(rows.shape[1], self.bins, rows.device)
-            elif stats.units != rows.shape[1] or stats.counts.device != rows.device:
+                stats = self._stats[split, label] = _Stats(x.shape[1], self.bins, x.device)
+            elif stats.units != x.shape[1] or stats.counts.device != x.device:
                 raise ValueError(
-                    f"layer {label!r}: {rows.shape[1]} units on {rows.device}, earlier batches had "
+                    f"layer {label!r}: {x.shape[1]} units on {x.device}, earlier batches had "
                     f"{stats.units} on {stats.counts.device}"
                 )
-            self._update(stats, rows, keep)
+            self._update(stats, x, keep)
 
-    def _boundaries(self, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """Bucket boundaries for ``bucketize(right=True)``: -inf | under | bins | over | +inf."""
+    def _table(self, dtype: torch.dtype, device: torch.device) -> _BucketTable:
         key = (dtype, device)
-        if key not in self._bounds:
-            e = self.edges.to(dtype)
-            up = torch.tensor([e[-1].item(), _FLT_MAX], dtype=dtype)
-            up = torch.nextafter(up, torch.full_like(up, math.inf))  # x >= next(e_n) <=> x > e_n
-            b = torch.cat([torch.tensor([-_FLT_MAX], dtype=dtype), e[:-1], up])
-            self._bounds[key] = b.to(device)
-        return self._bounds[key]
+        if key not in self._tables:
+            self._tables[key] = _BucketTable(self.edges, dtype, device)
+        return self._tables[key]
 
-    def _update(self, st: _Stats, rows: Tensor, keep: bool) -> None:
-        n, units, nb = rows.shape[0], rows.shape[1], self.bins + 5
-        bucket = torch.bucketize(rows, self._boundaries(rows.dtype, rows.device), right=True, out_int32=True)
-        bucket.masked_fill_(rows.isnan(), nb - 1)  # (N', U) in 0..bins+4
-        finite = (bucket >= 1) & (bucket <= self.bins + 2)
-        bucket += torch.arange(0, units * nb, nb, dtype=torch.int32, device=rows.device)  # unit * (bins+5) + bucket
-        ones = torch.ones(1, dtype=torch.int64, device=rows.device).expand(bucket.numel())
-        st.counts.index_add_(0, bucket.view(-1), ones)
-        st.min = torch.minimum(st.min, torch.where(finite, rows, math.inf).amin(0).double())
-        st.max = torch.maximum(st.max, torch.where(finite, rows, -math.inf).amax(0).double())
-        outside = ~finite
+    def _scratch(self, name: str, like: Tensor, dtype: torch.dtype, shape: tuple[int, ...] | None = None) -> Tensor:
+        """An uninitialized tensor of ``shape`` (default ``like``'s) on ``like``'s device; on the CPU the
+        same memory every batch.
+
+        Fresh multi-megabyte temporaries on the CPU go back to the OS when freed and page-fault in
+        again at the next batch (glibc), which cost the demo net's first layer 4x its arithmetic.
+        """
+        shape = like.shape if shape is None else torch.Size(shape)
+        if like.device.type != "cpu":
+            return torch.empty(shape, dtype=dtype, device=like.device)
+        buf, view = self._buffers.get((name, dtype), (None, None))
+        if view is not None and view.shape == shape:
+            return view
+        if buf is None or buf.numel() < shape.numel():
+            buf = torch.empty(shape.numel(), dtype=dtype)
+        view = buf[: shape.numel()].view(shape)
+        self._buffers[name, dtype] = buf, view
+        return view
+
+    def _offsets(self, units: int, device: torch.device, bucket: int) -> Tensor:
+        """(U, 1) int32: unit * (bins+5) + ``bucket``, the flat index of that bucket of every unit."""
+        key = (units, device, bucket)
+        if key not in self._unit_offsets:
+            nb = self.bins + 5
+            offsets = torch.arange(0, units * nb, nb, dtype=torch.int32, device=device) + bucket
+            self._unit_offsets[key] = offsets[:, None]
+        return self._unit_offsets[key]
+
+    def _buckets(self, x: Tensor, finite: bool, over: bool = True) -> Tensor:
+        """unit * (bins+5) + the bucket of every value of ``x`` (A, U, B): int32 (see :class:`_BucketTable`).
+
+        ``finite``: every value is known to be finite in float32 (no NaN, inf or float64 beyond);
+        ``over``: some value may be above the last edge.
+        """
+        tab, top, units = self._table(x.dtype, x.device), self.bins + 2, x.shape[1]
+        k, step = self._scratch("bucket", x, torch.int32), self._scratch("step", x, torch.int32)
+        if finite and tab.grid is not None:
+            inv, first = tab.grid  # 1/w and e_0/w, integers
+            g = torch.mul(x, inv, out=self._scratch("guess", x, x.dtype))
+            k.copy_(g.floor_().clamp_(first - 1, first + self.bins - 1))  # exact: x * inv is not rounded
+            if over:
+                k += torch.gt(x, tab.last, out=step)  # over: x > e_n
+            return k.add_(self._offsets(units, x.device, 2 - first))
+        if tab.scale is None:  # too narrow a range for the guess in this dtype: binary search
+            torch.bucketize(x, tab.bounds, right=True, out_int32=True, out=k)
+            if not finite:
+                k.masked_fill_(x.isnan(), top + 2)
+            return k.add_(self._offsets(units, x.device, 0))
+        g = torch.mul(x, tab.scale, out=self._scratch("guess", x, x.dtype))
+        g.add_(tab.offset).floor_().clamp_(0, top)  # the bucket or the one below
+        if not finite:
+            g.nan_to_num_(nan=top + 2)  # NaN: bucket bins+4, which no comparison below moves
+        k.copy_(g)
+        upper = self._scratch("upper", x, x.dtype)  # upper boundary of the guessed bucket
+        torch.index_select(tab.upper, 0, k.view(-1), out=upper.view(-1))
+        k += torch.ge(x, upper, out=step)  # one up where x >= it: exact
+        return k.add_(self._offsets(units, x.device, 0))
+
+    def _update(self, st: _Stats, x: Tensor, keep: bool) -> None:
+        a, units, b = x.shape
+        n = a * b
+        if n == 0:
+            return
+        cpu = x.device.type == "cpu"
+        clean, largest = False, math.inf
+        if cpu:  # a host sync is free here: skip every mask when all values are finite
+            lo, hi = _per_unit(x, "amin"), _per_unit(x, "amax")  # NaN propagates
+            largest = float(hi.max())
+            clean = -_FLT_MAX <= float(lo.min()) and largest <= _FLT_MAX
+        outside = None
+        if not clean:
+            outside = ~(x.abs() <= _FLT_MAX)  # NaN, +-inf and float64 beyond float32's range
+            lo = _per_unit(torch.where(outside, math.inf, x), "amin")
+            hi = _per_unit(torch.where(outside, -math.inf, x), "amax")
+        st.min, st.max = torch.minimum(st.min, lo), torch.maximum(st.max, hi)  # promoted to float64
+
+        k = self._buckets(x, finite=clean, over=not largest <= self._last_edge).view(-1)  # unit * (bins+5) + bucket
+        if cpu:
+            st.counts += torch.bincount(k, minlength=st.counts.numel())  # faster than index_add_ here
+        else:  # bincount synchronizes on CUDA to size its output
+            st.counts.index_add_(0, k, torch.ones(1, dtype=torch.int64, device=x.device).expand(k.numel()))
+
+        p = self._scratch("powers", x, torch.float64, (4, a, units, b))  # (x - c)^1..4, 0 if not finite
+        d = p[0].copy_(x)
+        if outside is not None:
+            d.masked_fill_(outside, 0.0)
         if not st.shifted:  # shift = this batch's mean per unit (0 where no finite value)
-            total = rows.to(torch.float64, copy=True).masked_fill_(outside, 0.0).sum(0)
-            st.shift, st.shifted = total / finite.sum(0).clamp_min(1), True
-        d = rows.to(torch.float64, copy=True).sub_(st.shift).masked_fill_(outside, 0.0)  # x - c, 0 if not finite
-        d2 = d * d
-        dot = torch.linalg.vecdot
-        st.sums += torch.stack([d.sum(0), d2.sum(0), dot(d2, d, dim=0), dot(d2, d2, dim=0)])
+            count = n if outside is None else _per_unit(~outside, "sum").clamp_min(1)
+            st.shift, st.shifted = _per_unit(d, "sum") / count, True
+        d -= st.shift[:, None]
+        if outside is not None:
+            d.masked_fill_(outside, 0.0)
+        torch.mul(d, d, out=p[1])
+        torch.mul(p[1], d, out=p[2])
+        torch.mul(p[1], p[1], out=p[3])
+        st.sums += _per_unit(p, "sum")  # (4, U): S_1..S_4 in one reduction
         if keep:
-            keys = torch.rand(n, generator=self._generator(rows.device), device=rows.device, dtype=torch.float64)
+            keys = torch.rand(n, generator=self._generator(x.device), device=x.device, dtype=torch.float64)
             if n > self.reservoir:
                 keys, index = torch.topk(keys, self.reservoir, largest=False, sorted=False)
-                rows = rows[index]
+                rows = x[index // b, :, index % b]  # row r is (a, b) = divmod(r, B): (k, U)
+            else:
+                rows = x.transpose(1, 2).reshape(n, units)  # (A, U, B) -> (A*B, U)
             st.keep_smallest(keys, rows.float(), self.reservoir)
 
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -616,6 +775,7 @@ class ActivationRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._buffers.clear()
 
     def __enter__(self) -> ActivationRecorder:
         return self

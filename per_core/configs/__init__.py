@@ -61,7 +61,7 @@ class TrainConfig:
     record_every: int = 1  # record activations every k epochs (and always at the last epoch)
     record_eval_samples: int = 256  # fixed validation samples recorded in eval mode at each recorded epoch
     record_train_every: int = 20  # record one in k training batches (a recorded batch costs about 1-2 steps)
-    record_reservoir_every: int = 1  # keep joint rows (for SW1) at epochs divisible by k, and at the last epoch
+    record_reservoir_every: int = 20  # keep joint rows (for SW1) at epochs divisible by k, and at the last epoch
     smoke: bool = False  # synthetic data of the real shape and SMOKE_STEPS steps per epoch (tests, quick checks)
 
     def validate(self) -> None:
@@ -124,6 +124,7 @@ def demo() -> TrainConfig:
         lr=0.05,
         milestones=[20, 27],
         lam=1e-2,
+        record_reservoir_every=1,  # SW1 at every epoch: small maps, a few MB per run
     )
 
 
@@ -153,6 +154,7 @@ def corpus_lstm() -> TrainConfig:
         data="corpus",
         model_args={"hidden": 200, "layers": 2, "tied": True, "dropout": 0.3},
         epochs=12,
+        record_reservoir_every=1,
     )
 
 

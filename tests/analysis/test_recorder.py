@@ -18,14 +18,17 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from analysis.recorder import (
     COUNT_FIELDS,
     RECORDER_FORMAT,
+    SPLITS,
     SUM_FIELDS,
     ActivationRecorder,
     _Stats,
     layer_stats,
     moments_from_sums,
 )
+from per_core.configs import PRESETS, TrainConfig
 from per_core.models import build_model
 from per_core.rundir import RunDir
+from per_core.train import _should_record, build
 
 FLT_MAX = float(np.finfo(np.float32).max)
 STAT_FIELDS = ("hist", "under", "over", "nan", "posinf", "neginf", "count", "min", "max")
@@ -153,6 +156,49 @@ def test_half_precision_is_binned_exactly():
         arrays = record([xd])
         ref = reference(xd.float().numpy(), arrays["edges"])
         assert_matches_reference(layer(arrays), ref, scale=20.0)
+
+
+def values_at_every_edge(edges: np.ndarray, lo: float, hi: float, dtype: torch.dtype, finite: bool) -> torch.Tensor:
+    """Every edge, its neighbouring floats of ``dtype`` on both sides, random values, zeros and tiny values."""
+    npd = np.float64 if dtype == torch.float64 else np.float32
+    e = edges.astype(npd)
+    w = (hi - lo) / (len(edges) - 1)
+    rng = np.random.default_rng(0)
+    v = [e, np.nextafter(e, npd(np.inf)), np.nextafter(e, npd(-np.inf)), rng.uniform(lo - w, hi + w, 300)]
+    v.append(np.array([0.0, -0.0, 1e-45, -1e-45, 1e-30, -1e-30, FLT_MAX, -FLT_MAX]))
+    if not finite:
+        v.append(np.array([math.nan, math.inf, -math.inf]))
+    x = np.concatenate(v).astype(npd)
+    return torch.from_numpy(np.stack([x, rng.permutation(x), -x], axis=1))  # (n, 3)
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "bins", "paths"),
+    [
+        (-10.0, 10.0, 40, ("grid", "grid")),  # the default: exact floor(x / w)
+        (-4.0, 4.0, 64, ("grid", "grid")),
+        (0.0, 8.0, 8, ("grid", "grid")),
+        (-3.3, 7.1, 37, ("guess", "guess")),  # guess and one comparison
+        (-1e-3, 2e-3, 7, ("guess", "guess")),
+        (1e4, 1e4 + 0.5, 40, ("bucketize", "guess")),  # far from 0: float32 guess too coarse
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("finite", [True, False])
+def test_binning_at_and_next_to_every_edge_matches_numpy(lo, hi, bins, paths, dtype, finite):
+    tap, rec = tap_recorder(bins=bins, range=(lo, hi))
+    table = rec._table(dtype, torch.device("cpu"))
+    path = "grid" if table.grid is not None else ("guess" if table.scale is not None else "bucketize")
+    assert path == paths[dtype == torch.float64]  # fastest way for finite values; NaN/inf take the guess
+    edges = rec.edges.numpy()
+    x = values_at_every_edge(edges, lo, hi, dtype, finite)
+    rec.start_epoch(0)
+    tap(x[:100])
+    tap(x[100:])
+    got = layer(rec.snapshot())
+    for f, ref in reference(x.numpy(), edges).items():
+        if f in STAT_FIELDS:
+            np.testing.assert_array_equal(got[f], ref, err_msg=f)
 
 
 def test_two_batches_add_up_exactly_to_one_concatenated_batch():
@@ -412,6 +458,92 @@ def test_train_every_records_one_forward_in_n():
     assert layer(rec.snapshot(), "eval/x")["count"].tolist() == [10]
 
 
+# -- determinism and devices ------------------------------------------------------------------
+
+
+@pytest.fixture
+def deterministic():
+    """torch.use_deterministic_algorithms(True) for one test; the previous setting comes back afterwards."""
+    before, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
+
+
+def record_model(model: nn.Module, batches, **kwargs) -> dict[str, np.ndarray]:
+    """Train-mode forwards of ``batches`` and one eval pass, recorded at a reservoir epoch."""
+    with ActivationRecorder(model, "all", reservoir=16, reservoir_splits=SPLITS, **kwargs) as rec:
+        rec.start_epoch(0)
+        model.train()
+        with torch.no_grad():
+            for b in batches:
+                model(b)
+            with rec.eval_pass():
+                model(batches[0])
+        return rec.snapshot()
+
+
+def test_recording_under_deterministic_algorithms_gives_the_same_statistics(deterministic):
+    model = build_model("small_cnn", depth=3)
+    g = gen(30)
+    batches = [torch.randn(5, 1, 8, 8, generator=g), torch.randn(3, 1, 8, 8, generator=g)]
+    x = torch.randn(40, 3, generator=g) * 4
+    x[3, 0], x[7, 1], x[9, 2] = math.nan, math.inf, -math.inf  # the masked path too
+    got = record_model(model, batches), record([x[:10], x[10:]], reservoir=8)
+    torch.use_deterministic_algorithms(False)
+    ref = record_model(model, batches), record([x[:10], x[10:]], reservoir=8)
+    for a, b in zip(got, ref, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_per_batch_update_does_not_synchronize_with_the_host_on_cuda():
+    dev = torch.device("cuda")
+    net = nn.ModuleDict({"conv": Tap(), "rows": Tap()})  # (N, C, H, W) channels first; (N, U) rows
+    g = torch.Generator(device=dev).manual_seed(0)
+    conv = [torch.randn(n, 6, 5, 7, generator=g, device=dev) * 3 for n in (4, 2)]
+    rows = [torch.randn(n, 5, generator=g, device=dev) * 3 for n in (40, 30)]
+    rows[1][3, 0], rows[1][4, 1], rows[1][5, 2], rows[0][0, 4] = math.nan, math.inf, -math.inf, 1e39
+    half = torch.randn(20, 5, generator=g, device=dev).half()
+
+    def forwards() -> None:
+        for c, r in zip(conv, rows, strict=True):
+            net["conv"](c)
+            net["rows"](r)
+        net["rows"](half)
+        with rec.eval_pass():
+            net["conv"](conv[0])
+
+    rec = ActivationRecorder(net, {"conv": net["conv"], "rows": net["rows"]}, reservoir=16, reservoir_splits=SPLITS)
+    rec.start_epoch(0)
+    forwards()  # warm-up: the bucket tables and the generator are made once per device
+    rec.start_epoch(20)  # fresh statistics at a reservoir epoch: the first batch sets the shift
+    torch.cuda.synchronize()
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")  # any host synchronization raises
+    try:
+        forwards()
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
+    got = rec.snapshot()
+    ref = record([r.cpu() for r in (*rows, half)], epoch=20, reservoir=16)  # the same values on the CPU
+    for f in STAT_FIELDS:
+        np.testing.assert_array_equal(layer(got, "train/rows")[f], layer(ref)[f], err_msg=f)
+    for f in ("mean", "var", "skew", "kurt"):
+        np.testing.assert_allclose(layer(got, "train/rows")[f], layer(ref)[f], rtol=1e-10, err_msg=f)
+    cpu_conv = [c.cpu().permute(0, 2, 3, 1).reshape(-1, 6).numpy() for c in conv]
+    ref_conv = reference(np.concatenate(cpu_conv), got["edges"])
+    assert_matches_reference(layer(got, "train/conv"), ref_conv, scale=20.0)
+    assert got["train/conv/reservoir"].shape == (16, 6) and got["eval/conv/reservoir"].shape == (16, 6)
+
+
 # -- graph, hooks, outputs ---------------------------------------------------------------------
 
 
@@ -489,48 +621,89 @@ def test_save_writes_the_documented_schema(tmp_path):
     assert not list(rd.activations_dir.glob(".*tmp"))  # atomic: no temp file left
 
 
-CNN11_WIDTHS = [192, 192, 240, 240, 260, 260, 280, 280, 300, 300]
-CNN11_SIDES = [32, 16, 16, 8, 8, 4, 4, 2, 2, 1]  # feature-map side per conv layer on 32x32 CIFAR
+def trainer_setup(cfg: TrainConfig):
+    """What ``per_core.train.build`` makes of ``cfg`` (on smoke data of the same shape, on the CPU)."""
+    with torch.random.fork_rng():  # build seeds the global generator
+        setup = build(cfg.replace(device="cpu").as_smoke())
+    setup.per.remove()
+    if setup.penalty is not None:
+        setup.penalty.remove()
+    return setup
 
 
-def test_budget_of_the_paper_cnn_over_200_epochs():
-    """Default settings, CIFAR-sized counts (50k train images, 500 fixed eval images): < 200 MB."""
+def storage_of_a_run(cfg: TrainConfig, train_images: int = 50_000) -> tuple[int, dict[str, int]]:
+    """Bytes of activation files a run of ``cfg`` writes, with the trainer's recorder and schedule.
+
+    CIFAR-sized counts (``train_images`` per epoch, ``cfg.record_eval_samples`` eval images) filled into
+    the real recorder's accumulators; one ordinary and one reservoir epoch are compressed as
+    ``RunDir.write_npz`` does, and the run's recorded epochs are counted as ``per_core.train`` does.
+    """
+    setup = trainer_setup(cfg)
+    rec, model = setup.recorder, setup.module
+    rec.start_epoch(0)
+    model.train()
+    with torch.no_grad():
+        model(setup.task.record_batch()[:1])  # one image: rows per image of every layer
+    one = rec.snapshot()
+    rec.remove()
+    shapes = {
+        label: (len(one[f"train/{label}/counts"]), int(one[f"train/{label}/counts"][0, 0])) for label in rec.layers
+    }
+    recorded = [e for e in range(1, cfg.epochs + 1) if _should_record(cfg, e)]
+    # per_core.train: start_epoch(epoch, reservoir=True if epoch == cfg.epochs else None)
+    with_reservoir = [e for e in recorded if e % rec.reservoir_every == 0 or e == cfg.epochs]
+    steps = -(-train_images // cfg.batch_size)
+    images = {"train": -(-steps // rec.train_every) * cfg.batch_size, "eval": cfg.record_eval_samples}
     rng = np.random.default_rng(0)
-    model = nn.ModuleDict({f"layer{i + 1}": Tap() for i in range(10)})
-    rec = ActivationRecorder(model, list(model))
+    e = rec.edges.numpy()
 
-    def fill(split: str, images: int, reservoir: bool) -> None:
-        e = rec.edges.numpy()
-        for i, (w, side) in enumerate(zip(CNN11_WIDTHS, CNN11_SIDES, strict=True)):
-            s = _Stats(w, rec.bins, torch.device("cpu"))
-            mu, sd = rng.normal(0, 1, w), rng.uniform(0.3, 3, w)  # wide, drifting units
-            cdf = np.concatenate(
-                [np.zeros((w, 1)), stats.norm.cdf((e - mu[:, None]) / sd[:, None]), np.ones((w, 1))], 1
-            )
-            c = np.zeros((w, rec.bins + 5), dtype=np.int64)
-            c[:, 1 : rec.bins + 3] = rng.multinomial(images * side * side, np.diff(cdf, axis=1))
-            s.counts = torch.from_numpy(c.reshape(-1))
-            s.shift, s.sums = torch.from_numpy(mu), torch.from_numpy(rng.normal(size=(4, w)) * images)
-            s.min, s.max = torch.from_numpy(mu - 5 * sd), torch.from_numpy(mu + 5 * sd)
-            if reservoir:
-                s.keys, s.rows = torch.rand(rec.reservoir, dtype=torch.float64), torch.randn(rec.reservoir, w)
-            rec._stats[split, f"layer{i + 1}"] = s
-
-    def size() -> int:
+    def epoch_bytes(reservoir: bool) -> int:
+        rec.start_epoch(1, reservoir=reservoir)
+        for split in SPLITS:
+            for label, (w, per_image) in shapes.items():
+                st_ = _Stats(w, rec.bins, torch.device("cpu"))
+                mu, sd = rng.normal(0, 1, w), rng.uniform(0.3, 3, w)  # wide, drifting units
+                cdf = np.concatenate(
+                    [np.zeros((w, 1)), stats.norm.cdf((e - mu[:, None]) / sd[:, None]), np.ones((w, 1))], 1
+                )
+                c = np.zeros((w, rec.bins + 5), dtype=np.int64)
+                rows = images[split] * per_image
+                c[:, 1 : rec.bins + 3] = rng.multinomial(rows, np.diff(cdf, axis=1))
+                st_.counts = torch.from_numpy(c.reshape(-1))
+                st_.shift, st_.sums = torch.from_numpy(mu), torch.from_numpy(rng.normal(size=(4, w)) * rows)
+                st_.min, st_.max = torch.from_numpy(mu - 5 * sd), torch.from_numpy(mu + 5 * sd)
+                if rec._reservoir_now and split in rec.reservoir_splits:
+                    k = min(rec.reservoir, rows)
+                    st_.keys, st_.rows = torch.rand(k, dtype=torch.float64), torch.randn(k, w)
+                rec._stats[split, label] = st_
         buf = io.BytesIO()
         np.savez_compressed(buf, **rec.snapshot())  # what RunDir.write_npz writes
         return len(buf.getvalue())
 
-    sizes = {}
-    for epoch in (1, 20):  # an ordinary epoch and a reservoir epoch
-        rec.start_epoch(epoch)
-        fill("train", 50_000, rec._reservoir_now)
-        fill("eval", 500, rec._reservoir_now and "eval" in rec.reservoir_splits)
-        sizes[epoch] = size()
-    reservoir_epochs = len(range(0, 201, rec.reservoir_every))  # epochs 0..200: 11
-    total = (201 - reservoir_epochs) * sizes[1] + reservoir_epochs * sizes[20]
-    assert sizes[20] - sizes[1] > 0.9 * rec.reservoir * sum(CNN11_WIDTHS) * 4  # float32 does not compress
-    assert total < 200e6, f"{total / 1e6:.0f} MB"
+    plain, reservoir = epoch_bytes(False), epoch_bytes(True)
+    total = (len(recorded) - len(with_reservoir)) * plain + len(with_reservoir) * reservoir
+    units = sum(w for w, _ in shapes.values())
+    return total, {
+        "epochs": len(recorded),
+        "reservoir_epochs": len(with_reservoir),
+        "epoch_bytes": plain,
+        "reservoir_epoch_bytes": reservoir,
+        "reservoir_bytes": rec.reservoir * units * 4 * len(rec.reservoir_splits),
+    }
+
+
+def test_budget_of_the_table2_runs_with_the_trainers_recorder():
+    """Every Table 2 preset (the paper's 11-layer CNN on CIFAR) writes < 200 MB of activation files."""
+    totals = {}
+    for name in (n for n in PRESETS if n.startswith("table2-")):
+        cfg = PRESETS[name]()
+        key = (cfg.model, cfg.data, cfg.epochs, cfg.batch_size, cfg.record, cfg.record_every, cfg.record_eval_samples)
+        key += (cfg.record_train_every, cfg.record_reservoir_every)
+        if key not in totals:
+            totals[key] = storage_of_a_run(cfg)
+        total, parts = totals[key]
+        assert parts["reservoir_epoch_bytes"] - parts["epoch_bytes"] > 0.9 * parts["reservoir_bytes"]  # incompressible
+        assert total < 200e6, f"{name}: {total / 1e6:.0f} MB ({parts})"
 
 
 def test_to_tensorboard_logs_one_histogram_per_split_and_layer():

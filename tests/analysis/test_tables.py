@@ -1,11 +1,14 @@
 """Run-level distance tables and the `python -m analysis.bounds RUN_DIR` command."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from torch import nn
 
+import analysis.tables as tables
 from analysis.bounds import main
 from analysis.distances import w1_to_normal
 from analysis.recorder import ActivationRecorder
@@ -62,3 +65,30 @@ def test_bounds_cli_user_errors(tmp_path, capsys):
     assert err.startswith("error: ") and "no such directory" in err
     with pytest.raises(SystemExit):
         main([])
+
+
+@pytest.mark.parametrize(
+    ("broken", "what"),
+    [
+        ({"per_slice_ok": False, "per_slice_max_violation": 0.25}, "SW1 > L_per on a slice"),
+        ({"w1_ok": False}, "SW1 > W1"),
+    ],
+)
+def test_bounds_cli_reports_a_violation_loudly(tmp_path, capsys, monkeypatch, broken, what):
+    real = tables.check_bounds
+
+    def violated(*args, **kwargs):
+        return dataclasses.replace(real(*args, **kwargs), **broken)
+
+    monkeypatch.setattr(tables, "check_bounds", violated)  # what layer_bounds calls
+    rng = np.random.default_rng(2)
+    fake_run(tmp_path / "bad", "per", [rng.normal(size=(300, 3)) for _ in range(2)])
+    assert main([str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("VIOLATION")]
+    assert len(lines) == 2, captured.err
+    for line in lines:
+        assert what in line and "run bad, split train, layer layer1, epoch " in line
+    assert sorted(line.split(" epoch ")[1].split()[0] for line in lines) == ["1", "2"]
+    assert "2 layer-epochs checked, 2 violations" in captured.out
+    assert not pd.read_csv(tmp_path / "bad" / "analysis" / "bounds.csv")["passed"].any()

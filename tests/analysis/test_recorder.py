@@ -510,7 +510,7 @@ def test_per_batch_update_does_not_synchronize_with_the_host_on_cuda():
     g = torch.Generator(device=dev).manual_seed(0)
     conv = [torch.randn(n, 6, 5, 7, generator=g, device=dev) * 3 for n in (4, 2)]
     rows = [torch.randn(n, 5, generator=g, device=dev) * 3 for n in (40, 30)]
-    rows[1][3, 0], rows[1][4, 1], rows[1][5, 2], rows[0][0, 4] = math.nan, math.inf, -math.inf, 1e39
+    rows[1][3, 0], rows[1][4, 1], rows[1][5, 2], rows[0][0, 4] = math.nan, math.inf, -math.inf, 3e38
     half = torch.randn(20, 5, generator=g, device=dev).half()
 
     def forwards() -> None:

@@ -527,7 +527,9 @@ class PER:
         instead of all L: an unbiased estimate of the same gradient (each location is chosen with
         probability exactly m / L; the m are distinct and spread over the image). Only the chosen
         rows are kept between forward and backward (N m C numbers instead of a reference to the
-        whole output). None (default) uses all locations, Algorithm 1 exactly. 4 is recommended
+        whole output); their gradients are computed together at the first backward hook, layers
+        of equal shape in one batched matmul-erf-matmul (fewer small ops; the same values as layer
+        by layer). None (default) uses all locations, Algorithm 1 exactly. 4 is recommended
         for training conv nets: it keeps ~90 % of the gradient quality of all locations at a small
         fraction of the cost (numbers in :func:`as_samples`). With data parallelism each rank draws
         its own locations: unbiased, but not bit-identical to one process.

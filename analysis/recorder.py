@@ -100,6 +100,7 @@ References
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -438,18 +439,29 @@ class ActivationRecorder:
         seed: int = 0,
         chunk_elements: int | None = None,
     ) -> None:
-        lo, hi = (float(v) for v in range)
-        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-            raise ValueError(f"bins must be a positive integer, got {bins!r}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module (the network to record), got {type(model).__name__}")
+        try:
+            lo, hi = (float(v) for v in range)
+        except (TypeError, ValueError):
+            raise ValueError(f"range must be two finite numbers (lo, hi) with lo < hi, got {range!r}") from None
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(f"range must be two finite numbers lo < hi, got {range!r}")
-        if reservoir < 0 or reservoir_every < 1 or train_every < 1:
-            raise ValueError(
-                f"need reservoir >= 0, reservoir_every >= 1 and train_every >= 1, got "
-                f"{reservoir}, {reservoir_every}, {train_every}"
-            )
-        if chunk_elements is not None and chunk_elements < 1:
-            raise ValueError(f"chunk_elements must be None or >= 1, got {chunk_elements!r}")
+            raise ValueError(f"range must be two finite numbers (lo, hi) with lo < hi, got {range!r}")
+        for name, value, least in (
+            ("bins", bins, 1),
+            ("reservoir", reservoir, 0),
+            ("reservoir_every", reservoir_every, 1),
+            ("train_every", train_every, 1),
+            ("seed", seed, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        if seed >= 1 << 64:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        if chunk_elements is not None and (
+            isinstance(chunk_elements, bool) or not isinstance(chunk_elements, int) or chunk_elements < 1
+        ):
+            raise ValueError(f"chunk_elements must be None or an integer >= 1, got {chunk_elements!r}")
         if not set(reservoir_splits) <= set(SPLITS):
             raise ValueError(f"reservoir_splits must be a subset of {SPLITS}, got {reservoir_splits!r}")
         self.bins, self.reservoir, self.reservoir_every = bins, reservoir, reservoir_every
@@ -475,6 +487,8 @@ class ActivationRecorder:
     # -- epochs and splits ----------------------------------------------------------------------
     def start_epoch(self, epoch: int, *, reservoir: bool | None = None) -> None:
         """Clear the statistics and record train-mode forwards for ``epoch`` (reservoir: see class)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+            raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
         self._stats.clear()
         self._calls.clear()
         self.epoch, self._train = int(epoch), True
@@ -521,6 +535,8 @@ class ActivationRecorder:
                 h = h.data  # (sum of lengths, H): already rows
             if not isinstance(h, Tensor) or not h.is_floating_point():
                 raise TypeError(f"ActivationRecorder: layer {label!r} output is not a floating-point tensor")
+            if h.numel() == 0:  # an empty batch: nothing to count (its units appear with the first real batch)
+                return
             with torch.no_grad():
                 self._record(split, label, h.detach(), layout)
 

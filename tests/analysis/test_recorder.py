@@ -585,6 +585,43 @@ def test_non_float_output_is_an_error():
         tap(torch.tensor([[1, 2]]))
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"bins": 0}, "bins must be an integer >= 1"),
+        ({"bins": 2.5}, "bins must be an integer >= 1"),
+        ({"reservoir": 2.5}, "reservoir must be an integer >= 0"),
+        ({"reservoir": -1}, "reservoir must be an integer >= 0"),
+        ({"reservoir_every": 0}, "reservoir_every must be an integer >= 1"),
+        ({"train_every": True}, "train_every must be an integer >= 1"),
+        ({"seed": "x"}, "seed must be an integer >= 0"),
+        ({"seed": 2**70}, r"seed must be an integer in \[0, 2\*\*64\)"),
+        ({"chunk_elements": 0}, "chunk_elements must be None or an integer >= 1"),
+        ({"range": (1, 2, 3)}, "range must be two finite numbers"),
+        ({"range": (2, 1)}, "range must be two finite numbers"),
+        ({"range": "ab"}, "range must be two finite numbers"),
+        ({"reservoir_splits": ("test",)}, "reservoir_splits must be a subset"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tap_recorder(**kwargs)
+
+
+def test_bad_model_epoch_and_empty_batches():
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        ActivationRecorder("abc")
+    tap, rec = tap_recorder()
+    for epoch in (1.7, -1, "3", True):
+        with pytest.raises(ValueError, match="epoch must be an integer >= 0"):
+            rec.start_epoch(epoch)
+    rec.start_epoch(np.int64(2))  # numpy integers are integers
+    tap(torch.zeros(0, 3))  # an empty batch: nothing counted, no error
+    assert not any(k.startswith("train/") for k in rec.snapshot())
+    tap(torch.ones(4, 3))
+    assert layer(rec.snapshot())["count"].tolist() == [4, 4, 4]
+
+
 # -- saving, budget, tensorboard ---------------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ References
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -47,7 +48,6 @@ import torch
 
 from analysis.distances import (
     _check_positive_int,
-    _check_seed,
     _common_scale,
     _finite_result,
     _mean,
@@ -59,7 +59,7 @@ from analysis.distances import (
     w1,
     w1_to_normal,
 )
-from per_core.per import folded_normal_mean, per_loss
+from per_core.per import _check_seed, folded_normal_mean, per_loss
 
 __all__ = [
     "EXACT_MAX_SAMPLES",
@@ -430,6 +430,18 @@ def _projected_std(X: np.ndarray, P: np.ndarray) -> float:
 # --- command line: python -m analysis.bounds RUN_DIR ---------------------------------------------
 
 
+def _add_slice_options(parser: argparse.ArgumentParser) -> None:
+    """``--n-projections`` and ``--seed``: the slices of SW1 and L_per, shared by the analysis CLIs."""
+    parser.add_argument("--n-projections", type=int, default=256, help="slices for SW1 and L_per (default 256)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the slices (default 0)")
+
+
+def _check_slice_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A one-line usage error (exit 2) for slice options out of range."""
+    if args.n_projections < 1 or not 0 <= args.seed < 2**64:
+        parser.error("--n-projections must be >= 1 and --seed in [0, 2**64)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Check every recorded layer and epoch; write analysis/bounds.csv and analysis/distances.csv per run.
 
@@ -446,13 +458,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Distances to N(0, I) and the checks SW1 <= L_per, SW1 <= W1 for every recorded layer and epoch.",
     )
     p.add_argument("paths", nargs="+", help="run directories or sweep directories")
-    p.add_argument("--n-projections", type=int, default=256, help="slices (default 256)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the slices (default 0)")
+    _add_slice_options(p)
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files and say which")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
-    if args.n_projections < 1 or not 0 <= args.seed < 2**64:
-        p.error("--n-projections must be >= 1 and --seed in [0, 2**64)")
+    _check_slice_options(p, args)
     from analysis.tables import write_tables
 
     failed = 0

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from scipy import special
 
-from per_core.per import sample_slices
+from per_core.per import _check_seed, sample_slices
 
 __all__ = [
     "W1_MAX_SAMPLES",
@@ -137,13 +137,6 @@ def _check_positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
-
-
-def _check_seed(seed: Any) -> int:
-    # torch.Generator.manual_seed takes [0, 2**64): a larger seed would fail later without naming it
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    return int(seed)
 
 
 def _finite_result(value: np.ndarray, what: str) -> np.ndarray:

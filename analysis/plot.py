@@ -52,7 +52,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.bounds import LPER_AT_GAUSSIAN, LPER_FLOOR, per_bound_slices
+from analysis.bounds import (
+    LPER_AT_GAUSSIAN,
+    LPER_FLOOR,
+    _add_slice_options,
+    _check_slice_options,
+    per_bound_slices,
+)
 from analysis.distances import _projections, sliced_w1_to_normal_slices
 from analysis.io import RunData, load_run
 from analysis.recorder import layer_stats
@@ -1003,13 +1009,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split", choices=("eval", "train"), help="default eval when recorded, else train")
     p.add_argument("--out", type=Path, help="output folder (default PATH/figures, or the common parent's)")
     p.add_argument("--format", choices=("png", "pdf"), default="png", help="file format (default png)")
-    p.add_argument("--n-projections", type=int, default=256, help="slices for SW1 and L_per (default 256)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the slices (default 0)")
+    _add_slice_options(p)
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files and say which")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
-    if args.n_projections < 1 or not 0 <= args.seed < 2**64:
-        p.error("--n-projections must be >= 1 and --seed in [0, 2**64)")
+    _check_slice_options(p, args)
     layers = None if args.layers is None else [x for a in args.layers for x in a.split(",") if x]
 
     try:

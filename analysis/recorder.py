@@ -112,7 +112,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from per_core.per import _layout_of, _resolve_layout  # conv modules are channels-first
+from per_core.per import _check_seed, _layout_of, _resolve_layout  # conv modules are channels-first
 from per_core.rundir import RunDir
 
 __all__ = [
@@ -452,12 +452,10 @@ class ActivationRecorder:
             ("reservoir", reservoir, 0),
             ("reservoir_every", reservoir_every, 1),
             ("train_every", train_every, 1),
-            ("seed", seed, 0),
         ):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-        if seed >= 1 << 64:
-            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        _check_seed(seed)
         if chunk_elements is not None and (
             isinstance(chunk_elements, bool) or not isinstance(chunk_elements, int) or chunk_elements < 1
         ):

@@ -27,7 +27,6 @@ Three parts, all on ResNet-56 (the model with the narrowest, widest-map convs, h
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 from collections.abc import Callable
@@ -37,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.common import SHAPES, make_step
-from bench.timing import emit, interleaved, progress
+from bench.timing import emit, interleaved, progress, standalone_parser
 from per_core.models import build_model
 from per_core.per import DEFAULT_CHUNK_ELEMENTS, PER, _grad_and_loss, as_samples, from_samples, per_grad, sample_slices
 
@@ -314,9 +313,7 @@ def run(quick: bool = False, device: str = "cpu") -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    run(p.parse_args().quick)
+    run(standalone_parser(__doc__).parse_args().quick)
 
 
 if __name__ == "__main__":

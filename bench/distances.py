@@ -17,7 +17,6 @@ largest m tried is not enough; the closed form's own error is ~1e-12).
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import time
@@ -25,7 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bench.timing import emit, progress
+from bench.timing import emit, progress, standalone_parser
 
 __all__ = ["run"]
 
@@ -155,9 +154,7 @@ def run(quick: bool = False, device: str = "cpu") -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    run(p.parse_args().quick)
+    run(standalone_parser(__doc__).parse_args().quick)
 
 
 if __name__ == "__main__":

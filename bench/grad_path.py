@@ -16,12 +16,10 @@ so the speedup there is small; it is the erf/exp elementwise work, rows x s, tha
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
 from bench import memory
-from bench.timing import emit, interleaved, progress, sync
+from bench.timing import emit, interleaved, progress, standalone_parser, sync
 from per_core.per import DEFAULT_CHUNK_ELEMENTS, _grad_and_loss, per_grad, per_loss, sample_slices
 
 __all__ = ["CASES", "memory_setup", "run"]
@@ -131,9 +129,7 @@ def run(quick: bool = False, device: str = "cpu") -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--device", default="cpu")
+    p = standalone_parser(__doc__, device=True)
     args = p.parse_args()
     run(args.quick, args.device)
 

@@ -17,7 +17,6 @@ The curve is drawn to ``figures/no_sort.png``.
 
 from __future__ import annotations
 
-import argparse
 import math
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.timing import emit, interleaved, progress, sync
+from bench.timing import emit, interleaved, progress, standalone_parser, sync
 from per_core.per import per_grad, sample_slices
 
 __all__ = ["ROWS", "plot", "run", "sw1_grad_sort"]
@@ -145,9 +144,7 @@ def run(quick: bool = False, device: str = "cpu", figure: Path | None = None) ->
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--device", default="cpu")
+    p = standalone_parser(__doc__, device=True)
     p.add_argument("--figure", type=Path, default=None)
     args = p.parse_args()
     run(args.quick, args.device, args.figure)

@@ -18,7 +18,6 @@ When ``analysis.plot`` does not exist yet, it prints ``plot_scaling SKIPPED (ana
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import io
@@ -30,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.timing import emit, progress
+from bench.timing import emit, progress, standalone_parser
 
 __all__ = ["available", "make_run", "run"]
 
@@ -142,9 +141,7 @@ def run(quick: bool = False, device: str = "cpu") -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    run(p.parse_args().quick)
+    run(standalone_parser(__doc__).parse_args().quick)
 
 
 if __name__ == "__main__":

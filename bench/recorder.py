@@ -19,13 +19,12 @@ When a ratio is over the 5 % goal, one recorded and one unrecorded step are prof
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from bench.timing import emit, interleaved, progress, sync
+from bench.timing import emit, interleaved, progress, standalone_parser, sync
 from per_core.configs import TrainConfig
 from per_core.models import build_model
 
@@ -144,9 +143,7 @@ def run(quick: bool = False, device: str = "cpu") -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p = standalone_parser(__doc__, device=True)
     a = p.parse_args()
     run(a.quick, a.device)
 

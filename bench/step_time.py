@@ -13,11 +13,9 @@ backward, what PER holds between forward and backward, and temporaries.
 
 from __future__ import annotations
 
-import argparse
-
 from bench import memory
 from bench.common import RECOMMENDED_LOCATIONS, SHAPES, make_step
-from bench.timing import emit, interleaved, progress
+from bench.timing import emit, interleaved, progress, standalone_parser
 
 __all__ = ["memory_setup", "run"]
 
@@ -100,9 +98,7 @@ def run(quick: bool = False, device: str = "cpu", models: tuple[str, ...] = ("re
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--device", default="cpu")
+    p = standalone_parser(__doc__, device=True)
     p.add_argument("--models", default="resnet56,cnn11,lstm")
     args = p.parse_args()
     run(args.quick, args.device, tuple(args.models.split(",")))

@@ -14,13 +14,12 @@ The demo maps are small (8x8, 4x4, 2x2 locations), so M = 4 subsamples layers 1-
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import torch
 
-from bench.timing import emit, progress
+from bench.timing import emit, progress, standalone_parser
 
 __all__ = ["DEMO_LOCATIONS", "layer_sw1", "run"]
 
@@ -102,9 +101,7 @@ def run(quick: bool = False, device: str = "cpu") -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    run(p.parse_args().quick)
+    run(standalone_parser(__doc__).parse_args().quick)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ ignores the rounds that another process disturbed.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import os
 import platform
@@ -198,3 +199,13 @@ def sync(device: str | torch.device) -> None:
     """Wait for queued device work (CUDA kernels are asynchronous); a no-op on the CPU."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def standalone_parser(doc: str | None, *, device: bool = False) -> argparse.ArgumentParser:
+    """The parser of one benchmark run on its own (``python -m bench.NAME``): ``--quick``, and
+    ``--device`` for the benchmarks that also run on CUDA; the module adds its own flags."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: a smoke run, not a result")
+    if device:
+        p.add_argument("--device", default="cpu", help="cpu or cuda")
+    return p

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from per_core.cli import OneLineArgumentParser
+from per_core.cli import OneLineArgumentParser, parse_per_locations
 from per_core.configs import LAMBDA_GRIDS, METHODS, PAPER_RESULTS, PRESETS, TrainConfig, get_preset
 from per_core.rundir import RunDir, RunDirError, atomic_write, find_runs
 from per_core.train import TrainingError, train
@@ -208,9 +208,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     if args.no_record:
         changes["record"] = None
     if args.per_locations is not None:
-        changes["per_locations"] = (
-            None if args.per_locations == "all" else _csv(args.per_locations, int, "--per-locations", "N or 'all'")[0]
-        )
+        changes["per_locations"] = parse_per_locations(args.per_locations)
     cfg = base.replace(**changes)
     cfg.validate()
     return cfg

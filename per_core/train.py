@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 import per_core
 from per_core.baselines import VCL, L1Penalty, L2Penalty
-from per_core.cli import OneLineArgumentParser
+from per_core.cli import OneLineArgumentParser, parse_per_locations
 from per_core.configs import METHODS, PRESETS, SMOKE_STEPS, TrainConfig, get_preset
 from per_core.distributed import DistEnv, convert_sync_batchnorm, init_from_env, resolve_device, shutdown
 from per_core.models import build_model
@@ -494,9 +494,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.record is not None:
         changes["record"] = None if args.record == "none" else args.record
     if args.per_locations is not None:
-        if args.per_locations != "all" and not args.per_locations.isdigit():
-            raise ValueError(f"--per-locations must be a positive integer or 'all', got {args.per_locations!r}")
-        changes["per_locations"] = None if args.per_locations == "all" else int(args.per_locations)
+        changes["per_locations"] = parse_per_locations(args.per_locations)
     if args.record_every is not None:
         changes["record_every"] = args.record_every
     return (cfg.as_smoke() if args.smoke else cfg).replace(**changes)

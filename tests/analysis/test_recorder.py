@@ -594,7 +594,7 @@ def test_non_float_output_is_an_error():
         ({"reservoir": -1}, "reservoir must be an integer >= 0"),
         ({"reservoir_every": 0}, "reservoir_every must be an integer >= 1"),
         ({"train_every": True}, "train_every must be an integer >= 1"),
-        ({"seed": "x"}, "seed must be an integer >= 0"),
+        ({"seed": "x"}, r"seed must be an integer in \[0, 2\*\*64\)"),
         ({"seed": 2**70}, r"seed must be an integer in \[0, 2\*\*64\)"),
         ({"chunk_elements": 0}, "chunk_elements must be None or an integer >= 1"),
         ({"range": (1, 2, 3)}, "range must be two finite numbers"),

@@ -49,7 +49,8 @@ def test_sweep_layout_table_and_skip(tmp_path, capsys):
         (["--lams", "x"], "--lams must be comma-separated numbers"),
         (["--lams", "-1"], "--lams must be finite numbers >= 0"),
         (["--epochs", "0"], "epochs"),
-        (["--per-locations", "zero"], "--per-locations must be N or 'all'"),
+        (["--per-locations", "zero"], "--per-locations must be a positive integer or 'all'"),
+        (["--per-locations", "0"], "--per-locations must be a positive integer or 'all'"),
     ],
 )
 def test_sweep_cli_errors_are_one_line_naming_the_flag(tmp_path, capsys, args, message):

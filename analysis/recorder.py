@@ -82,12 +82,12 @@ recorded epochs with reservoirs 1.1 GB. ``test_budget_of_the_table2_runs_with_th
 measures it with the trainer's recorder on synthetic CIFAR-sized counts.
 
 Cost: per recorded element about 20 passes of simple arithmetic (bucket, count, min/max, four float64
-power sums) over slices of 2^19 elements that stay in cache: 1.7 ns per element on a 2-core CPU for
-the 11-layer CNN's layers (the bucketize version before: 23 ns). A recorded training step costs
-1.14-1.16x an unrecorded one for that CNN at batch 250, 1.65x for the demo net, whose layers are so
-small that the ~35 tensor ops per layer dominate. Record one train batch in ``train_every`` (the
-trainer: 20): the statistics then describe that sample of the epoch's batches, the reservoir stays
-uniform over the rows recorded, and a recorded epoch costs 1.00x (CNN) and 1.05x (demo) per step
+power sums) over slices of 2^19 elements that stay in cache: 1.5-1.8 ns per element on a 2-core CPU
+(the bucketize version before: 23 ns). A recorded training step costs 1.15x an unrecorded one for
+the 11-layer CNN at batch 250 and 1.5-1.65x for the demo net, whose 3 ms step has small convs and
+about 0.8 M recorded elements. Record one train batch in ``train_every`` (the trainer: 50): the
+statistics then describe that sample of the epoch's batches, the reservoir stays uniform over the
+rows recorded, and a recorded epoch costs 1.02x per step for both nets
 (``bench/recorder.py``, ``bench/RESULTS.md`` goal 5).
 
 References

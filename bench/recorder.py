@@ -1,15 +1,15 @@
 """Goal 5: ActivationRecorder overhead per training step (recorded / unrecorded), demo net and 11-layer CNN.
 
 The recorder is built the way the trainer builds it (``per_core.train.build``), from the defaults of
-:class:`per_core.configs.TrainConfig`: ``train_every=record_train_every`` (20),
+:class:`per_core.configs.TrainConfig`: ``train_every=record_train_every`` (50),
 ``reservoir_every=record_reservoir_every``, ``reservoir_splits=("train", "eval")``, layers ``"all"``,
 in recorded epoch 1 (a reservoir epoch when ``1 % record_reservoir_every == 0``; printed as
 ``reservoir=``). Variants, interleaved with the unrecorded run of the same model:
 
-- ``every20``: the trainer's setting, timed directly: one call is ``record_train_every`` consecutive
+- ``every50``: the trainer's setting, timed directly: one call is ``record_train_every`` consecutive
   training steps (exactly one recorded, the others only count calls in the hooks) against as many
-  unrecorded steps; the ratio is the mean overhead per step of a recorded epoch (3 rounds for the
-  11-layer CNN: one round is 40 steps of ~1.2 s);
+  unrecorded steps; the ratio is the mean overhead per step of a recorded epoch (41 rounds for the
+  demo, 3 for the 11-layer CNN: one round is 100 steps of ~1.2 s);
 - ``every1`` (context): the same recorder with ``train_every=1``, one step against one step: what a
   recorded step costs by itself.
 
@@ -106,9 +106,9 @@ def _profile_diff(model_name: str, quick: bool, top: int = 10) -> list[str]:
 def run(quick: bool = False, device: str = "cpu") -> list[str]:
     """Overhead ratios for both models; returns the printed result lines."""
     lines = []
-    args20, args1 = recorder_args(), recorder_args(train_every=1)
-    period = args20["train_every"]
-    reservoir = 1 % args20["reservoir_every"] == 0
+    trainer_args, args1 = recorder_args(), recorder_args(train_every=1)
+    period = trainer_args["train_every"]
+    reservoir = 1 % trainer_args["reservoir_every"] == 0
     for model_name in MODELS:
         batch = MODELS[model_name][3] if quick else MODELS[model_name][2]
         progress(f"recorder {model_name} batch {batch}: every1")
@@ -121,11 +121,11 @@ def run(quick: bool = False, device: str = "cpu") -> list[str]:
         progress(f"recorder {model_name}: every{period} ({period}-step calls)")
         blocks = {
             "unrecorded": _step(model_name, quick, None, device, steps=period)[0],
-            f"every{period}": _step(model_name, quick, args20, device, steps=period)[0],
+            f"every{period}": _step(model_name, quick, trainer_args, device, steps=period)[0],
         }
         for block in blocks.values():  # warm-up: one step each (a call still holds one recorded step)
             block(1)
-        reps = 2 if quick else (3 if model_name == "cnn11" else 15)
+        reps = 2 if quick else (3 if model_name == "cnn11" else 41)
         t20 = interleaved(blocks, repeats=reps, warmup=0, quiet_wait=0 if quick else 30)
         base_ms = 1e3 * t1.median("unrecorded")
         ctx = {"per": "unrecorded", "batch": batch, "unrecorded_ms": base_ms, "reservoir": reservoir, "goal": GOAL}

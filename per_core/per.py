@@ -699,9 +699,12 @@ class PER:
             n, m = entry.index.shape
             c = entry.rows.shape[1]
             src = entry.grad.to(grad.dtype).view(n, m, c).transpose(1, 2)  # (N*m, C) -> (N, C, m)
-            # out of place: a new (N, C, L) gradient, the hook must not modify its argument
-            out = grad.reshape(n, c, -1).scatter_add(2, entry.index.unsqueeze(1).expand(-1, c, -1), src)
-            return out.view(grad.shape)
+            # out of place (the hook must not modify its argument), and not a view: autograd adds the
+            # gradients of a tensor used twice (a residual input) in place only into a tensor that
+            # owns its storage; a view of a scatter_add result made it allocate a new sum each time
+            out = grad.clone(memory_format=torch.contiguous_format)
+            out.view(n, c, -1).scatter_add_(2, entry.index.unsqueeze(1).expand(-1, c, -1), src)
+            return out
 
         return grad_hook
 

@@ -464,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--record", help="layers to record: all, none, or comma-separated labels (layer3,layer6)")
     p.add_argument("--record-every", type=int, help="record activations every k epochs")
+    p.add_argument("--record-train-every", type=int, help="record one in k training batches (default 50; 1: all)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace whatever is in --out")
     p.add_argument("--smoke", action="store_true", help="a few steps on synthetic data of the right shape")
@@ -488,6 +489,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             "grad_clip",
             "data_dir",
             "device",
+            "record_every",
+            "record_train_every",
         )
         if getattr(args, k) is not None
     }
@@ -495,8 +498,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         changes["record"] = None if args.record == "none" else args.record
     if args.per_locations is not None:
         changes["per_locations"] = parse_per_locations(args.per_locations)
-    if args.record_every is not None:
-        changes["record_every"] = args.record_every
     return (cfg.as_smoke() if args.smoke else cfg).replace(**changes)
 
 

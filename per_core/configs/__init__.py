@@ -60,7 +60,7 @@ class TrainConfig:
     record: str | None = "all"  # layers to record: "all", comma-separated labels, or None
     record_every: int = 1  # record activations every k epochs (and always at the last epoch)
     record_eval_samples: int = 256  # fixed validation samples recorded in eval mode at each recorded epoch
-    record_train_every: int = 20  # record one in k training batches (a recorded batch costs about 1-2 steps)
+    record_train_every: int = 50  # record one in k training batches (a recorded batch costs 0.15-0.7 of a step)
     record_reservoir_every: int = 20  # keep joint rows (for SW1) at epochs divisible by k, and at the last epoch
     smoke: bool = False  # synthetic data of the real shape and SMOKE_STEPS steps per epoch (tests, quick checks)
 

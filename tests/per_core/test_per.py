@@ -358,6 +358,25 @@ def test_sampled_locations_gradient_is_per_grad_of_the_chosen_rows_scattered_bac
     torch.testing.assert_close(h.grad, up + expected.view(h0.shape), rtol=1e-12, atol=1e-14)
 
 
+def test_sampled_locations_gradient_owns_its_storage_so_a_residual_sum_accumulates_in_place():
+    # autograd adds the two gradients of a residual input in place only into a tensor that owns
+    # its storage; a view (what scatter_add(...).view(...) returned) costs a new full-size sum
+    tap, seen = nn.Identity(), []
+    x = torch.randn(4, 3, 5, 5, generator=gen(31), dtype=F64, requires_grad=True)
+    conv = nn.Conv2d(3, 3, 3, padding=1).double()
+
+    def watch(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        out.register_hook(seen.append)  # after PER's hook: receives what PER's returned
+
+    with PER(tap, 0.5, 8, locations=2):
+        tap.register_forward_hook(watch)
+        a = x * 2
+        tap(conv(a) + a).relu().sum().backward()
+    (g,) = seen
+    assert g._base is None and g.is_contiguous()
+    assert torch.isfinite(x.grad).all()
+
+
 def test_all_locations_on_a_channels_last_conv_equal_autograd_of_per_loss():
     conv = nn.Conv2d(3, 5, 3, padding=1).double().to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 6, 6, generator=gen(25), dtype=F64).contiguous(memory_format=torch.channels_last)

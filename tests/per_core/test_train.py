@@ -178,6 +178,36 @@ def test_resume_accepts_a_config_saved_before_a_field_existed(tmp_path):
     assert len(train(small(epochs=2), tmp_path / "r", resume=True, progress=False)) == 2
 
 
+def test_every_training_flag_reaches_the_config():
+    argv = [
+        "--preset",
+        "demo",
+        "--record-every",
+        "3",
+        "--record-train-every",
+        "7",
+        "--per-locations",
+        "all",
+        "--record",
+        "none",
+        "--n-slices",
+        "32",
+        "--lam",
+        "0.5",
+        "--epochs",
+        "4",
+    ]
+    cfg = train_module.config_from_args(train_module.build_parser().parse_args(argv))
+    assert (cfg.record_every, cfg.record_train_every, cfg.per_locations) == (3, 7, None)
+    assert (cfg.record, cfg.n_slices, cfg.lam, cfg.epochs) == (None, 32, 0.5, 4)
+    assert train_module.config_from_args(train_module.build_parser().parse_args([])) == get_preset("demo")
+
+
+def test_a_train_every_below_one_is_refused_with_its_name(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "r"), "--record-train-every", "0", "--no-progress"]) == 2
+    assert "record_train_every" in capsys.readouterr().err
+
+
 def test_debug_flag_shows_the_traceback(tmp_path):
     with pytest.raises(ValueError, match="lam must be >= 0"):
         main(["--out", str(tmp_path / "y"), "--lam", "-1", "--no-progress", "--debug"])

@@ -25,6 +25,58 @@ The closed form is not reimplemented here: :func:`per_bound` calls :func:`per_co
 and :func:`per_bound_slices` calls :func:`per_core.per.folded_normal_mean`, on the slices of
 :func:`analysis.distances._projections` (the slices of :func:`analysis.distances.sliced_w1_to_normal`).
 
+Columns of bounds.csv and distances.csv
+---------------------------------------
+``python -m analysis.bounds RUN_DIR`` writes both into ``RUN_DIR/analysis/``. Distances are in the
+units of the activations (W1 has the units of the values); flags are True/False.
+
+bounds.csv: one row per (run, split, epoch, layer) that kept a reservoir (a uniform sample of the
+epoch's rows, 256 by default); its distances are those of that m-row sample.
+
+- ``run``: the run's path below the path given (its folder name for a single run).
+- ``method``: the run's method (``config.json``): vanilla, bn, per, ...
+- ``split``: ``train`` (recorded training batches, train mode) or ``eval`` (a fixed validation batch,
+  eval mode).
+- ``epoch``: the epoch, counted from 1.
+- ``layer``: the recorded layer's label (e.g. layer3).
+- ``rows``: reservoir rows m used (rows holding a NaN or inf are left out).
+- ``units``: the layer's width d (the dimension of a row).
+- ``sw1``: SW1 of the rows to N(0, I_d): the exact 1-D W1 of the projected rows to N(0, 1), averaged
+  over the ``--n-projections`` slices (seed ``--seed``). 0 only for N(0, I) itself; an m-row
+  Gaussian sample scores about 0.4/sqrt(m).
+- ``lper``: L_per on the same slices, the bound PER minimizes (>= ``sw1``); 0.798 = sqrt(2/pi) at
+  its minimum (a point mass at 0), 1.128 = 2/sqrt(pi) at N(0, I).
+- ``gap``: ``lper - sw1`` (>= 0): how loose the bound is.
+- ``per_slice_ok``: SW1 <= L_per held on every slice (relative tolerance 1e-9, absolute 1e-12).
+- ``per_slice_max_violation``: the largest (W1 of a slice - L_per of that slice); <= 0 up to rounding.
+- ``w1``: the W1 side: exact optimal transport between the rows (at most 2000) and as many N(0, I)
+  sample points, a Monte Carlo estimate of W1(rows, N(0, I)), biased upward; for d = 1 the exact
+  closed form (then equal to ``sw1``).
+- ``w1_slack``: what the comparison adds to ``w1`` so that ``sw1 <= w1 + w1_slack`` is rigorous:
+  it bounds the error of replacing N(0, I) by the Gaussian sample (and the rows by their
+  subsample), by the triangle inequality on every slice: SW1(Gaussian sample, N(0, I)) [+ SW1(rows,
+  subsample) when rows > 2000] on the same slices; 0 for d = 1.
+- ``w1_ok``: ``sw1 <= w1 + w1_slack`` held (same tolerance).
+- ``projected_std``: the spread of the projected rows, sqrt(mean over slices of their variance): 1
+  for N(0, I), 0 for a point mass.
+- ``collapsed``: ``projected_std < 0.5`` and ``lper < 1.128``: the bound is small because the
+  activations are small (shrunk by a regularizer, or small from the start, as in early epochs), not
+  because they are Gaussian; ``sw1`` is then large.
+- ``passed``: ``per_slice_ok`` and ``w1_ok``; False is a violation of the theory (exit status 1).
+
+distances.csv: one row per (run, split, epoch, layer, unit) recorded.
+
+- ``run``, ``method``, ``split``, ``epoch``, ``layer``: as in bounds.csv.
+- ``unit``: the unit's index in the layer (neuron or channel), from 0.
+- ``w1_hist``: W1 of the unit's values to N(0, 1) from its histogram (every value recorded in that
+  epoch and split, not only the reservoir), each bin's values moved to its midpoint; NaN when no
+  finite value was recorded.
+- ``w1_hist_error``: a rigorous bound on the binning error, ``|W1(values, N(0, 1)) - w1_hist| <=
+  w1_hist_error``: at most half the bin width (0.25 for the recorder's 0.5-wide bins), more where
+  values fell outside the histogram range (that bin reaches the recorded min or max).
+- ``w1_reservoir``: the exact W1 of the unit's finite reservoir values to N(0, 1) (an m-point sample:
+  compare at equal m); NaN when the epoch kept no reservoir.
+
 References
 ----------
 .. [1] Joo, T., Kang, D., Kim, B. "Regularizing activations in neural networks via
@@ -80,6 +132,10 @@ _RNG_TAG = 0x5045_5242  # "PERB": separates check_bounds' numpy stream from defa
 
 #: Default number of rows given to exact OT in :func:`check_bounds` (2000 x 2000: under a second).
 EXACT_MAX_SAMPLES = 2000
+_COLLAPSE_STD = 0.5  # default projected std below which check_bounds calls the activations collapsed
+# --help's epilog: the section of the module docstring that explains the columns of the two tables
+_TABLES_HELP = (__doc__ or "").partition("\nColumns of bounds.csv")[2].partition("\nReferences\n")[0]
+_TABLES_HELP = "Columns of bounds.csv" + _TABLES_HELP.replace("``", "") if _TABLES_HELP else None
 
 
 def per_bound(X: Any, n_projections: int = 256, seed: int = 0, *, projections: Any = None) -> float:
@@ -273,7 +329,7 @@ def check_bounds(
     exact_max_samples: int = EXACT_MAX_SAMPLES,
     rtol: float = 1e-9,
     atol: float = 1e-12,
-    collapse_std: float = 0.5,
+    collapse_std: float = _COLLAPSE_STD,
 ) -> BoundReport:
     r"""Check :math:`SW_1 \le L_{per}` (slice by slice) and :math:`SW_1 \le W_1` on the rows of ``X``.
 
@@ -437,16 +493,39 @@ def _add_slice_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_slice_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """A one-line usage error (exit 2) for slice options out of range."""
-    if args.n_projections < 1 or not 0 <= args.seed < 2**64:
-        parser.error("--n-projections must be >= 1 and --seed in [0, 2**64)")
+    """A one-line usage error (exit 2) naming each slice option out of range and its value."""
+    wrong = []
+    if args.n_projections < 1:
+        wrong.append(f"--n-projections must be >= 1, got {args.n_projections}")
+    if not 0 <= args.seed < 2**64:
+        wrong.append(f"--seed must be in [0, 2**64), got {args.seed}")
+    if wrong:
+        parser.error("; ".join(wrong))
+
+
+def _summary(path: str, table: Any, violations: int) -> list[str]:
+    """The stdout lines of one path: what was counted, the violations, and the collapsed rows per run."""
+    runs = list(dict.fromkeys(table["run"].astype(str)))
+    methods = dict(zip(table["run"].astype(str), table["method"].astype(str), strict=True))
+    splits = "+".join(dict.fromkeys(table["split"].astype(str)))
+    per_run = ", ".join(
+        f"{run}{'' if methods[run] == run else f' ({methods[run]})'} "
+        f"{int(table.loc[table['run'] == run, 'collapsed'].astype(bool).sum())} of {int((table['run'] == run).sum())}"
+        for run in runs
+    )
+    return [
+        f"{path}: {len(table)} reservoirs checked, one per (run, split, epoch, layer) "
+        f"({len(runs)} run{'s' * (len(runs) != 1)}, splits {splits or 'none'}); {violations} violations",
+        f"  collapsed (projected std < {_COLLAPSE_STD:g} and L_per < 1.128: small activations, shrunk or small "
+        f"from the start): {per_run or 'none checked'}",
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Check every recorded layer and epoch; write analysis/bounds.csv and analysis/distances.csv per run.
 
     Exit status: 0 when every check passed, 1 when a bound was violated (reported with its run,
-    split, layer and epoch), 2 for user errors (bad path, damaged file).
+    split, layer and epoch), 2 for user errors (bad path, damaged file, no activations recorded).
     """
     import sys
 
@@ -456,10 +535,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = OneLineArgumentParser(  # usage errors: one line, exit 2
         prog="python -m analysis.bounds",
         description="Distances to N(0, I) and the checks SW1 <= L_per, SW1 <= W1 for every recorded layer and epoch.",
+        epilog=_TABLES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("paths", nargs="+", help="run directories or sweep directories")
     _add_slice_options(p)
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files and say which")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
     _check_slice_options(p, args)
@@ -469,7 +551,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in args.paths:
         try:
             written, table, skipped = write_tables(
-                path, n_projections=args.n_projections, seed=args.seed, skip_bad=args.skip_bad
+                path,
+                n_projections=args.n_projections,
+                seed=args.seed,
+                skip_bad=args.skip_bad,
+                progress=not args.no_progress,
             )
         except (RunDirError, ValueError, OSError) as err:
             if args.debug:
@@ -487,11 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
         failed += len(bad)
-        collapsed = table[table["collapsed"].astype(bool)] if len(table) else table
-        print(
-            f"{path}: {len(table)} layer-epochs checked, {len(bad)} violations, {len(collapsed)} collapsed "
-            f"(bound small because activations shrank)"
-        )
+        print("\n".join(_summary(path, table, len(bad))))
         for w in written:
             print(f"  wrote {w}")
     return 1 if failed else 0

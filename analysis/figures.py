@@ -9,6 +9,9 @@ r"""The figures in ``figures/`` (what the README shows), regenerated determinist
   ``sw1_curves.png``, ``metrics.png`` and ``ridgeline.png`` (unit 0 of ``--ridgeline``, default
   ``layer3``, over epochs, one panel per method) from :mod:`analysis.plot`.
 
+The arguments are checked and every figure is drawn before the first file is written: an error
+(one ``error:`` line, exit status 2) leaves ``--out`` as it was.
+
 The files are byte-for-byte reproducible on one install: Agg output, fixed seeds, and no ``Software``
 entry (the matplotlib version) in the PNG metadata.
 
@@ -76,7 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     matplotlib.use("Agg")
     from analysis.figure1 import figure1
     from analysis.io import load_run
-    from analysis.plot import PlotError, figure2, metrics_curves, ridgeline, sw1_curves
+    from analysis.plot import (
+        PlotError,
+        _resolve_layers,
+        _resolve_split,
+        _resolve_units,
+        figure2,
+        metrics_curves,
+        ridgeline,
+        sw1_curves,
+    )
     from per_core.rundir import RunDirError, atomic_write
 
     p = OneLineArgumentParser(prog="python -m analysis.figures", description="Regenerate the README figures.")
@@ -84,11 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, help="a demo sweep directory (runs/demo) for the run-based figures")
     p.add_argument("--ridgeline", default="layer3", metavar="LAYER", help="layer of ridgeline.png (default layer3)")
     args = p.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} is a file: give a folder (it is created if missing)")
     figures: dict[str, Callable[[], Any]] = {}  # name -> draw(); the run-based ones first (they can fail)
     if args.runs is not None:
         try:
             data = load_run(args.runs)
-        except RunDirError as err:
+            split = _resolve_split(data, None)  # what ridgeline(data, args.ridgeline, unit=0) draws
+            _resolve_units(data, split, _resolve_layers(data, split, [args.ridgeline]), [0])
+        except (RunDirError, PlotError) as err:  # checked before anything is written
             print(f"error: {err}", file=sys.stderr)
             return 2
         figures.update(
@@ -100,15 +116,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures.update(figure1=figure1, point_mass_trap=point_mass_trap)
     import matplotlib.pyplot as plt
 
+    drawn: dict[str, Any] = {}  # every figure is drawn before the first is written: no partial set on error
     for name, make in figures.items():
         try:
-            fig = make()
-        except PlotError as err:
+            drawn[name] = make()
+        except (PlotError, RunDirError) as err:
+            for fig in drawn.values():
+                plt.close(fig)
             print(f"error: {err}", file=sys.stderr)
             return 2
-        path = atomic_write(args.out / f"{name}.png", partial(_write_png, fig))
-        plt.close(fig)
-        print(path)
+    try:
+        for name, fig in drawn.items():
+            print(atomic_write(args.out / f"{name}.png", partial(_write_png, fig)))
+    except (OSError, RunDirError) as err:  # e.g. --out not writable
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        for fig in drawn.values():
+            plt.close(fig)
     return 0
 
 

@@ -178,7 +178,8 @@ def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False) -> RunData
     Parameters
     ----------
     path : str or path
-        A run directory (has ``config.json``) or a folder with run directories below it.
+        A run directory (has ``config.json``) or a folder with run directories below it; a file
+        raises :class:`RunDirError` naming its folder.
     skip_bad : bool
         False: an unreadable or inconsistent file raises :class:`RunDirError` naming it. True: the
         file (or the whole run, for a bad ``config.json``) is left out and listed in ``skipped``.
@@ -201,6 +202,8 @@ def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False) -> RunData
             raise err
         skipped.append(str(err))
 
+    if root.is_file():  # find_runs would say that no config.json is below it
+        raise RunDirError(f"{root} is a file, not a run directory: give its folder {root.parent}")
     for rd in find_runs(root):
         label = _run_label(rd, root)
         try:

@@ -17,6 +17,11 @@ Several runs of one method (seeds): Figure 2's bands and the ridgelines show the
 each method (runs sorted by label); the curves (mean, variance, SW1, metrics) show every run, the
 first one solid and the others thinner and lighter in the same colour, labelled by run.
 
+Runs that recorded different layers: the default layers are chosen among the layers every run
+recorded (an error names each run's layers when there is none in common); a chosen layer only some
+runs recorded is drawn from those runs, and the command line says in one ``note:`` line per run
+which layers it lacks.
+
 Command line::
 
     python -m analysis.plot RUN_DIR [RUN_DIR ...] [--layers L ...] [--units U ...] [--split eval|train]
@@ -237,10 +242,35 @@ def default_layers(layers: Sequence[str]) -> list[str]:
     return layers[2::3][:3] or layers[:2]
 
 
+def _layers_by_run(data: RunData, split: str) -> dict[str, list[str]]:
+    """Per run that recorded ``split``: its layers in that split, in depth order."""
+    index = data.index[data.index["split"] == split]
+    return {
+        run: list(dict.fromkeys(index.loc[index["run"] == run, "layer"].tolist()))
+        for run in data.runs_list
+        if (index["run"] == run).any()
+    }
+
+
+def _common_layers(data: RunData, split: str) -> list[str]:
+    """Layers recorded in ``split`` by every run that recorded ``split``, in depth order."""
+    by_run = _layers_by_run(data, split)
+    return [layer for layer in _layers_of(data, split) if all(layer in have for have in by_run.values())]
+
+
 def _resolve_layers(data: RunData, split: str, layers: Sequence[str] | None) -> list[str]:
+    """``layers`` checked against the layers recorded by any run; default: :func:`default_layers` of
+    the layers that every run recorded (a one-line error naming each run's layers when there are none)."""
     there = _layers_of(data, split)
     if layers is None:
-        return default_layers(there)
+        common = _common_layers(data, split)
+        if not common:
+            each = "; ".join(f"{run}: {', '.join(have)}" for run, have in _layers_by_run(data, split).items())
+            raise PlotError(
+                f"the runs recorded no layer in common in split {split} ({each}): "
+                "choose layers with --layers or plot the runs separately"
+            )
+        return default_layers(common)
     layers = list(layers)
     unknown = [layer for layer in layers if layer not in there]
     if unknown or not layers:
@@ -275,8 +305,11 @@ def _runs_by_method(data: RunData, runs: Sequence[str] | None = None) -> dict[st
     return out
 
 
-def _runs_with(data: RunData, split: str, *, reservoir: bool = False) -> list[str]:
+def _runs_with(data: RunData, split: str, *, reservoir: bool = False, layers: Sequence[str] | None = None) -> list[str]:
+    """Runs that recorded ``split`` (with reservoir rows; in one of ``layers``), in label order."""
     index = data.index[data.index["split"] == split]
+    if layers is not None:
+        index = index[index["layer"].isin(list(layers))]
     if reservoir:
         index = index[index["reservoir"] > 0]
     return [r for r in data.runs_list if (index["run"] == r).any()]
@@ -358,11 +391,13 @@ def _unit_histograms(
             if layer in fields:
                 rows[(layer, unit)].append((epoch, edges, fields[layer]))
     out = {}
-    for (layer, unit), got in rows.items():
+    for (layer, unit), got in rows.items():  # a layer the run did not record: E = 0 (and 0 bins)
         out[(layer, unit)] = {
             "epoch": np.array([e for e, _, _ in got], dtype=np.int64),
-            "counts": np.array([f["hist"][unit] for _, _, f in got], dtype=np.float64).reshape(len(got), -1),
-            "edges": np.array([edges for _, edges, _ in got]).reshape(len(got), -1),
+            "counts": np.array([f["hist"][unit] for _, _, f in got], dtype=np.float64).reshape(len(got), -1)
+            if got
+            else np.zeros((0, 0)),
+            "edges": np.array([edges for _, edges, _ in got]).reshape(len(got), -1) if got else np.zeros((0, 1)),
             **{k: np.array([f[k][unit] for _, _, f in got], dtype=np.float64) for k in ("under", "over", "min", "max")},
         }
     return out
@@ -394,6 +429,8 @@ def unit_evolution(
     unit = _resolve_units(data, split, [layer], [unit])[0]
     if run not in data.runs:
         raise PlotError(f"unknown run {run!r}; runs: {', '.join(data.runs_list)}")
+    if run not in _runs_with(data, split, layers=[layer]):
+        raise PlotError(f"run {run} did not record layer {layer} in split {split}")
     h = _unit_histograms(data, run, split, [(layer, unit)])[(layer, unit)]
     frame = pd.DataFrame({"epoch": h["epoch"]})
     for level, col in zip(q, _quantiles_of(h, q).T, strict=True):
@@ -597,7 +634,8 @@ def figure2(
 ) -> Figure:
     r"""The paper's Figure 2: chosen units of chosen layers over training, per method.
 
-    One row per (layer, unit); columns (a), (b), ... one per method (its first run): the unit's
+    One row per (layer, unit); columns (a), (b), ... one per method (its first run that recorded the
+    layer; "not recorded" when none did): the unit's
     distribution over epochs as quantile bands, 5-95% (light), 25-75% (dark) and the median,
     computed from the recorded histogram by :func:`hist_quantiles` (resolution: the bin width); then
     (mean) and (variance) of the unit over epochs, every run overlaid in its method's colour. These
@@ -638,13 +676,25 @@ def figure2(
     widths: set[float] = set()
     outside = False
     for col, method in enumerate(methods):
-        hists = _unit_histograms(data, groups[method][0], split, pairs)
-        for row, pair in enumerate(pairs):
-            h = hists[pair]
-            if len(h["epoch"]):
-                _bands(axes[row, col], h["epoch"], _quantiles_of(h), method_color(method))
-                widths.update(_bin_width(e) for e in h["edges"][:1])
-                outside = outside or bool((h["under"] + h["over"]).sum() > 0)
+        chosen: dict[str, list[tuple[str, int]]] = {}  # run -> its pairs: the method's first run with the layer
+        for layer, unit in pairs:
+            having = [r for r in groups[method] if r in _runs_with(data, split, layers=[layer])]
+            if having:
+                chosen.setdefault(having[0], []).append((layer, unit))
+            else:
+                row = pairs.index((layer, unit))
+                ax = axes[row, col]
+                ax.text(
+                    0.5, 0.5, f"{layer} not recorded", transform=ax.transAxes, ha="center", va="center", color=_GREY
+                )
+        for run, run_pairs in chosen.items():
+            hists = _unit_histograms(data, run, split, run_pairs)
+            for pair in run_pairs:
+                h, row = hists[pair], pairs.index(pair)
+                if len(h["epoch"]):
+                    _bands(axes[row, col], h["epoch"], _quantiles_of(h), method_color(method))
+                    widths.update(_bin_width(e) for e in h["edges"][:1])
+                    outside = outside or bool((h["under"] + h["over"]).sum() > 0)
     for row in range(len(pairs)):  # one activation scale per row, so methods compare at a glance
         lims = np.array([axes[row, c].get_ylim() for c in range(len(methods))])
         for c in range(len(methods)):
@@ -823,7 +873,7 @@ def sw1_curves(
 
 
 def ridgeline(data: RunData, layer: str, unit: int = 0, split: str | None = None, *, max_ridges: int = 20) -> Figure:
-    r"""The unit's histogram over epochs as a ridgeline, one panel per method (its first run).
+    r"""The unit's histogram over epochs as a ridgeline, one panel per method (its first run with ``layer``).
 
     Each ridge is the histogram density :math:`c_k / (N \Delta_k)` of one recorded epoch, scaled to
     its own peak (the shape, not the height, is compared), stacked upwards by epoch. At most
@@ -833,12 +883,12 @@ def ridgeline(data: RunData, layer: str, unit: int = 0, split: str | None = None
     Returns
     -------
     Figure
-        One axes per method.
+        One axes per method that recorded ``layer`` (methods without it have no panel).
     """
     split = _resolve_split(data, split)
     layer = _resolve_layers(data, split, [layer])[0]
     unit = _resolve_units(data, split, [layer], [unit])[0]
-    groups = _runs_by_method(data, _runs_with(data, split))
+    groups = _runs_by_method(data, _runs_with(data, split, layers=[layer]))  # methods without the layer: no panel
     plt = _pyplot()
     fig, axes = plt.subplots(
         1, len(groups), figsize=(3.1 * len(groups) + 0.5, 4.6), squeeze=False, sharex=True, sharey=False
@@ -978,6 +1028,28 @@ def _load(paths: Sequence[str | os.PathLike[str]], skip_bad: bool) -> RunData:
     )
 
 
+def _coverage_notes(data: RunData, split: str) -> list[str]:
+    """One line per run with activations that lacks ``split`` or some of its layers: what it is left out of."""
+    everything = _layers_of(data, split)
+    by_run = _layers_by_run(data, split)
+    notes = []
+    for run in data.runs_list:
+        recorded = data.index[data.index["run"] == run]
+        if recorded.empty:
+            continue  # noted already: no activations at all
+        if run not in by_run:
+            there = ", ".join(dict.fromkeys(recorded["split"].astype(str)))
+            notes.append(f"run {run} recorded no activations in split {split} (it has {there}): not in the figures")
+            continue
+        missing = [layer for layer in everything if layer not in by_run[run]]
+        if missing:
+            notes.append(
+                f"run {run} did not record {', '.join(missing)} in split {split} "
+                f"(it recorded {', '.join(by_run[run])}): left out of those layers' panels"
+            )
+    return notes
+
+
 def _save(fig: Figure, path: Path, fmt: str) -> Path:
     import matplotlib.pyplot as plt
 
@@ -1027,6 +1099,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         split = _resolve_split(data, args.split)
         layers = _resolve_layers(data, split, layers)
         units = _resolve_units(data, split, layers, args.units)
+        for note in _coverage_notes(data, split):
+            print(f"note: {note}", file=sys.stderr)
         out = args.out if args.out is not None else Path(data.root) / "figures"
         fmt = args.format
         written = [_save(figure2(data, layers, units, split), out / f"figure2.{fmt}", fmt)]

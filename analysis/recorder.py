@@ -359,11 +359,14 @@ def _resolve_layers(model: nn.Module, layers: str | Sequence[str] | Mapping[str,
     elif isinstance(layers, Mapping):
         named = dict(layers)
     else:
-        modules = dict(model.named_modules())
+        pre = dict(model.pre_activations()) if callable(getattr(model, "pre_activations", None)) else {}
+        modules = {**dict(model.named_modules()), **pre}  # a pre-activation label wins over a module name
         names = [layers] if isinstance(layers, str) else list(layers)
         unknown = [n for n in names if n not in modules]
         if unknown:
-            raise ValueError(f"unknown layer names {unknown}; available: {sorted(n for n in modules if n)}")
+            available = list(pre) or sorted(n for n in modules if n)
+            more = " (or any name from model.named_modules())" if pre else ""
+            raise ValueError(f"unknown layer names {unknown}; available: {', '.join(available)}{more}")
         named = {n: modules[n] for n in names}
     if not named:
         raise ValueError("ActivationRecorder needs at least one layer")
@@ -384,8 +387,9 @@ class ActivationRecorder:
         The model whose layers are hooked.
     layers : "all", list of str, or dict of str -> nn.Module
         ``"all"``: ``model.pre_activations()`` if the model defines it, else every
-        Linear/Conv1d/2d/3d/LSTM/GRU module; a list: names from ``model.named_modules()`` (the
-        name is the label); a dict: label -> module.
+        Linear/Conv1d/2d/3d/LSTM/GRU module; a list: labels of ``model.pre_activations()``
+        (``"layer3"``, as the trainer's ``--record`` takes them) or names from
+        ``model.named_modules()``; the name is the label; a dict: label -> module.
     bins : int
         Number of histogram bins between ``range[0]`` and ``range[1]``.
     range : tuple of float

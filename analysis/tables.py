@@ -19,14 +19,17 @@ the distance of that sample: it carries the finite-sample bias of an m-point emp
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from analysis.bounds import check_bounds
 from analysis.distances import w1_to_normal, w1_to_normal_hist
 from analysis.io import RunData, load_run
+from per_core.rundir import RunDirError
 
 __all__ = ["BOUNDS_COLUMNS", "layer_bounds", "unit_distances", "write_tables"]
 
@@ -52,11 +55,19 @@ BOUNDS_COLUMNS = [
 ]
 
 
-def layer_bounds(data: RunData, *, n_projections: int = 256, seed: int = 0) -> pd.DataFrame:
-    """One row per recorded (run, split, epoch, layer) with a reservoir: distances and bound checks."""
+def _bar(items: Iterable[Any], total: int, desc: str, progress: bool) -> Iterator[Any]:
+    """``items`` with a transient progress bar on stderr, like the trainer's (none unless ``progress``)."""
+    return iter(tqdm(items, total=total, desc=desc, unit="layer-epoch", leave=False, disable=not progress))
+
+
+def layer_bounds(data: RunData, *, n_projections: int = 256, seed: int = 0, progress: bool = False) -> pd.DataFrame:
+    """One row per recorded (run, split, epoch, layer) with a reservoir: distances and bound checks.
+
+    ``progress``: a progress bar on stderr over those (run, split, epoch, layer).
+    """
     rows: list[dict[str, Any]] = []
     kept = data.index[data.index["reservoir"] > 0]
-    for r in kept.itertuples(index=False):
+    for r in _bar(kept.itertuples(index=False), len(kept), "bounds", progress):
         X = data.reservoir(r.run, r.split, int(r.epoch), r.layer).astype(np.float64)
         X = X[np.isfinite(X).all(axis=1)]
         if len(X) == 0:
@@ -87,11 +98,14 @@ def layer_bounds(data: RunData, *, n_projections: int = 256, seed: int = 0) -> p
     return pd.DataFrame(rows, columns=BOUNDS_COLUMNS)
 
 
-def unit_distances(data: RunData) -> pd.DataFrame:
-    """One row per (run, split, epoch, layer, unit): exact 1-D W1 to N(0, 1) from histogram and reservoir."""
+def unit_distances(data: RunData, *, progress: bool = False) -> pd.DataFrame:
+    """One row per (run, split, epoch, layer, unit): exact 1-D W1 to N(0, 1) from histogram and reservoir.
+
+    ``progress``: a progress bar on stderr over the recorded (run, split, epoch, layer).
+    """
     frames = []
     stats = data.stats.set_index(["run", "split", "epoch", "layer"]).sort_index()
-    for r in data.index.itertuples(index=False):
+    for r in _bar(data.index.itertuples(index=False), len(data.index), "unit distances", progress):
         hist = data.histogram(r.run, r.split, int(r.epoch), r.layer)
         s = stats.loc[(r.run, r.split, r.epoch, r.layer)]
         mins, maxs = s["min"].to_numpy(), s["max"].to_numpy()
@@ -135,17 +149,32 @@ def unit_distances(data: RunData) -> pd.DataFrame:
 
 
 def write_tables(
-    path: str, *, n_projections: int = 256, seed: int = 0, skip_bad: bool = False
+    path: str, *, n_projections: int = 256, seed: int = 0, skip_bad: bool = False, progress: bool = False
 ) -> tuple[list[str], pd.DataFrame, list[str]]:
     """Compute both tables for every run below ``path`` and write them into each run's analysis/ folder.
 
-    Returns the written paths, the bounds table of all runs, and what was skipped (``skip_bad``).
+    Returns the written paths, the bounds table of all runs, and what was skipped: files and runs
+    left out with ``skip_bad``, and runs that recorded no activations (no tables are written for
+    them). When no run recorded activations, :class:`RunDirError` is raised and nothing is written.
+    ``progress``: progress bars on stderr.
     """
     data = load_run(path, skip_bad=skip_bad)
-    bounds = layer_bounds(data, n_projections=n_projections, seed=seed)
-    units = unit_distances(data)
+    if data.index.empty:
+        raise RunDirError(
+            f"no activations recorded in {path}: train with --record all (or a list of layers, e.g. --record layer3)"
+        )
+    recorded = set(data.index["run"].astype(str))
+    skipped = data.skipped + [
+        f"run {label}: no activations recorded (trained with --record none?); no tables written for it"
+        for label in data.runs
+        if label not in recorded
+    ]
+    bounds = layer_bounds(data, n_projections=n_projections, seed=seed, progress=progress)
+    units = unit_distances(data, progress=progress)
     written = []
     for label, run in data.runs.items():
+        if label not in recorded:
+            continue
         written.append(str(run.write_csv("bounds.csv", bounds[bounds["run"] == label])))
         written.append(str(run.write_csv("distances.csv", units[units["run"] == label])))
-    return written, bounds, data.skipped
+    return written, bounds, skipped

@@ -8,7 +8,8 @@ Layout: ``OUT/<method>/seed<S>/`` for methods without lambda and ``OUT/<method>-
 the regularizers (per, vcl, l1, l2). A finished run is skipped and an unfinished one resumed, so an
 interrupted sweep continues where it stopped. The table reports, per method (and lambda), the
 final-epoch validation metric as mean +- sample std over seeds, with the number of seeds, and
-marks the lambda with the best mean, the way the paper's tables report the best of its grid.
+marks the lambda with the best mean, the way the paper's tables report the best of its grid
+(:func:`best_lambdas`: the lowest mean as shown; on a tie, the smallest lambda).
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ import numpy as np
 from per_core.cli import OneLineArgumentParser, parse_per_locations
 from per_core.configs import LAMBDA_GRIDS, METHODS, PAPER_RESULTS, PRESETS, TrainConfig, get_preset
 from per_core.rundir import RunDir, RunDirError, atomic_write, find_runs
-from per_core.train import TrainingError, train
+from per_core.train import LAM_METHODS, TrainingError, flag_notes, train, validate_config
 
-__all__ = ["main", "results_table", "run_sweep"]
+__all__ = ["best_lambdas", "main", "results_table", "run_sweep"]
 
-REGULARIZERS = ("per", "vcl", "l1", "l2")
+REGULARIZERS = LAM_METHODS  # the methods with a lambda: per, l1, l2, vcl
 #: Marker file of a run that stopped with a TrainingError (its message inside).
 FAILED = "FAILED"
 
@@ -95,22 +96,50 @@ def _pm(mean: float, std: float, unit: str = "") -> str:
     return f"{mean:.2f}{unit} +- " + ("n/a" if math.isnan(std) else f"{std:.2f}")
 
 
+def _label(metric: str) -> str:
+    """A metric as the tables name it: ``val_error`` -> ``val error %``, ``test_ppl`` -> ``test ppl``."""
+    return metric.replace("_", " ") + (" %" if metric.endswith("_error") else "")
+
+
+#: How the tables choose the best lambda, stated under them.
+BEST_RULE = "lowest mean as shown; on a tie the smallest lambda, the least regularization"
+
+
+def best_lambdas(entries: list[dict]) -> dict[str, dict]:
+    """Per method, the entry with the best (lowest) mean, the one every table marks and reports.
+
+    Means are compared as the tables show them (2 decimals), so that a tie is what a reader sees as
+    one (e.g. 100 % error everywhere in a smoke run); on a tie the smallest lambda wins, the least
+    regularization. Entries without a finished seed take no part.
+    """
+    best: dict[str, dict] = {}
+    for e in entries:
+        if not e["n"] or math.isnan(e["mean"]):
+            continue
+        key = (float(f"{e['mean']:.2f}"), -math.inf if e["lam"] is None else e["lam"])
+        b = best.get(e["method"])
+        if b is None or key < (float(f"{b['mean']:.2f}"), -math.inf if b["lam"] is None else b["lam"]):
+            best[e["method"]] = e
+    return best
+
+
 def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
     """The tables of a sweep directory: every (method, lambda), then the paper's layout.
 
     First table: one row per (method, lambda) with the final validation metric (and test
     perplexity for language models) as mean +- sample std over seeds, the seed count, runs that
-    diverged, and the best lambda of each method's grid marked (lowest validation mean: the paper
-    reports the best of its grid). Second, when the runs come from a preset of Tables 1-3: the
-    paper's layout, methods as columns (each at its best lambda), next to the paper's numbers
-    (:data:`per_core.configs.PAPER_RESULTS`).
+    diverged, and the best lambda of each method's grid marked (:func:`best_lambdas`: the lowest
+    validation mean as shown, on a tie the smallest lambda; the paper reports the best of its grid).
+    Second, when the runs come from a preset of Tables 1-3: the paper's layout, methods as columns
+    (each at its best lambda), next to the paper's numbers (:data:`per_core.configs.PAPER_RESULTS`),
+    which are left out for ``--smoke`` runs (synthetic data: not comparable with them).
 
     Returns the text and one dict per (method, lambda): method, lam, metric, mean, std, n, failed,
     and for a test metric ``test_metric``, ``test_mean``, ``test_std``.
     """
     groups: dict[tuple[str, float | None], list[dict[str, float]]] = {}
     failed: dict[tuple[str, float | None], int] = {}
-    presets = set()
+    presets, smoke = set(), False
     for run in find_runs(sweep):
         cfg, rows = run.read_config(), run.read_metrics()
         key = (cfg["method"], cfg["lam"] if cfg["method"] in REGULARIZERS else None)
@@ -120,6 +149,7 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
         elif rows and len(rows) >= cfg["epochs"]:  # finished
             groups[key].append(_final_metrics(rows))
             presets.add(cfg.get("preset"))
+            smoke = smoke or bool(cfg.get("smoke"))
     order = {m: i for i, m in enumerate(METHODS)}
     entries = []
     for (method, lam), finals in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1] or 0)):
@@ -132,31 +162,32 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
             e["test_metric"] = test
             e["test_mean"], e["test_std"] = _mean_std([f[test] for f in finals])
         entries.append(e)
-    best: dict[str, dict] = {}
-    for e in entries:
-        if e["n"] and (e["method"] not in best or e["mean"] < best[e["method"]]["mean"]):
-            best[e["method"]] = e
+    best = best_lambdas(entries)
     metric = next((e["metric"] for e in entries if e["n"]), "val_error")
     unit = "%" if metric == "val_error" else ""
-    has_test = any("test_mean" in e for e in entries)
-    head = f"{'method':<8} {'lambda':>8} {metric + ' (mean +- std)':>26}"
-    lines = [head + (f" {'test (mean +- std)':>22}" if has_test else "") + f" {'seeds':>6}"]
+    test_metric = next((e["test_metric"] for e in entries if "test_metric" in e), None)
+    head = f"{'method':<8} {'lambda':>8} {_label(metric) + ' (mean +- std)':>26}"
+    test_head = f" {_label(test_metric) + ' (mean +- std)':>22}" if test_metric else ""
+    lines = [head + test_head + f" {'seeds':>6}"]
     for e in entries:
         several = sum(x["method"] == e["method"] for x in entries) > 1
         mark = " *" if e["lam"] is not None and several and best.get(e["method"]) is e else ""
         lam = "-" if e["lam"] is None else f"{e['lam']:g}"
         note = f"  ({e['failed']} diverged)" if e["failed"] else ""
-        test = f" {_pm(e.get('test_mean', math.nan), e.get('test_std', math.nan)):>22}" if has_test else ""
+        test = f" {_pm(e.get('test_mean', math.nan), e.get('test_std', math.nan)):>22}" if test_metric else ""
         lines.append(f"{e['method']:<8} {lam:>8} {_pm(e['mean'], e['std'], unit):>26}{test} {e['n']:>6}{mark}{note}")
     if any(e["lam"] is not None for e in entries):
-        lines.append("* best lambda of the grid (lowest mean), as the paper reports")
+        lines.append(f"* best lambda of the grid ({BEST_RULE}), as the paper reports")
     if len(presets) == 1 and (preset := presets.pop()) in PAPER_RESULTS:
-        lines += ["", *_paper_layout(preset, best)]
+        lines += ["", *_paper_layout(preset, best, smoke)]
     return "\n".join(lines), entries
 
 
-def _paper_layout(preset: str, best: dict[str, dict]) -> list[str]:
-    """Methods as columns (each at its best lambda), this sweep's rows and the paper's, for one preset."""
+def _paper_layout(preset: str, best: dict[str, dict], smoke: bool = False) -> list[str]:
+    """Methods as columns (each at its best lambda), this sweep's rows and the paper's, for one preset.
+
+    With ``smoke`` (runs on synthetic data) the paper's rows are left out, and a line says why.
+    """
     paper = PAPER_RESULTS[preset]
     methods = [m for m in METHODS if m in best or m in paper]
     metrics = list(next(iter(paper.values())))  # e.g. ["val_error"] or ["val_ppl", "test_ppl"]
@@ -173,9 +204,12 @@ def _paper_layout(preset: str, best: dict[str, dict]) -> list[str]:
             else:
                 std = e["std"] if key == "mean" else e["test_std"]
                 ours.append(f"{_pm(e[key], std)} ({e['n']})")
-        lines.append(f"{'this sweep ' + metric:<22}" + "".join(f"{v:>{width}}" for v in ours))
-        row = [f"{paper[m][metric]:.2f}" if m in paper else "-" for m in methods]
-        lines.append(f"{'paper ' + metric:<22}" + "".join(f"{v:>{width}}" for v in row))
+        lines.append(f"{'this sweep ' + _label(metric):<22}" + "".join(f"{v:>{width}}" for v in ours))
+        if not smoke:
+            row = [f"{paper[m][metric]:.2f}" if m in paper else "-" for m in methods]
+            lines.append(f"{'paper ' + _label(metric):<22}" + "".join(f"{v:>{width}}" for v in row))
+    if smoke:
+        lines.append("(the paper's numbers are left out: they are on real data, not comparable with --smoke runs)")
     return lines
 
 
@@ -214,6 +248,16 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
+def _check_methods(base: TrainConfig, methods: Sequence[str], args: argparse.Namespace) -> None:
+    """Refuse a method that does not apply to the preset's model (before any run); note unused flags."""
+    for method in methods:
+        validate_config(base.replace(method=method))
+    lam_flag = "--lams" if args.lams is not None else None
+    per_locations = args.per_locations is not None
+    for note in flag_notes(base, methods, lam_flag=lam_flag, per_locations=per_locations, method_flag="--methods"):
+        print(note, file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = OneLineArgumentParser(prog="python -m per_core.sweep", description="Run methods x lambdas x seeds.")
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
@@ -243,7 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lams = _csv(args.lams, float, "--lams", "comma-separated numbers or 'grid'")
                 if any(not (math.isfinite(x) and x >= 0) for x in lams):
                     raise ValueError(f"--lams must be finite numbers >= 0, got {args.lams!r}")
-            run_sweep(_config(args), args.out, methods, seeds, lams, progress=not args.no_progress)
+            base = _config(args)
+            _check_methods(base, methods, args)
+            run_sweep(base, args.out, methods, seeds, lams, progress=not args.no_progress)
         text, _ = results_table(args.table or args.out)
     except KeyboardInterrupt:
         if args.debug:

@@ -17,6 +17,7 @@ import os
 import platform
 import sys
 import time
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +33,12 @@ from per_core.baselines import VCL, L1Penalty, L2Penalty
 from per_core.cli import OneLineArgumentParser, parse_per_locations
 from per_core.configs import METHODS, PRESETS, SMOKE_STEPS, TrainConfig, get_preset
 from per_core.distributed import DistEnv, convert_sync_batchnorm, init_from_env, resolve_device, shutdown
-from per_core.models import build_model
+from per_core.models import MODELS, build_model
 from per_core.per import PER
 from per_core.rundir import RunDir, RunDirError
 from per_core.tasks import Task, build_task
 
-__all__ = ["TrainingError", "main", "train"]
+__all__ = ["TrainingError", "check_method", "flag_notes", "main", "methods_for", "train", "validate_config"]
 
 
 class TrainingError(RuntimeError):
@@ -69,6 +70,49 @@ def norm_for(method: str) -> str:
 
 
 PENALTIES = {"l1": L1Penalty, "l2": L2Penalty, "vcl": VCL}
+#: Methods that use ``lam``: PER and the loss penalties.
+LAM_METHODS = ("per", *PENALTIES)
+#: Methods that need batch-first layer outputs (VCL refuses recurrent modules).
+BATCH_FIRST_METHODS = ("vcl",)
+
+
+def model_norms(model: str) -> tuple[str, ...]:
+    """The ``norm`` values model ``model`` declares (the Literal of its factory's, or its class's, ``norm``)."""
+    factory = MODELS[model]
+    hints = typing.get_type_hints(factory)
+    if "norm" not in hints and isinstance(hints.get("return"), type):  # a factory passing **kwargs to its class
+        hints = typing.get_type_hints(hints["return"].__init__)
+    return typing.get_args(hints.get("norm")) or ("none",)
+
+
+def is_recurrent(model: str) -> bool:
+    """Whether ``model`` is recurrent: only recurrent models declare recurrent BN (``norm='rbn'``)."""
+    return "rbn" in model_norms(model)
+
+
+def methods_for(model: str) -> list[str]:
+    """The methods model ``model`` can train with: its declared norms, and no batch-first penalty on an RNN."""
+    norms, recurrent = model_norms(model), is_recurrent(model)
+    return [m for m in METHODS if norm_for(m) in norms and not (recurrent and m in BATCH_FIRST_METHODS)]
+
+
+def check_method(cfg: TrainConfig) -> None:
+    """Raise ValueError when ``cfg.method`` does not apply to ``cfg.model``, naming the methods that do."""
+    if cfg.model not in MODELS or cfg.method in (takes := methods_for(cfg.model)):
+        return  # an unknown model is reported by build_model
+    presets = {name: make().model for name, make in PRESETS.items()}
+    models = list(dict.fromkeys(m for m in presets.values() if m in MODELS and cfg.method in methods_for(m)))
+    example = next((name for name, m in presets.items() if m in models), None)
+    where = f"the {', '.join(models)} presets (e.g. {example})" if models else "no preset"
+    raise ValueError(
+        f"--method {cfg.method} is for {where}; preset {cfg.preset} ({cfg.model}) takes {', '.join(takes)}"
+    )
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Every check of a config that needs no data and no run directory: field ranges, then method vs model."""
+    cfg.validate()
+    check_method(cfg)
 
 
 @dataclass
@@ -109,7 +153,7 @@ def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
     BatchNorm is synchronized across ranks when ``cfg.sync_bn``, and the per-rank seeds follow
     :mod:`per_core.distributed`.
     """
-    cfg.validate()
+    validate_config(cfg)
     env = env or DistEnv(device=resolve_device(cfg.device))
     device = env.device
     if cfg.batch_size % env.world_size:
@@ -273,9 +317,9 @@ def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
     batches = s.task.train_batches(s.data_generator, s.aug_generator, s.env.rank, s.env.world_size)
     total = min(SMOKE_STEPS, s.task.steps_per_epoch(1)) if cfg.smoke else s.task.steps_per_epoch(1)
     desc = f"{cfg.method} epoch {epoch}/{cfg.epochs}"
-    bar = tqdm(
-        batches, desc=desc, total=total, leave=False, disable=not (progress and s.env.is_main), dynamic_ncols=True
-    )
+    # a bar in a terminal or a notebook, not in a log file (there the epoch lines say it)
+    shown = progress and s.env.is_main and (sys.stderr.isatty() or "ipykernel" in sys.modules)
+    bar = tqdm(batches, desc=desc, total=total, leave=False, disable=not shown, dynamic_ncols=True)
     done, checked, last_batch = -1, -1, None  # last step run, last step whose loss was checked, its batch
     for step, batch in enumerate(bar):
         if cfg.smoke and step >= SMOKE_STEPS:
@@ -375,7 +419,14 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Train ``cfg`` into the run directory ``out``; returns the metrics of every epoch."""
+    """Train ``cfg`` into the run directory ``out``; returns the metrics of every epoch.
+
+    The config is checked before the directory is looked at. Rank 0 prints one line per epoch (on
+    stdout); ``progress`` adds a progress bar within the epoch when stderr is a terminal.
+    """
+    validate_config(cfg)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
     run = RunDir(out)
     env = init_from_env(cfg.device)
     try:
@@ -387,18 +438,30 @@ def train(
         shutdown()
 
 
+def _say(line: str) -> None:
+    """One line on stdout, around a progress bar if one is shown, flushed (a batch job's log keeps up)."""
+    tqdm.write(line)
+    sys.stdout.flush()
+
+
 def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str, Any]]:
     cfg, main = s.cfg, s.env.is_main
     start, metrics = 0, []
-    if resume and run.checkpoint_path.is_file():
-        start, metrics = load_checkpoint(run, s)
-        if main:  # a kill between checkpoint and metrics write leaves metrics.jsonl one epoch behind
-            run.write_metrics(metrics)
-    elif resume and progress and main:  # killed before its first epoch finished: nothing to continue from
-        tqdm.write(f"{run.root}: no checkpoint yet, starting from epoch 1")
-    if main:
-        run.write_config({**cfg.to_dict(), "versions": package_versions(), "command": sys.argv})
     try:
+        if resume and run.checkpoint_path.is_file():
+            start, metrics = load_checkpoint(run, s)
+            if main:  # a kill between checkpoint and metrics write leaves metrics.jsonl one epoch behind
+                run.write_metrics(metrics)
+            if start >= cfg.epochs:  # the saved config keeps its epochs: nothing of the run changes
+                if main:
+                    _say(f"{run.root} already has {start} epochs >= --epochs {cfg.epochs}; nothing to train")
+                return metrics
+            if main:
+                _say(f"resuming {run.root} at epoch {start + 1}/{cfg.epochs}")
+        elif resume and main:  # killed before its first epoch finished: nothing to continue from
+            _say(f"{run.root}: no checkpoint yet, starting from epoch 1")
+        if main:
+            run.write_config({**cfg.to_dict(), "versions": package_versions(), "command": sys.argv})
         for epoch in range(start + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
             recording = s.recorder is not None and _should_record(cfg, epoch)
@@ -425,9 +488,9 @@ def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str
             if main:  # after the checkpoint: metrics.jsonl never lists an epoch that a resume would redo
                 run.write_metrics(metrics)
             s.env.barrier()
-            if progress and main:
+            if main:  # with or without a bar: a batch job's log has one line per epoch
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "lr"))
-                tqdm.write(f"[{cfg.method}] epoch {epoch}/{cfg.epochs}: {shown}")
+                _say(f"[{cfg.method}] epoch {epoch}/{cfg.epochs}: {shown}")
     finally:  # hooks never outlive the run, also when it fails
         s.per.remove()
         if s.penalty is not None:
@@ -468,14 +531,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace whatever is in --out")
     p.add_argument("--smoke", action="store_true", help="a few steps on synthetic data of the right shape")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (a line per epoch is printed either way)"
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The preset (or, with --resume, the run's saved config) with the flags given on the command line."""
-    cfg = TrainConfig.from_dict(RunDir(args.out).read_config()) if args.resume else get_preset(args.preset)
+    """The preset (or, with --resume, the run's saved config) with the flags given on the command line.
+
+    The flags' values are checked first, so that a wrong flag is reported before the run directory is read.
+    """
     changes = {
         k: getattr(args, k)
         for k in (
@@ -495,18 +562,58 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if getattr(args, k) is not None
     }
     if args.record is not None:
+        if not any(label.strip() for label in args.record.split(",")):
+            raise ValueError(f"--record needs all, none, or comma-separated layer labels, got {args.record!r}")
         changes["record"] = None if args.record == "none" else args.record
     if args.per_locations is not None:
         changes["per_locations"] = parse_per_locations(args.per_locations)
+    if args.resume:
+        get_preset(args.preset).replace(**changes).validate()  # the flags' ranges, before reading the run
+    cfg = TrainConfig.from_dict(RunDir(args.out).read_config()) if args.resume else get_preset(args.preset)
     return (cfg.as_smoke() if args.smoke else cfg).replace(**changes)
+
+
+def flag_notes(
+    cfg: TrainConfig,
+    methods: Sequence[str],
+    *,
+    lam_flag: str | None = None,
+    per_locations: bool = False,
+    method_flag: str = "--method",
+) -> list[str]:
+    """Notes on flags that were given but that none of ``methods`` on ``cfg.model`` uses.
+
+    ``lam_flag``: the name of the lambda flag when it was given (``--lam``, the sweep's ``--lams``);
+    ``per_locations``: whether ``--per-locations`` was given.
+    """
+    notes, with_methods = [], f"with {method_flag} {','.join(methods)}"
+    if lam_flag and not any(m in LAM_METHODS for m in methods):
+        notes.append(f"note: {lam_flag} has no effect {with_methods} (it is for {', '.join(LAM_METHODS)})")
+    if per_locations and "per" not in methods:
+        notes.append(f"note: --per-locations has no effect {with_methods} (it is for per)")
+    elif per_locations and cfg.model in MODELS and is_recurrent(cfg.model):
+        notes.append(
+            f"note: --per-locations has no effect on preset {cfg.preset} ({cfg.model}): "
+            "it picks spatial locations of conv layers, and an LSTM's rows are time steps"
+        )
+    return notes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.resume and args.overwrite:
+            raise ValueError(
+                "--resume and --overwrite exclude each other: --resume continues the run, --overwrite replaces it"
+            )
         if args.out is None and args.resume:
             raise ValueError("--resume needs --out RUN_DIR (the run to continue)")
         cfg = config_from_args(args)
+        validate_config(cfg)
+        if int(os.environ.get("RANK", "0")) == 0:
+            lam_flag = "--lam" if args.lam is not None else None
+            for note in flag_notes(cfg, [cfg.method], lam_flag=lam_flag, per_locations=args.per_locations is not None):
+                print(note, file=sys.stderr)
         if args.out is None:
             args.out = Path("runs") / f"{cfg.preset}-{cfg.method}-seed{cfg.seed}{'-smoke' if cfg.smoke else ''}"
         metrics = train(

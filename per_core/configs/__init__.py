@@ -83,6 +83,7 @@ class TrainConfig:
             ("grad_clip", self.grad_clip is None or self.grad_clip > 0, "None or > 0"),
             ("schedule", self.schedule in ("multistep", "plateau"), "'multistep' or 'plateau'"),
             ("bptt", self.bptt >= 1, ">= 1"),
+            ("record", self.record is None or any(x.strip() for x in self.record.split(",")), "None, 'all' or labels"),
         ]
         for name, ok, expected in checks:
             if not ok:

@@ -357,12 +357,18 @@ def test_half_precision_tensors_are_handled_and_close_to_the_float32_result(n, d
     ("module", "argv", "message"),
     [
         ("analysis.bounds", ["RUN", "--seed", "x"], "argument --seed: invalid int value: 'x'"),
-        ("analysis.bounds", ["RUN", "--seed", str(2**70)], r"--seed in [0, 2**64)"),
-        ("analysis.bounds", ["RUN", "--n-projections", "0"], "--n-projections must be >= 1"),
+        ("analysis.bounds", ["RUN", "--seed", str(2**70)], f"error: --seed must be in [0, 2**64), got {2**70} ("),
+        ("analysis.bounds", ["RUN", "--n-projections", "0"], "error: --n-projections must be >= 1, got 0 ("),
+        (
+            "analysis.bounds",
+            ["RUN", "--n-projections", "-2", "--seed", "-1"],
+            "error: --n-projections must be >= 1, got -2; --seed must be in [0, 2**64), got -1 (",
+        ),
         ("analysis.bounds", [], "the following arguments are required: paths"),
         ("analysis.plot", ["RUN", "--format", "gif"], "argument --format: invalid choice: 'gif'"),
         ("analysis.plot", ["RUN", "--units", "a"], "argument --units: invalid int value: 'a'"),
-        ("analysis.plot", ["RUN", "--seed", "-1"], "--seed in [0, 2**64)"),
+        ("analysis.plot", ["RUN", "--seed", "-1"], "error: --seed must be in [0, 2**64), got -1 ("),
+        ("analysis.plot", ["RUN", "--n-projections", "0"], "error: --n-projections must be >= 1, got 0 ("),
     ],
 )
 def test_analysis_cli_usage_errors_are_one_line_exit_2(module, argv, message, capsys):

@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -63,4 +64,25 @@ def test_cli_writes_the_run_figures_byte_for_byte_the_same_twice(tmp_path, capsy
         assert a == b, f"{name} differs between two runs"
         assert b"Matplotlib" not in a  # no version in the metadata
     assert main(["--out", str(tmp_path / "c"), "--runs", str(sweep), "--ridgeline", "layer9"]) == 2
-    assert "unknown layer" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert captured.err == "error: unknown layer 'layer9' in split eval; layers: layer1, layer2, layer3\n"
+    assert captured.out == "" and not (tmp_path / "c").exists()  # checked before any figure is written
+
+
+def test_cli_writes_nothing_when_a_later_figure_fails(tmp_path, capsys, monkeypatch):
+    import analysis.plot
+
+    small_run(tmp_path / "sweep" / "per", "per", [1.0, 0.5], seed=2)
+
+    def no_metrics(data):
+        raise analysis.plot.PlotError("no metrics recorded in the sweep")
+
+    monkeypatch.setattr(analysis.plot, "metrics_curves", no_metrics)  # drawn after figure2 and sw1_curves
+    assert main(["--out", str(tmp_path / "out"), "--runs", str(tmp_path / "sweep")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "error: no metrics recorded in the sweep\n" and captured.out == ""
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit):  # a usage error, before anything is drawn
+        main(["--out", str(tmp_path / "file")])
+    assert "--out " + str(tmp_path / "file") + " is a file: give a folder" in capsys.readouterr().err

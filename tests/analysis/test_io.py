@@ -173,6 +173,14 @@ def test_a_run_without_activations_gives_empty_typed_frames(tmp_path):
     assert out.metrics.empty and out.index.empty and out.config["method"].tolist() == ["vanilla"]
 
 
+def test_a_file_is_named_as_a_file_and_its_folder_suggested(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    rd.write_config({"method": "vanilla"})
+    with pytest.raises(RunDirError) as err:
+        load_run(rd.config_path)
+    assert str(err.value) == f"{rd.config_path} is a file, not a run directory: give its folder {rd.root}"
+
+
 def test_stats_of_200_epochs_load_in_seconds(tmp_path):
     """200 epochs x 10 layers x 300 units (train split): 600k rows, about 1 s on an idle 2-core machine."""
     rd = RunDir(tmp_path / "big")

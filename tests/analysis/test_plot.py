@@ -16,6 +16,7 @@ from torch import nn
 
 from analysis.io import load_run
 from analysis.plot import (
+    PlotError,
     figure2,
     hist_quantiles,
     main,
@@ -309,6 +310,46 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys, make, args, message):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert message.format(root=root) in err
+
+
+def test_runs_with_different_layers_draw_what_they_have_in_common(tmp_path, capsys):
+    import matplotlib.pyplot as plt
+
+    fake_run(tmp_path / "a", "bn", [{"layer1": known_data(0, 200)}] * 2)  # like --record layer1
+    fake_run(tmp_path / "b", "per", epochs_of(3, [1.0, 0.5]))  # layer1..layer3
+    paths = [str(tmp_path / "b"), str(tmp_path / "a")]
+    assert main([*paths, "--out", str(tmp_path / "f")]) == 0
+    captured = capsys.readouterr()
+    names = [p.rsplit("/", 1)[1] for p in captured.out.split()]
+    assert names == ["figure2.png", "ridgeline_layer1_unit0.png", "sw1_curves.png", "metrics.png"]  # layer1: shared
+    assert captured.err == (
+        "note: run a did not record layer2, layer3 in split eval (it recorded layer1): "
+        "left out of those layers' panels\n"
+    )
+    data = load_run(tmp_path)
+    fig = figure2(data, ["layer3"])  # a layer only per recorded: bn's panel says so, per's is drawn
+    bn, per = fig.axes[0], fig.axes[1]
+    assert [t.get_text() for t in bn.texts] == ["layer3 not recorded"] and not has_data(bn) and has_data(per)
+    rl = ridgeline(data, "layer3")
+    assert [ax.get_title() for ax in rl.get_axes()] == ["per"]  # no panel for bn
+    plt.close(fig)
+    plt.close(rl)
+    with pytest.raises(PlotError, match="run a did not record layer layer3 in split eval"):
+        unit_evolution(data, "a", "layer3")
+
+
+def test_runs_without_a_common_layer_error_names_each_runs_layers(tmp_path, capsys):
+    fake_run(tmp_path / "cnn", "per", [{"conv1": known_data(0, 200), "conv2": known_data(1, 200)}])
+    fake_run(tmp_path / "lstm", "vanilla", [{"lstm1": known_data(2, 200)}])
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: the runs recorded no layer in common in split eval (cnn: conv1, conv2; lstm: lstm1): "
+        "choose layers with --layers or plot the runs separately\n"
+    )
+    assert not (tmp_path / "figures").exists()
+    assert main([str(tmp_path), "--layers", "lstm1"]) == 0  # drawn from the run that has it
+    assert "note: run cnn did not record lstm1 in split eval" in capsys.readouterr().err
 
 
 def test_cli_skip_bad_goes_on_and_names_the_skipped_file(tmp_path, capsys):

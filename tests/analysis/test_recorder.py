@@ -397,8 +397,13 @@ def test_all_uses_pre_activations_and_names_are_checked():
     rec = ActivationRecorder(model, "all")
     assert rec.layers == ["layer1", "layer2", "layer3"]
     rec.remove()
-    with pytest.raises(ValueError, match=r"unknown layer names \['nope'\].*blocks.0.conv"):
+    with pytest.raises(ValueError, match=r"unknown layer names \['nope'\]; available: layer1, layer2, layer3 \(or"):
         ActivationRecorder(model, ["blocks.0.conv", "nope"])
+    with pytest.raises(ValueError, match=r"available: 0, 0.act, 0.conv, 0.norm\Z"):  # no pre_activations()
+        ActivationRecorder(nn.Sequential(model.blocks[0]), ["nope"])
+    rec = ActivationRecorder(model, ["layer2"])  # the trainer's --record labels work here too
+    assert rec.modules == {"layer2": model.pre_activations()["layer2"]}
+    rec.remove()
     with pytest.raises(ValueError, match="'/'"):
         ActivationRecorder(model, {"a/b": model.head})
     rec = ActivationRecorder(model, ["blocks.1.conv", "head"])

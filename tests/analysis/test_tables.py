@@ -37,7 +37,12 @@ def test_bounds_cli_writes_tables_and_flags_collapse(tmp_path, capsys):
     fake_run(tmp_path / "shrunk", "per", [0.05 * rng.normal(size=(2000, 4))])
     assert main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "3 layer-epochs checked, 0 violations, 1 collapsed" in out
+    assert (
+        f"{tmp_path}: 3 reservoirs checked, one per (run, split, epoch, layer) (2 runs, splits train); 0 violations\n"
+        in out
+    )
+    assert out.splitlines()[1].startswith("  collapsed (projected std < 0.5 and L_per < 1.128: small activations")
+    assert out.splitlines()[1].endswith("): ok (vanilla) 0 of 2, shrunk (per) 1 of 1")  # per run, out of its rows
     b = pd.read_csv(tmp_path / "shrunk" / "analysis" / "bounds.csv")
     assert bool(b["collapsed"].iloc[0]) and b["sw1"].iloc[0] > 0.7 and b["lper"].iloc[0] < 0.85
     ok = pd.read_csv(tmp_path / "ok" / "analysis" / "bounds.csv")
@@ -57,6 +62,66 @@ def test_unit_distances_from_histograms_bracket_the_exact_value(tmp_path):
     err = d["w1_hist_error"].to_numpy()
     assert err[0] <= 0.25 and err[2] <= 0.25  # inside [-10, 10]: half a bin width at most
     assert err[1] > 0.25  # exponential * 3 overflows past 10: its overflow bin [10, max] is wide
+
+
+def test_bounds_cli_shows_progress_on_stderr_only(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    fake_run(tmp_path / "r", "per", [rng.normal(size=(300, 3)) for _ in range(2)])
+    assert main([str(tmp_path / "r")]) == 0
+    with_bar = capsys.readouterr()
+    assert "bounds: " in with_bar.err and "/2 [" in with_bar.err and "layer-epoch" in with_bar.err  # tqdm's bar
+    assert main([str(tmp_path / "r"), "--no-progress"]) == 0
+    without = capsys.readouterr()
+    assert without.err == "" and without.out == with_bar.out
+
+
+def test_bounds_help_documents_every_column_of_both_tables(tmp_path, capsys):
+    fake_run(tmp_path / "r", "per", [np.random.default_rng(4).normal(size=(300, 2))])
+    assert main([str(tmp_path / "r"), "--no-progress"]) == 0
+    columns = {
+        name: pd.read_csv(tmp_path / "r" / "analysis" / name).columns.tolist()
+        for name in ("bounds.csv", "distances.csv")
+    }
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = capsys.readouterr().out
+    for col in columns["bounds.csv"]:
+        assert f"\n- {col}: " in help_text, col
+    shared = "- run, method, split, epoch, layer: as in bounds.csv"
+    for col in columns["distances.csv"]:
+        assert f"\n- {col}: " in help_text or col in shared.split(":")[0], col
+    assert shared in help_text
+    assert "|W1(values, N(0, 1)) - w1_hist| <=\n  w1_hist_error" in help_text  # what the error bounds
+    assert "sw1 <= w1 + w1_slack is rigorous" in help_text
+
+
+def test_bounds_cli_without_activations_fails_and_writes_nothing(tmp_path, capsys):
+    rd = RunDir(tmp_path / "none")
+    rd.write_config({"method": "per", "record": "none"})
+    rd.write_metrics([{"epoch": 1, "val_error": 1.0}])
+    assert main([str(rd.root)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        f"error: no activations recorded in {rd.root}: train with --record all (or a list of layers, "
+        "e.g. --record layer3)\n"
+    )
+    assert not (rd.root / "analysis").exists()
+    fake_run(tmp_path / "rec", "vanilla", [np.random.default_rng(5).normal(size=(300, 2))])  # a sweep of both
+    assert main([str(tmp_path), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped: run none: no activations recorded" in captured.err
+    assert not (rd.root / "analysis").exists() and (tmp_path / "rec" / "analysis" / "bounds.csv").exists()
+
+
+@pytest.mark.parametrize("module", ["analysis.bounds", "analysis.plot"])
+def test_a_file_given_as_run_is_named_a_file_with_its_folder(tmp_path, capsys, module):
+    import importlib
+
+    rd = fake_run(tmp_path / "r", "per", [np.random.default_rng(6).normal(size=(50, 2))])
+    assert importlib.import_module(module).main([str(rd.config_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {rd.config_path} is a file, not a run directory: give its folder {rd.root}\n"
 
 
 def test_bounds_cli_user_errors(tmp_path, capsys):
@@ -90,5 +155,7 @@ def test_bounds_cli_reports_a_violation_loudly(tmp_path, capsys, monkeypatch, br
     for line in lines:
         assert what in line and "run bad, split train, layer layer1, epoch " in line
     assert sorted(line.split(" epoch ")[1].split()[0] for line in lines) == ["1", "2"]
-    assert "2 layer-epochs checked, 2 violations" in captured.out
+    assert (
+        "2 reservoirs checked, one per (run, split, epoch, layer) (1 run, splits train); 2 violations" in captured.out
+    )
     assert not pd.read_csv(tmp_path / "bad" / "analysis" / "bounds.csv")["passed"].any()

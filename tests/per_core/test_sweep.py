@@ -7,6 +7,7 @@ import pytest
 
 from per_core import sweep
 from per_core.configs import get_preset
+from per_core.rundir import RunDir
 from per_core.sweep import main, results_table, run_sweep
 
 
@@ -51,6 +52,7 @@ def test_sweep_layout_table_and_skip(tmp_path, capsys):
         (["--epochs", "0"], "epochs"),
         (["--per-locations", "zero"], "--per-locations must be a positive integer or 'all'"),
         (["--per-locations", "0"], "--per-locations must be a positive integer or 'all'"),
+        (["--methods", "vanilla,rbn"], "--method rbn is for the lstm_lm presets (e.g. corpus-lstm); preset demo"),
     ],
 )
 def test_sweep_cli_errors_are_one_line_naming_the_flag(tmp_path, capsys, args, message):
@@ -80,6 +82,13 @@ def test_paper_layout_with_test_perplexity_for_a_table3_preset(tmp_path):
     text, entries = results_table(tmp_path)
     per = [e for e in entries if e["method"] == "per"]
     assert {e["metric"] for e in entries} == {"val_ppl"} and all(e["test_metric"] == "test_ppl" for e in entries)
+    assert "val ppl (mean +- std)" in text.splitlines()[0] and "test ppl (mean +- std)" in text.splitlines()[0]
+    # --smoke runs (synthetic data): the paper's real-data numbers are left out, and the table says why
+    assert "paper val" not in text and "123.20" not in text and "not comparable with --smoke" in text
+    for config in tmp_path.rglob("config.json"):  # the same runs as if on real data: the paper's rows are back
+        config.write_text(json.dumps({**json.loads(config.read_text()), "smoke": False}))
+    text, entries = results_table(tmp_path)
+    assert "not comparable" not in text
     rows = [
         json.loads((tmp_path / "per-lam0.0001" / f"seed{s}" / "metrics.jsonl").read_text().splitlines()[-1])
         for s in (0, 1)
@@ -99,3 +108,24 @@ def test_a_diverging_run_is_reported_and_the_sweep_goes_on(tmp_path, capsys):
     assert "FAILED: non-finite" in capsys.readouterr().out
     text, entries = results_table(tmp_path)
     assert "(1 diverged)" in text and {e["method"]: e["failed"] for e in entries} == {"vanilla": 1, "bn": 0}
+
+
+def fake_run(path, method, lam, val_error):
+    """A finished one-epoch demo run with the given final validation error (no training)."""
+    run = RunDir(path)
+    run.write_config(get_preset("demo").replace(method=method, lam=lam, epochs=1).to_dict())
+    run.write_metrics([{"epoch": 1, "val_error": val_error, "val_loss": 1.0}])
+
+
+def test_the_best_lambda_is_the_lowest_mean_as_shown_and_on_a_tie_the_smallest(tmp_path):
+    # 50.004 and 50.001 both show as 50.00: a tie, marked at the smaller lambda; 100 % everywhere: the smallest
+    for lam, err in [(0.1, 50.001), (0.01, 50.004), (1.0, 60.0)]:
+        fake_run(tmp_path / f"per-lam{lam:g}" / "seed0", "per", lam, err)
+    for lam in (0.3, 0.03, 0.003):
+        fake_run(tmp_path / f"l2-lam{lam:g}" / "seed0", "l2", lam, 100.0)
+    text, entries = results_table(tmp_path)
+    marked = {(r.split()[0], float(r.split()[1])) for r in text.splitlines() if r.rstrip().endswith("*")}
+    assert marked == {("per", 0.01), ("l2", 0.003)}
+    assert "on a tie the smallest lambda" in text and "val error % (mean +- std)" in text.splitlines()[0]
+    best = sweep.best_lambdas(entries[::-1])  # whatever the order of the entries
+    assert {m: e["lam"] for m, e in best.items()} == {"per": 0.01, "l2": 0.003}

@@ -275,3 +275,77 @@ def test_cli_record_chosen_layers_only(tmp_path):
     layers = {k.split("/")[1] for k in arrays if k.startswith(("train/", "eval/"))}
     assert layers == {"layer3", "layer6"}
     assert {k.split("/")[0] for k in arrays if k.endswith("/hist")} == {"train", "eval"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--method", "rbn"], "--method rbn is for the lstm_lm presets (e.g. corpus-lstm); preset demo (small_cnn) "),
+        (
+            ["--preset", "corpus-lstm", "--method", "dbn"],
+            "preset corpus-lstm (lstm_lm) takes vanilla, bn, rbn, per, l1",
+        ),
+        (["--preset", "corpus-lstm", "--method", "vcl"], "--method vcl is for the small_cnn,"),
+    ],
+)
+def test_a_method_the_model_lacks_is_refused_up_front_naming_the_methods_it_takes(tmp_path, capsys, argv, message):
+    assert main([*argv, "--smoke", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1 and "norm" not in err
+    assert not (tmp_path / "x").exists()  # refused before anything was built or written
+    assert train_module.methods_for("small_cnn") == ["vanilla", "bn", "dbn", "per", "vcl", "l1", "l2"]
+
+
+def test_one_plain_line_per_epoch_without_a_bar(tmp_path, capsys):
+    argv = ["--method", "per", "--smoke", "--record", "none"]
+    assert main([*argv, "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "[per] epoch 1/2: train_loss" in out and "[per] epoch 2/2: train_loss" in out
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0  # stderr is not a terminal here: lines, no bar
+    captured = capsys.readouterr()
+    assert "[per] epoch 2/2: " in captured.out and "\r" not in captured.err and "it/s" not in captured.err
+
+
+def test_resume_says_where_it_restarts_and_when_there_is_nothing_to_train(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    assert main(["--smoke", "--epochs", "1", "--record", "none", "--out", out, "--no-progress"]) == 0
+    assert main(["--resume", "--epochs", "2", "--out", out, "--no-progress"]) == 0
+    assert f"resuming {out} at epoch 2/2" in capsys.readouterr().out
+    assert main(["--resume", "--epochs", "1", "--out", out, "--no-progress"]) == 0
+    assert f"{out} already has 2 epochs >= --epochs 1; nothing to train" in capsys.readouterr().out
+    assert RunDir(out).read_config()["epochs"] == 2 and len(RunDir(out).read_metrics()) == 2  # unchanged
+
+
+@pytest.mark.parametrize("record", ["", " , "])
+def test_an_empty_record_flag_is_a_one_line_error(tmp_path, capsys, record):
+    assert main(["--smoke", "--record", record, "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --record needs all, none, or comma-separated layer labels, got {record!r}\n"
+
+
+def test_flags_without_effect_get_a_note_and_run(tmp_path, capsys):
+    argv = ["--smoke", "--epochs", "1", "--record", "none", "--no-progress", "--method", "bn", "--lam", "0.1"]
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 0
+    assert "note: --lam has no effect with --method bn" in capsys.readouterr().err
+    notes = train_module.flag_notes
+    assert notes(get_preset("demo"), ["per"], lam_flag="--lam", per_locations=True) == []
+    assert (
+        "--per-locations has no effect with --method vanilla"
+        in notes(get_preset("demo"), ["vanilla"], per_locations=True)[0]
+    )
+    assert "LSTM's rows are time steps" in notes(get_preset("corpus-lstm"), ["per"], per_locations=True)[0]
+
+
+def test_flags_are_checked_before_the_run_directory(tmp_path, capsys):
+    missing = str(tmp_path / "missing")
+    assert main(["--resume", "--overwrite", "--out", missing]) == 2
+    assert "--resume and --overwrite exclude each other" in capsys.readouterr().err
+    assert main(["--resume", "--epochs", "0", "--out", missing]) == 2
+    assert capsys.readouterr().err == "error: epochs must be >= 1, got 0\n"
+    train(small(epochs=1), tmp_path / "r", progress=False)
+    assert main(["--smoke", "--epochs", "0", "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err == "error: epochs must be >= 1, got 0\n"
+    with pytest.raises(ValueError, match="exclude each other"):
+        train(small(epochs=1), tmp_path / "missing", resume=True, overwrite=True, progress=False)
+    with pytest.raises(ValueError, match="record must be None, 'all' or labels, got ''"):
+        train(small(record=""), tmp_path / "y", progress=False)

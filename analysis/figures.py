@@ -114,6 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             ridgeline=lambda: ridgeline(data, args.ridgeline, unit=0),
         )
     figures.update(figure1=figure1, point_mass_trap=point_mass_trap)
+    if args.runs is None:
+        print(
+            "note: without --runs only figure1 and point_mass_trap are drawn (the other four need trained runs, "
+            "e.g. --runs runs/demo from make demo)",
+            file=sys.stderr,
+        )
     import matplotlib.pyplot as plt
 
     drawn: dict[str, Any] = {}  # every figure is drawn before the first is written: no partial set on error

@@ -438,6 +438,11 @@ def train(
         shutdown()
 
 
+def _shown(key: str, value: float) -> str:
+    """A metric as the log lines print it: error rates are percentages (``val_error 12.5%``)."""
+    return f"{key} {value:.4g}" + ("%" if key.endswith("_error") else "")
+
+
 def _say(line: str) -> None:
     """One line on stdout, around a progress bar if one is shown, flushed (a batch job's log keeps up)."""
     tqdm.write(line)
@@ -489,7 +494,7 @@ def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str
                 run.write_metrics(metrics)
             s.env.barrier()
             if main:  # with or without a bar: a batch job's log has one line per epoch
-                shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "lr"))
+                shown = ", ".join(_shown(k, v) for k, v in row.items() if k not in ("epoch", "lr"))
                 _say(f"[{cfg.method}] epoch {epoch}/{cfg.epochs}: {shown}")
     finally:  # hooks never outlive the run, also when it fails
         s.per.remove()
@@ -637,7 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 reports
     last = metrics[-1] if metrics else {}
-    shown = ", ".join(f"{k} {last[k]:.4g}" for k in ("val_error", "val_ppl", "val_loss") if k in last)
+    shown = ", ".join(_shown(k, last[k]) for k in ("val_error", "val_ppl", "val_loss") if k in last)
     print(f"done: {args.out} (epoch {last.get('epoch')}, {shown})")
     return 0
 

@@ -45,7 +45,9 @@ def test_point_mass_trap_shows_the_bound_falling_while_the_distance_rises():
 
 def test_cli_writes_the_theory_figures(tmp_path, capsys):
     assert main(["--out", str(tmp_path)]) == 0
-    written = capsys.readouterr().out.split()
+    captured = capsys.readouterr()
+    assert "note: without --runs only figure1 and point_mass_trap are drawn" in captured.err
+    written = captured.out.split()
     assert sorted(p.rsplit("/", 1)[-1] for p in written) == ["figure1.png", "point_mass_trap.png"]
     assert all((tmp_path / n).stat().st_size > 10_000 for n in ("figure1.png", "point_mass_trap.png"))
     assert main(["--out", str(tmp_path), "--runs", str(tmp_path / "missing")]) == 2

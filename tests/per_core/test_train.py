@@ -1,6 +1,7 @@
 """The trainer and the run directory: determinism, exact resume, refusals and clear errors."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -301,6 +302,8 @@ def test_one_plain_line_per_epoch_without_a_bar(tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "a"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "[per] epoch 1/2: train_loss" in out and "[per] epoch 2/2: train_loss" in out
+    assert re.search(r"epoch 2/2: .*train_error [0-9.]+%, .*val_error [0-9.]+%", out)  # percentages say so
+    assert re.search(r"^done: .* val_error [0-9.]+%", out, re.M)
     assert main([*argv, "--out", str(tmp_path / "b")]) == 0  # stderr is not a terminal here: lines, no bar
     captured = capsys.readouterr()
     assert "[per] epoch 2/2: " in captured.out and "\r" not in captured.err and "it/s" not in captured.err

@@ -322,10 +322,24 @@ def _label(data: RunData, run: str) -> str:
 
 
 def _line_style(data: RunData, run: str) -> dict[str, Any]:
-    """Colour per method; the first run of a method solid, further runs (seeds) thinner and lighter."""
-    first = _runs_by_method(data)[data.methods[run]][0] == run
+    """Colour per method, a shade per lambda; the first run of a (method, lambda) solid, further runs
+    (seeds) thinner and lighter.
+
+    When a method's runs have several lambdas (a sweep), the smallest is drawn lightest and the
+    largest in the method's own colour, so a lambda sweep reads as one hue from weak to strong.
+    """
+    mates = _runs_by_method(data)[data.methods[run]]
+    lams = sorted({lam for r in mates if (lam := data.configs.get(r, {}).get("lam")) is not None})
+    lam = data.configs.get(run, {}).get("lam")
+    first = next(r for r in mates if data.configs.get(r, {}).get("lam") == lam) == run
+    color = method_color(data.methods[run])
+    if len(lams) > 1 and lam in lams:
+        from matplotlib.colors import to_rgb
+
+        light = 0.7 * (1 - lams.index(lam) / (len(lams) - 1))  # share of white mixed in
+        color = "#{:02x}{:02x}{:02x}".format(*(round(255 * (c + (1 - c) * light)) for c in to_rgb(color)))
     return {
-        "color": method_color(data.methods[run]),
+        "color": color,
         "lw": 1.6 if first else 1.0,
         "alpha": 1.0 if first else _EXTRA_ALPHA,
         "label": _label(data, run),

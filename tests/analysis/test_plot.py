@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib.collections import PolyCollection
-from matplotlib.colors import to_hex
+from matplotlib.colors import to_hex, to_rgb
 from torch import nn
 
 from analysis.io import load_run
@@ -49,10 +49,10 @@ def known_data(seed, n=3000, scale=1.0):
     return (scale * X).astype(np.float32)
 
 
-def fake_run(root, method, data_per_epoch, *, reservoir=True, metrics=True):
+def fake_run(root, method, data_per_epoch, *, reservoir=True, metrics=True, lam=None):
     """A run dir whose layers recorded exactly the given {layer: (n, units)} arrays per epoch, in both splits."""
     rd = RunDir(root)
-    rd.write_config({"method": method, "epochs": len(data_per_epoch)})
+    rd.write_config({"method": method, "epochs": len(data_per_epoch), **({} if lam is None else {"lam": lam})})
     mods = {name: nn.Identity() for name in data_per_epoch[0]}
     rec = ActivationRecorder(
         nn.ModuleDict(mods), mods, reservoir=256, reservoir_every=1, reservoir_splits=("train", "eval")
@@ -264,6 +264,21 @@ def test_same_method_same_colour_in_every_figure(data):
         assert to_hex(ax.collections[0].get_facecolor()[0], keep_alpha=False) == want[method]
     rl = ridgeline(data, "layer1", 0)
     assert [to_hex(ax.get_lines()[0].get_color()) for ax in rl.get_axes()] == list(want.values())
+
+
+def test_a_lambda_sweep_reads_as_one_hue_from_weak_to_strong(tmp_path):
+    for lam, seed in ((0.01, 0), (0.01, 1), (0.1, 0), (1.0, 0)):
+        fake_run(tmp_path / f"per-lam{lam:g}" / f"seed{seed}", "per", epochs_of(seed, [1.0, 0.5]), lam=lam)
+    fake_run(tmp_path / "vanilla", "vanilla", epochs_of(5, [1.0, 1.0]), lam=0.01)
+    ax = sw1_curves(load_run(tmp_path)).get_axes()[0]
+    solid = {ln.get_label(): ln for ln in ax.get_lines() if ln.get_linestyle() == "-" and len(ln.get_xdata()) == 2}
+    colour = {label: to_hex(ln.get_color()) for label, ln in solid.items()}
+    weak, weak2 = colour["per (per-lam0.01/seed0)"], colour["per (per-lam0.01/seed1)"]
+    mid, strong = colour["per (per-lam0.1/seed0)"], colour["per (per-lam1/seed0)"]
+    assert strong == method_color("per").lower() and weak == weak2 and len({weak, mid, strong}) == 3
+    assert sum(to_rgb(weak)) > sum(to_rgb(mid)) > sum(to_rgb(strong))  # lighter for a weaker lambda
+    assert solid["per (per-lam0.01/seed1)"].get_alpha() < 1 == solid["per (per-lam0.01/seed0)"].get_alpha()
+    assert colour["vanilla"] == method_color("vanilla").lower()  # one lambda: the method's own colour
 
 
 # --- command line -------------------------------------------------------------------------------

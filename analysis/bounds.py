@@ -114,6 +114,7 @@ from analysis.distances import (
 from per_core.per import _check_seed, folded_normal_mean, per_loss
 
 __all__ = [
+    "COLLAPSE_STD",
     "EXACT_MAX_SAMPLES",
     "LPER_AT_GAUSSIAN",
     "LPER_FLOOR",
@@ -132,7 +133,9 @@ _RNG_TAG = 0x5045_5242  # "PERB": separates check_bounds' numpy stream from defa
 
 #: Default number of rows given to exact OT in :func:`check_bounds` (2000 x 2000: under a second).
 EXACT_MAX_SAMPLES = 2000
-_COLLAPSE_STD = 0.5  # default projected std below which check_bounds calls the activations collapsed
+#: Projected standard deviation below which a layer counts as collapsed (with
+#: :math:`L_{per} <` :data:`LPER_AT_GAUSSIAN`): the default of :func:`check_bounds`, used by the plots.
+COLLAPSE_STD = 0.5
 # --help's epilog: the section of the module docstring that explains the columns of the two tables
 _TABLES_HELP = (__doc__ or "").partition("\nColumns of bounds.csv")[2].partition("\nReferences\n")[0]
 _TABLES_HELP = "Columns of bounds.csv" + _TABLES_HELP.replace("``", "") if _TABLES_HELP else None
@@ -329,7 +332,7 @@ def check_bounds(
     exact_max_samples: int = EXACT_MAX_SAMPLES,
     rtol: float = 1e-9,
     atol: float = 1e-12,
-    collapse_std: float = _COLLAPSE_STD,
+    collapse_std: float = COLLAPSE_STD,
 ) -> BoundReport:
     r"""Check :math:`SW_1 \le L_{per}` (slice by slice) and :math:`SW_1 \le W_1` on the rows of ``X``.
 
@@ -516,7 +519,7 @@ def _summary(path: str, table: Any, violations: int) -> list[str]:
     return [
         f"{path}: {len(table)} reservoirs checked, one per (run, split, epoch, layer) "
         f"({len(runs)} run{'s' * (len(runs) != 1)}, splits {splits or 'none'}); {violations} violations",
-        f"  collapsed (projected std < {_COLLAPSE_STD:g} and L_per < 1.128: small activations, shrunk or small "
+        f"  collapsed (projected std < {COLLAPSE_STD:g} and L_per < 1.128: small activations, shrunk or small "
         f"from the start): {per_run or 'none checked'}",
     ]
 

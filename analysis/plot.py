@@ -58,6 +58,7 @@ import pandas as pd
 import torch
 
 from analysis.bounds import (
+    COLLAPSE_STD,
     LPER_AT_GAUSSIAN,
     LPER_FLOOR,
     _add_slice_options,
@@ -94,9 +95,6 @@ __all__ = [
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 #: Figure 2's variance axis is clipped here, as in the paper; clipped points are marked.
 VAR_CLIP = 5.0
-#: Projected standard deviation below which a layer counts as collapsed (the rule and default of
-#: :func:`analysis.bounds.check_bounds`: ``projected_std < COLLAPSE_STD and lper < 2/sqrt(pi)``).
-COLLAPSE_STD = 0.5
 _SPLIT_WORDS = {"eval": "a fixed validation batch, eval mode", "train": "training batches, train mode"}
 _EXTRA_ALPHA, _GREY = 0.45, "#777777"
 
@@ -332,12 +330,9 @@ def _line_style(data: RunData, run: str) -> dict[str, Any]:
     lams = sorted({lam for r in mates if (lam := data.configs.get(r, {}).get("lam")) is not None})
     lam = data.configs.get(run, {}).get("lam")
     first = next(r for r in mates if data.configs.get(r, {}).get("lam") == lam) == run
-    color = method_color(data.methods[run])
-    if len(lams) > 1 and lam in lams:
-        from matplotlib.colors import to_rgb
-
-        light = 0.7 * (1 - lams.index(lam) / (len(lams) - 1))  # share of white mixed in
-        color = "#{:02x}{:02x}{:02x}".format(*(round(255 * (c + (1 - c) * light)) for c in to_rgb(color)))
+    color: str | tuple[float, float, float] = method_color(data.methods[run])
+    if len(lams) > 1 and lam in lams:  # 0.3 of the method's colour for the smallest lambda, all of it for the largest
+        color = _tint(color, 0.3 + 0.7 * lams.index(lam) / (len(lams) - 1))
     return {
         "color": color,
         "lw": 1.6 if first else 1.0,
@@ -405,13 +400,11 @@ def _unit_histograms(
             if layer in fields:
                 rows[(layer, unit)].append((epoch, edges, fields[layer]))
     out = {}
-    for (layer, unit), got in rows.items():  # a layer the run did not record: E = 0 (and 0 bins)
+    for (layer, unit), got in rows.items():
         out[(layer, unit)] = {
             "epoch": np.array([e for e, _, _ in got], dtype=np.int64),
-            "counts": np.array([f["hist"][unit] for _, _, f in got], dtype=np.float64).reshape(len(got), -1)
-            if got
-            else np.zeros((0, 0)),
-            "edges": np.array([edges for _, edges, _ in got]).reshape(len(got), -1) if got else np.zeros((0, 1)),
+            "counts": np.array([f["hist"][unit] for _, _, f in got], dtype=np.float64).reshape(len(got), -1),
+            "edges": np.array([edges for _, edges, _ in got]).reshape(len(got), -1),
             **{k: np.array([f[k][unit] for _, _, f in got], dtype=np.float64) for k in ("under", "over", "min", "max")},
         }
     return out
@@ -689,22 +682,22 @@ def figure2(
     )
     widths: set[float] = set()
     outside = False
+    by_run = _layers_by_run(data, split)
     for col, method in enumerate(methods):
-        chosen: dict[str, list[tuple[str, int]]] = {}  # run -> its pairs: the method's first run with the layer
-        for layer, unit in pairs:
-            having = [r for r in groups[method] if r in _runs_with(data, split, layers=[layer])]
+        chosen: dict[str, list[int]] = {}  # run -> rows it draws: the method's first run with the row's layer
+        for row, (layer, _) in enumerate(pairs):
+            having = [r for r in groups[method] if layer in by_run.get(r, ())]
             if having:
-                chosen.setdefault(having[0], []).append((layer, unit))
+                chosen.setdefault(having[0], []).append(row)
             else:
-                row = pairs.index((layer, unit))
                 ax = axes[row, col]
                 ax.text(
                     0.5, 0.5, f"{layer} not recorded", transform=ax.transAxes, ha="center", va="center", color=_GREY
                 )
-        for run, run_pairs in chosen.items():
-            hists = _unit_histograms(data, run, split, run_pairs)
-            for pair in run_pairs:
-                h, row = hists[pair], pairs.index(pair)
+        for run, rows in chosen.items():
+            hists = _unit_histograms(data, run, split, [pairs[row] for row in rows])
+            for row in rows:
+                h = hists[pairs[row]]
                 if len(h["epoch"]):
                     _bands(axes[row, col], h["epoch"], _quantiles_of(h), method_color(method))
                     widths.update(_bin_width(e) for e in h["edges"][:1])

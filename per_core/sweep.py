@@ -112,13 +112,13 @@ def best_lambdas(entries: list[dict]) -> dict[str, dict]:
     one (e.g. 100 % error everywhere in a smoke run); on a tie the smallest lambda wins, the least
     regularization. Entries without a finished seed take no part.
     """
+
+    def rank(e: dict) -> tuple[float, float]:
+        return float(f"{e['mean']:.2f}"), -math.inf if e["lam"] is None else e["lam"]
+
     best: dict[str, dict] = {}
     for e in entries:
-        if not e["n"] or math.isnan(e["mean"]):
-            continue
-        key = (float(f"{e['mean']:.2f}"), -math.inf if e["lam"] is None else e["lam"])
-        b = best.get(e["method"])
-        if b is None or key < (float(f"{b['mean']:.2f}"), -math.inf if b["lam"] is None else b["lam"]):
+        if e["n"] and not math.isnan(e["mean"]) and (e["method"] not in best or rank(e) < rank(best[e["method"]])):
             best[e["method"]] = e
     return best
 

@@ -34,8 +34,10 @@ References
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+import sys
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import Literal
@@ -478,6 +480,61 @@ def named_targets(
     return named
 
 
+def _ref_counts(grad: Tensor) -> tuple[int, int, int]:
+    """Who holds ``grad``: C++ references to its TensorImpl, to its storage, and Python references.
+
+    The storage is reached by address: a Python storage object (``untyped_storage()``) would stay
+    attached to it and hold a reference, which would stop autograd from summing into it in place.
+    """
+    storage_refs = torch._C._storage_Use_Count(torch._C._storage_address(grad))
+    return grad._use_count(), storage_refs, sys.getrefcount(grad)
+
+
+@functools.cache
+def _sole_owner_counts() -> tuple[int, int, int] | None:
+    """:func:`_ref_counts` of a gradient held by nothing but the autograd engine, seen from a tensor hook.
+
+    Found once per process by two probes through :func:`_owns` itself (the Python count depends on
+    the frames in between): the gradient a ReLU's backward hands to its input (held by nobody else)
+    and the one an addition hands to both of its inputs (shared). None (always copy) when this torch
+    build lacks the counters or the probes do not tell the two cases apart.
+    """
+    seen: dict[str, tuple[int, int, int]] = {}
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            for key, shared in (("sole", False), ("shared", True)):
+                x = torch.ones(2, 3, requires_grad=True)
+                h = x * 1.0
+
+                def hook(grad: Tensor, key: str = key) -> None:
+                    _owns(grad, probe=(seen, key))
+
+                h.register_hook(hook)
+                (h + x if shared else h).relu().backward(torch.ones(2, 3))
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+    sole, other = seen.get("sole"), seen.get("shared")
+    return sole if sole is not None and other is not None and sole != other else None
+
+
+def _owns(grad: Tensor, probe: tuple[dict[str, tuple[int, int, int]], str] | None = None) -> bool:
+    """Whether a tensor hook may add into its argument ``grad`` in place instead of into a copy.
+
+    True only when nothing else can observe the change: no other reference to the tensor or its
+    storage, C++ or Python (an addition hands the same tensor to both of its inputs, a user may
+    pass their own tensor to ``backward``, an earlier hook may have kept it), no graph through it
+    (double backward) and a contiguous layout. Autograd applies the same test before it sums two
+    gradients of one tensor in place. Call it directly from the hook, with the hook's argument:
+    the Python count includes the frames in between. ``probe`` (for :func:`_sole_owner_counts`)
+    records the counts instead.
+    """
+    counts = _ref_counts(grad)
+    if probe is not None:
+        probe[0][probe[1]] = counts
+        return False
+    return not grad.requires_grad and grad.is_contiguous() and counts == _sole_owner_counts()
+
+
 class _Sampled:
     """One forward of a layer with ``locations=m``: its chosen rows, waiting for the (batched) backward."""
 
@@ -485,9 +542,9 @@ class _Sampled:
 
     def __init__(self, name: str, rows: Tensor, index: Tensor) -> None:
         self.name = name
-        self.rows = rows  # (N*m, C) in the compute dtype
-        self.index = index  # (N, m) chosen positions per image
-        self.grad: Tensor | None = None  # scale x dL_per/d rows, (N*m, C), once computed
+        self.rows = rows  # (N, C, m): the chosen locations' channel vectors, as gathered
+        self.index = index  # (N, C, m): the chosen positions per image, expanded over channels
+        self.grad: Tensor | None = None  # scale x dL_per/d rows, (N, C, m) in the compute dtype, once computed
 
 
 class PER:
@@ -582,6 +639,7 @@ class PER:
         self._strata_cache: dict[tuple[int, int, torch.device], tuple[Tensor, Tensor]] = {}
         self._pending: list[weakref.ref[_Sampled]] = []  # sampled-location forwards awaiting their backward
         self._handles = [m.register_forward_hook(self._make_forward_hook(n, m)) for n, m in named.items()]
+        _sole_owner_counts()  # settled here, not inside the first backward
 
     # -- randomness -----------------------------------------------------------------------------
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -626,10 +684,9 @@ class PER:
             if lay == "channels_first":
                 flat = h.detach().flatten(2)  # (N, C, *S) -> (N, C, L): a view for contiguous and channels-last
                 index = self._pick_locations(flat, gen)
-                if index is not None:  # keep only the chosen locations as rows: (N, m, C) -> (N*m, C), a small copy
-                    c = flat.shape[1]
-                    picked = flat.transpose(1, 2).gather(1, index.unsqueeze(2).expand(-1, -1, c))
-                    entry = _Sampled(name, picked.reshape(-1, c).to(dtype), index)
+                if index is not None:  # keep only the chosen locations: (N, C, m), a small copy
+                    index = index.unsqueeze(1).expand(-1, flat.shape[1], -1)
+                    entry = _Sampled(name, flat.gather(2, index), index)
                     self._pending.append(weakref.ref(entry))
                     h.register_hook(self._make_sampled_grad_hook(entry))
                     return
@@ -683,7 +740,8 @@ class PER:
                 self._penalties[name] = loss.detach()
             if self.lam == 0.0:
                 return grad
-            return grad + from_samples(g, x.shape, layout).to(grad.dtype)
+            g = from_samples(g, x.shape, layout).to(grad.dtype)
+            return grad.add_(g) if _owns(grad) else grad + g
 
         return grad_hook
 
@@ -696,14 +754,11 @@ class PER:
             assert entry.grad is not None
             if self.lam == 0.0:
                 return grad
-            n, m = entry.index.shape
-            c = entry.rows.shape[1]
-            src = entry.grad.to(grad.dtype).view(n, m, c).transpose(1, 2)  # (N*m, C) -> (N, C, m)
-            # out of place (the hook must not modify its argument), and not a view: autograd adds the
-            # gradients of a tensor used twice (a residual input) in place only into a tensor that
-            # owns its storage; a view of a scatter_add result made it allocate a new sum each time
-            out = grad.clone(memory_format=torch.contiguous_format)
-            out.view(n, c, -1).scatter_add_(2, entry.index.unsqueeze(1).expand(-1, c, -1), src)
+            # into grad itself when nothing else sees it; otherwise into a copy that owns its storage
+            # (not a view: autograd sums the two gradients of a residual input in place only into such a tensor)
+            out = grad if _owns(grad) else grad.clone(memory_format=torch.contiguous_format)
+            n, c, _ = entry.index.shape
+            out.view(n, c, -1).scatter_add_(2, entry.index, entry.grad.to(grad.dtype))
             return out
 
         return grad_hook
@@ -726,16 +781,19 @@ class PER:
         scale = self.lam if self.lam != 0.0 else 1.0
         s = self.n_slices
         for (shape, dtype, device), entries in groups.items():
-            n, d = shape
+            n_img, d, m = shape
+            n = n_img * m
+            dtype = _compute_dtype(dtype)
             gen = self._generator(device)
             theta = sample_slices(len(entries) * s, d, generator=gen, device=device, dtype=dtype).view(-1, s, d)
             per_block = max(1, self.chunk_elements // (n * s))  # layers per batched block
             for i in range(0, len(entries), per_block):
                 part = entries[i : i + per_block]
-                x = part[0].rows.unsqueeze(0) if len(part) == 1 else torch.stack([e.rows for e in part])
+                # rows (G, N, C, m) -> (G, N*m, C): one copy for the block, in the compute dtype
+                x = torch.stack([e.rows for e in part]).to(dtype).transpose(-1, -2).reshape(len(part), n, d)
                 g, loss = _grad_and_loss(x, theta[i : i + len(part)], self.track_penalty, self.chunk_elements, scale)
                 for k, e in enumerate(part):
-                    e.grad = g[k]
+                    e.grad = g[k].view(n_img, m, d).transpose(1, 2)  # (N*m, C) -> (N, C, m)
                     if loss is not None:
                         self._penalties[e.name] = loss[k].detach()
 

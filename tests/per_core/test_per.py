@@ -358,23 +358,82 @@ def test_sampled_locations_gradient_is_per_grad_of_the_chosen_rows_scattered_bac
     torch.testing.assert_close(h.grad, up + expected.view(h0.shape), rtol=1e-12, atol=1e-14)
 
 
-def test_sampled_locations_gradient_owns_its_storage_so_a_residual_sum_accumulates_in_place():
-    # autograd adds the two gradients of a residual input in place only into a tensor that owns
-    # its storage; a view (what scatter_add(...).view(...) returned) costs a new full-size sum
-    tap, seen = nn.Identity(), []
+def _note_pointers(where: list):
+    """A forward hook whose tensor hook notes the data pointer of the gradient it sees (and keeps no reference)."""
+
+    def forward_hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        out.register_hook(lambda g: where.append(g.data_ptr()))
+
+    return forward_hook
+
+
+@pytest.mark.parametrize("locations", [None, 2])
+def test_per_adds_into_a_gradient_only_it_holds_and_copies_one_another_tensor_shares(locations):
+    lam, s = 0.5, 8
+    h0 = torch.randn(3, 4, 5, 5, generator=gen(32), dtype=F64)
+    y0 = torch.randn(3, 4, 5, 5, generator=gen(33), dtype=F64)
+    for shared in (False, True):
+        tap, before, after = nn.Identity(), [], []
+        tap.register_forward_hook(_note_pointers(before))
+        with PER(tap, lam, s, seed=6, locations=locations):
+            tap.register_forward_hook(_note_pointers(after))
+            h, y = h0.clone().requires_grad_(), y0.clone().requires_grad_()
+            y_in = y * 1.0  # made first, so its backward runs after the tap's (autograd goes newest first)
+            out = tap(h * 1.0)
+            # shared: the addition hands one gradient tensor to both of its inputs, y_in's still holds it
+            ((out + y_in).relu() if shared else out.relu() + y_in.relu()).sum().backward()
+        relu_grad = (h0 + y0 > 0 if shared else y0 > 0).to(F64)
+        torch.testing.assert_close(y.grad, relu_grad, rtol=0, atol=0)  # PER's share never reaches y
+        reference = h0.clone().requires_grad_()  # the same gradient by autograd of the loss, same slices
+        with PER(nn.Identity(), lam, s, seed=6, locations=locations) as twin:
+            twin.modules["Identity"](reference * 1.0).mul((h0 + y0 > 0) if shared else (h0 > 0)).sum().backward()
+        torch.testing.assert_close(h.grad, reference.grad, rtol=1e-12, atol=1e-14)
+        # where nothing else holds the gradient PER adds into it in place; a shared one it copies
+        assert (before == after) == (not shared), (shared, before, after)
+
+
+@pytest.mark.parametrize("locations", [None, 2])
+def test_a_residual_input_sums_its_two_gradients_in_place_into_what_per_returned(locations):
+    # autograd sums the two gradients of a tensor used twice (a residual block's input) in place only
+    # into a tensor nothing else holds: PER's hook must leave no reference behind (a view, or a
+    # Python storage object attached to the gradient, each cost a new full-size sum per block)
+    tap, before, after, at_input = nn.Identity(), [], [], []
+    tap.register_forward_hook(_note_pointers(before))  # its tensor hook runs before PER's
     x = torch.randn(4, 3, 5, 5, generator=gen(31), dtype=F64, requires_grad=True)
     conv = nn.Conv2d(3, 3, 3, padding=1).double()
-
-    def watch(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        out.register_hook(seen.append)  # after PER's hook: receives what PER's returned
-
-    with PER(tap, 0.5, 8, locations=2):
-        tap.register_forward_hook(watch)
+    with PER(tap, 0.5, 8, locations=locations):
+        tap.register_forward_hook(_note_pointers(after))  # after PER's
         a = x * 2
+        a.register_hook(lambda g: at_input.append(g.data_ptr()))
         tap(conv(a) + a).relu().sum().backward()
-    (g,) = seen
-    assert g._base is None and g.is_contiguous()
+    assert before == after  # PER added into the ReLU's gradient, which nothing else held
+    assert at_input == after  # and autograd summed the conv's share into that same tensor
     assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("holder", ["caller", "earlier hook"])
+def test_per_never_changes_a_gradient_someone_else_holds(holder):
+    tap, kept = nn.Identity(), []
+    if holder == "earlier hook":
+
+        def keep(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            out.register_hook(kept.append)  # runs before PER's hook and keeps the tensor it saw
+
+        tap.register_forward_hook(keep)
+    h0 = torch.randn(2, 3, 4, 4, generator=gen(34), dtype=F64)
+    up = torch.randn(2, 3, 4, 4, generator=gen(35), dtype=F64)
+    up0 = up.clone()
+    with PER(tap, 1.0, 8, locations=2):
+        h = h0.clone().requires_grad_()
+        out = tap(h * 1.0)
+        if holder == "caller":
+            out.backward(up)  # the caller's own tensor is the gradient PER receives
+        else:
+            (out * up).sum().backward()  # a fresh gradient, but the earlier hook keeps it
+    torch.testing.assert_close(up, up0, rtol=0, atol=0)
+    if kept:
+        torch.testing.assert_close(kept[0], up0, rtol=0, atol=0)
+    assert float((h.grad - up0).abs().max()) > 1e-3  # PER did add its part, into a copy
 
 
 def test_all_locations_on_a_channels_last_conv_equal_autograd_of_per_loss():

@@ -491,26 +491,26 @@ def _ref_counts(grad: Tensor) -> tuple[int, int, int]:
 
 
 @functools.cache
-def _sole_owner_counts() -> tuple[int, int, int] | None:
+def _sole_owner_counts(device_type: str) -> tuple[int, int, int] | None:
     """:func:`_ref_counts` of a gradient held by nothing but the autograd engine, seen from a tensor hook.
 
-    Found once per process by two probes through :func:`_owns` itself (the Python count depends on
-    the frames in between): the gradient a ReLU's backward hands to its input (held by nobody else)
-    and the one an addition hands to both of its inputs (shared). None (always copy) when this torch
-    build lacks the counters or the probes do not tell the two cases apart.
+    Found once per process and device type by two probes through :func:`_owns` itself (the Python
+    count depends on the frames in between): the gradient a ReLU's backward hands to its input (held
+    by nobody else) and the one an addition hands to both of its inputs (shared). None (always copy)
+    when this torch build lacks the counters or the probes do not tell the two cases apart.
     """
     seen: dict[str, tuple[int, int, int]] = {}
     try:
         with torch.inference_mode(False), torch.enable_grad():
             for key, shared in (("sole", False), ("shared", True)):
-                x = torch.ones(2, 3, requires_grad=True)
+                x = torch.ones(2, 3, device=device_type, requires_grad=True)
                 h = x * 1.0
 
                 def hook(grad: Tensor, key: str = key) -> None:
                     _owns(grad, probe=(seen, key))
 
                 h.register_hook(hook)
-                (h + x if shared else h).relu().backward(torch.ones(2, 3))
+                (h + x if shared else h).relu().backward(torch.ones(2, 3, device=device_type))
     except (AttributeError, RuntimeError, TypeError):
         return None
     sole, other = seen.get("sole"), seen.get("shared")
@@ -532,7 +532,7 @@ def _owns(grad: Tensor, probe: tuple[dict[str, tuple[int, int, int]], str] | Non
     if probe is not None:
         probe[0][probe[1]] = counts
         return False
-    return not grad.requires_grad and grad.is_contiguous() and counts == _sole_owner_counts()
+    return not grad.requires_grad and grad.is_contiguous() and counts == _sole_owner_counts(grad.device.type)
 
 
 class _Sampled:
@@ -639,7 +639,6 @@ class PER:
         self._strata_cache: dict[tuple[int, int, torch.device], tuple[Tensor, Tensor]] = {}
         self._pending: list[weakref.ref[_Sampled]] = []  # sampled-location forwards awaiting their backward
         self._handles = [m.register_forward_hook(self._make_forward_hook(n, m)) for n, m in named.items()]
-        _sole_owner_counts()  # settled here, not inside the first backward
 
     # -- randomness -----------------------------------------------------------------------------
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -681,6 +680,7 @@ class PER:
             d = h.shape[1] if lay == "channels_first" else h.shape[-1]
             dtype = _compute_dtype(h.dtype)
             gen = self._generator(h.device)
+            _sole_owner_counts(h.device.type)  # settled in a forward pass, not inside the first backward
             if lay == "channels_first":
                 flat = h.detach().flatten(2)  # (N, C, *S) -> (N, C, L): a view for contiguous and channels-last
                 index = self._pick_locations(flat, gen)

@@ -391,7 +391,7 @@ def as_samples(h: Tensor, layout: Layout = "auto") -> Tensor:
       conv's weight gradient against a 4096-slice all-location reference (ResNet-56, batch 128,
       median over layers): all locations 0.13 (s = 256), 0.43 (s = 64), 1.8 (s = 16); with s = 256,
       m = 16: 0.13, m = 8: 0.13, m = 4: 0.14-0.15, m = 2: 0.17, m = 1: 0.17-0.20. Step time over
-      vanilla (layers batched, see :class:`PER`): m = 4: 1.10-1.13, BN: 1.11. Hence keep s = 256 and subsample
+      vanilla (layers batched, see :class:`PER`): m = 4: 1.095-1.12, BN: 1.08-1.13. Hence keep s = 256 and subsample
       locations: ``locations=4`` keeps about 90 % of the all-location quality at a cost that does
       not grow with the map size (the trained demo's per-layer SW1 is within 3 % of all locations).
       ``PER`` itself defaults to all locations (Algorithm 1 exactly, and identical under data
@@ -558,7 +558,10 @@ class PER:
 
     to every row :math:`h_i` (rows as in :func:`as_samples`). The loss itself is never computed in
     forward, nothing is added to the model (no parameters, no buffers), and the result is exactly
-    the gradient of ``task_loss + lam * sum_layers per_loss(layer)`` with the same slices.
+    the gradient of ``task_loss + lam * sum_layers per_loss(layer)`` with the same slices. The
+    addition goes into the incoming gradient itself when nothing else holds it (the test autograd
+    applies before summing in place), into a copy otherwise: a gradient shared with another tensor,
+    kept by an earlier hook or passed to ``backward`` by the caller is never changed.
 
     Which tensor is regularized is the choice of modules: pass the Linear/Conv/LSTM modules to
     regularize their outputs, which are the *pre-activations* of the next nonlinearity (the default

@@ -528,6 +528,8 @@ def _owns(grad: Tensor, probe: tuple[dict[str, tuple[int, int, int]], str] | Non
     the Python count includes the frames in between. ``probe`` (for :func:`_sole_owner_counts`)
     records the counts instead.
     """
+    if type(grad) is not Tensor or grad.layout != torch.strided or grad.is_nested or grad._is_zerotensor():
+        return False  # subclasses, sparse, nested and immutable zero tensors: always a copy
     counts = _ref_counts(grad)
     if probe is not None:
         probe[0][probe[1]] = counts

@@ -38,6 +38,7 @@ import functools
 import math
 import numbers
 import sys
+import threading
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import Literal
@@ -496,23 +497,30 @@ def _sole_owner_counts(device_type: str) -> tuple[int, int, int] | None:
 
     Found once per process and device type by two probes through :func:`_owns` itself (the Python
     count depends on the frames in between): the gradient a ReLU's backward hands to its input (held
-    by nobody else) and the one an addition hands to both of its inputs (shared). None (always copy)
-    when this torch build lacks the counters or the probes do not tell the two cases apart.
+    by nobody else) and the one an addition hands to both of its inputs (shared). The probes run in
+    a fresh thread with no tracer or profiler, so that whatever the caller's thread is doing (a
+    checkpointed region, saved-tensor hooks, torch.func, a debugger reading frame locals) neither
+    disturbs it nor inflates the counts. None (always copy) when this torch build lacks the
+    counters or the probes do not tell the two cases apart.
     """
     seen: dict[str, tuple[int, int, int]] = {}
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            for key, shared in (("sole", False), ("shared", True)):
-                x = torch.ones(2, 3, device=device_type, requires_grad=True)
-                h = x * 1.0
 
-                def hook(grad: Tensor, key: str = key) -> None:
-                    _owns(grad, probe=(seen, key))
+    def probe() -> None:
+        sys.settrace(None)
+        sys.setprofile(None)
+        for key, shared in (("sole", False), ("shared", True)):
+            x = torch.ones(2, 3, device=device_type, requires_grad=True)
+            h = x * 1.0
 
-                h.register_hook(hook)
-                (h + x if shared else h).relu().backward(torch.ones(2, 3, device=device_type))
-    except (AttributeError, RuntimeError, TypeError):
-        return None
+            def hook(grad: Tensor, key: str = key) -> None:
+                _owns(grad, probe=(seen, key))
+
+            h.register_hook(hook)
+            (h + x if shared else h).relu().backward(torch.ones(2, 3, device=device_type))
+
+    thread = threading.Thread(target=probe, name="per-probe", daemon=True)
+    thread.start()
+    thread.join()  # an exception in the probe leaves ``seen`` incomplete: None below
     sole, other = seen.get("sole"), seen.get("shared")
     return sole if sole is not None and other is not None and sole != other else None
 
@@ -523,14 +531,18 @@ def _owns(grad: Tensor, probe: tuple[dict[str, tuple[int, int, int]], str] | Non
     True only when nothing else can observe the change: no other reference to the tensor or its
     storage, C++ or Python (an addition hands the same tensor to both of its inputs, a user may
     pass their own tensor to ``backward``, an earlier hook may have kept it), no graph through it
-    (double backward) and a contiguous layout. Autograd applies the same test before it sums two
+    (double backward), a plain contiguous tensor. Autograd applies the same test before it sums two
     gradients of one tensor in place. Call it directly from the hook, with the hook's argument:
     the Python count includes the frames in between. ``probe`` (for :func:`_sole_owner_counts`)
-    records the counts instead.
+    records the counts instead. Not visible to any count: memory that a custom backward shares with
+    a numpy array or a DLPack capsule it keeps and hands out as a gradient.
     """
     if type(grad) is not Tensor or grad.layout != torch.strided or grad.is_nested or grad._is_zerotensor():
         return False  # subclasses, sparse, nested and immutable zero tensors: always a copy
-    counts = _ref_counts(grad)
+    try:
+        counts = _ref_counts(grad)
+    except (RuntimeError, TypeError, AttributeError):  # e.g. torch.func's wrappers have no storage
+        return False
     if probe is not None:
         probe[0][probe[1]] = counts
         return False
@@ -563,7 +575,9 @@ class PER:
     the gradient of ``task_loss + lam * sum_layers per_loss(layer)`` with the same slices. The
     addition goes into the incoming gradient itself when nothing else holds it (the test autograd
     applies before summing in place), into a copy otherwise: a gradient shared with another tensor,
-    kept by an earlier hook or passed to ``backward`` by the caller is never changed.
+    kept by an earlier hook or passed to ``backward`` by the caller is never changed (memory shared
+    outside PyTorch's reference counts, such as a numpy array that a custom backward keeps and
+    returns as a gradient, is beyond what this test can see).
 
     Which tensor is regularized is the choice of modules: pass the Linear/Conv/LSTM modules to
     regularize their outputs, which are the *pre-activations* of the next nonlinearity (the default

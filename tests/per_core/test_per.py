@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -434,6 +435,51 @@ def test_per_never_changes_a_gradient_someone_else_holds(holder):
     if kept:
         torch.testing.assert_close(kept[0], up0, rtol=0, atol=0)
     assert float((h.grad - up0).abs().max()) > 1e-3  # PER did add its part, into a copy
+
+
+@pytest.mark.parametrize("context", ["tracer", "checkpoint", "torch.func"])
+def test_the_sole_owner_counts_do_not_depend_on_what_the_first_forward_runs_under(context):
+    # the counts are found once per process, at the first PER forward on a device type; a tracer
+    # reading frame locals there would inflate them (a gradient a user keeps would then pass as
+    # PER's own), a checkpointed region would see the probes' extra tensors, torch.func its wrappers
+    from torch.utils.checkpoint import checkpoint
+
+    import per_core.per as per_module
+
+    per_module._sole_owner_counts.cache_clear()
+    clean = per_module._sole_owner_counts("cpu")
+    assert clean is not None  # this torch build supports the in-place path
+    per_module._sole_owner_counts.cache_clear()
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ELU(), nn.Conv2d(4, 2, 3, padding=1)).double()
+    x = torch.randn(2, 3, 6, 6, generator=gen(36), dtype=F64, requires_grad=True)
+    with PER(net[0], 0.5, 8, seed=1):
+        if context == "tracer":
+            sys.setprofile(lambda frame, event, arg: frame.f_locals)
+            try:
+                out = net(x)
+            finally:
+                sys.setprofile(None)
+            out.pow(2).sum().backward()
+        elif context == "checkpoint":
+            checkpoint(net, x, use_reentrant=False).pow(2).sum().backward()
+        else:
+            params = dict(net.named_parameters())
+            torch.func.grad(lambda p: torch.func.functional_call(net, p, (x,)).pow(2).sum())(params)
+    assert per_module._sole_owner_counts("cpu") == clean
+
+
+def test_torch_func_grad_through_per_equals_backward():
+    # torch.func's gradients are wrappers without a storage to count: PER adds into a copy
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ELU(), nn.Conv2d(4, 2, 3, padding=1)).double()
+    x = torch.randn(2, 3, 6, 6, generator=gen(37), dtype=F64)
+    with PER(net[0], 0.5, 8, seed=1):
+        got = torch.func.grad(lambda p: torch.func.functional_call(net, p, (x,)).pow(2).sum())(
+            dict(net.named_parameters())
+        )
+    with PER(net[0], 0.5, 8, seed=1):
+        net(x).pow(2).sum().backward()
+    for name, param in net.named_parameters():
+        torch.testing.assert_close(got[name], param.grad, rtol=1e-12, atol=1e-14)
 
 
 def test_all_locations_on_a_channels_last_conv_equal_autograd_of_per_loss():

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: a smoke run, not a result")
     p.add_argument("--only", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (only step_time, grad_path, no_sort use it)")
+    p.add_argument("--device", default="cpu", help=f"cpu or cuda (only {', '.join(GPU_BENCHMARKS)} use it)")
     args = p.parse_args(argv)
     names = list(BENCHMARKS) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHMARKS]

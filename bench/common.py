@@ -95,12 +95,14 @@ def make_step(
     locations: int | str | None = "default",
     n_slices: int = 256,
     lam: float = 1e-4,
+    sync: bool = True,
 ) -> tuple[Callable[[], None], nn.Module, PER | None]:
     """One SGD training step (zero_grad, forward, cross-entropy, backward, step) as a closure.
 
     ``method``: 'vanilla', 'bn' (the table's normalization baseline: BN, or recurrent BN for the LSTM)
     or 'per' (PER on ``model.pre_activations()`` with ``n_slices`` and ``locations``; 'default' keeps
     PER's own default). The LSTM step clips gradients to 0.25 (Table 3 recipe) in every method.
+    On CUDA the step ends with a device synchronization unless ``sync=False`` (for graph capture).
     """
     device = torch.device(device)
     norm = shape.bn_norm if method == "bn" else "none"
@@ -126,7 +128,7 @@ def make_step(
         if lm:
             nn.utils.clip_grad_norm_(model.parameters(), 0.25)
         opt.step()
-        if device.type == "cuda":
+        if sync and device.type == "cuda":
             torch.cuda.synchronize(device)
 
     return step, model, per

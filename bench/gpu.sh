@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Goals 1-2 of issue 7 on CUDA (plus the cheap no-sort curve): prints the card, then the NAME RATIO lines.
+# Goals 1-2 of issue 7 on CUDA (eager and CUDA-graphed steps, plus the cheap no-sort curve): prints the card,
+# then the NAME RATIO lines.
 #
 #   bash bench/gpu.sh            # uses .venv/bin/python if present, else python3 (override: PY=...)
 #
@@ -21,4 +22,4 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 "$PY" -c "import torch; print('card:', torch.cuda.get_device_name(), '| torch', torch.__version__, '| cuda', torch.version.cuda)"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-timeout 280 "$PY" -m bench --device cuda --only step_time,grad_path,no_sort "$@"
+timeout 280 "$PY" -m bench --device cuda --only step_time,step_graph,grad_path,no_sort "$@"

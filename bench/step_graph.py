@@ -20,6 +20,7 @@ import torch
 
 from bench.common import RECOMMENDED_LOCATIONS, SHAPES, make_step
 from bench.timing import emit, interleaved, progress, standalone_parser
+from per_core.per import PER
 
 __all__ = ["graphed", "run"]
 
@@ -31,13 +32,11 @@ VARIANTS: dict[str, dict[str, object]] = {
 }
 
 
-def graphed(
-    step: Callable[[], None], generators: Callable[[], list[torch.Generator]], device: str
-) -> Callable[[], None]:
+def graphed(step: Callable[[], None], per: PER | None, device: str) -> Callable[[], None]:
     """``step`` (no synchronization inside) captured in a CUDA graph; the returned call replays it and syncs.
 
-    ``generators`` lists, after warm-up, the non-default CUDA generators the step draws from (PER's):
-    they are registered with the graph so that replays advance them.
+    PER's CUDA generators (made by its first forward, in the warm-up) are registered with the graph
+    so that replays advance them.
     """
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
@@ -46,8 +45,9 @@ def graphed(
             step()
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    for gen in generators():
-        graph.register_generator_state(gen)
+    for dev, gen in (per._generators if per is not None else {}).items():
+        if dev.type == "cuda":
+            graph.register_generator_state(gen)
     with torch.cuda.graph(graph):
         step()
 
@@ -72,9 +72,8 @@ def run(quick: bool = False, device: str = "cpu", models: tuple[str, ...] = MODE
         for name, kw in VARIANTS.items():
             eager[name], _, _ = make_step(shape, quick=quick, device=device, **kw)
             step, _, per = make_step(shape, quick=quick, device=device, sync=False, **kw)
-            gens = (lambda per=per: [g for d, g in per._generators.items() if d.type == "cuda"]) if per else list
             try:
-                graphs[name] = graphed(step, gens, device)
+                graphs[name] = graphed(step, per, device)
             except Exception as exc:  # any capture failure: report it and go on
                 progress(f"step_graph/{model}/{name}: capture failed: {type(exc).__name__}: {exc}"[:400])
         if "vanilla" not in graphs:

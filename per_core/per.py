@@ -59,6 +59,16 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 20
 _UNIT_NORM_TOL = 1e-5
 
 
+def _all_finite(t: Tensor) -> bool:
+    """Whether every element of ``t`` is finite.
+
+    A float sum is finite only if every term is (inf and NaN propagate), and one sum is ~20x faster
+    than ``isfinite(t).all()``; the exact test runs only when the sum is not finite (finite values
+    can overflow it). Half precision is summed in float32.
+    """
+    return bool(torch.isfinite(t.sum(dtype=_compute_dtype(t.dtype)))) or bool(torch.isfinite(t).all())
+
+
 def _check_rows(h: Tensor, name: str = "h") -> None:
     if not isinstance(h, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, d), got {type(h).__name__}")
@@ -71,7 +81,7 @@ def _check_rows(h: Tensor, name: str = "h") -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {h.dtype}")
     if h.shape[0] < 1 or h.shape[1] < 1:
         raise ValueError(f"{name} must have at least one row and one column, got shape {tuple(h.shape)}")
-    if not bool(torch.isfinite(h).all()):
+    if not _all_finite(h):
         bad = int((~torch.isfinite(h)).sum())
         raise ValueError(
             f"{name} must be finite, got {bad} NaN/inf value(s) of {h.numel()}; "
@@ -118,7 +128,7 @@ def _check_theta(theta: object, dim: int) -> Tensor:
         raise ValueError(f"theta must have shape (n_slices, {dim}) with n_slices >= 1, got {tuple(theta.shape)}")
     if not theta.is_floating_point():
         raise TypeError(f"theta must be a floating-point tensor, got dtype {theta.dtype}")
-    if not bool(torch.isfinite(theta).all()):
+    if not _all_finite(theta):
         raise ValueError("theta must be finite, got NaN/inf values")
     norms = theta.detach().double().norm(dim=1)
     tol = max(_UNIT_NORM_TOL, 8 * torch.finfo(theta.dtype).eps)  # a unit vector rounded to bfloat16 is off by <= 2^-8
@@ -304,14 +314,23 @@ def _grad_and_loss(
     loss = x.new_zeros(batch) if with_loss else None
     step = min(n, _chunk_rows(s * math.prod(batch), chunk_elements))
     buf = x.new_empty(*batch, step, s)  # one block, reused by every chunk (no allocation per chunk)
+    # torch.func's wrappers have no storage for a batched matmul to write into: no out= there
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor(x)
     for i in range(0, n, step):
-        u = torch.matmul(x[..., i : i + step, :], t_in, out=buf[..., : min(step, n - i), :])  # u = a / sqrt 2
+        rows = x[..., i : i + step, :]
+        if wrapped:
+            u = torch.matmul(rows, t_in)
+        else:
+            u = torch.matmul(rows, t_in, out=buf[..., : rows.shape[-2], :])  # u = a / sqrt 2
         if loss is None:
             e = u.erf_()
         else:
             e = torch.erf(u)
             loss += _chunk_loss(u, e)
-        torch.matmul(e, t_out, out=grad[..., i : i + step, :])  # (rows, s) @ (s, d) -> (rows, d)
+        if wrapped:
+            grad[..., i : i + step, :] = torch.matmul(e, t_out)
+        else:
+            torch.matmul(e, t_out, out=grad[..., i : i + step, :])  # (rows, s) @ (s, d) -> (rows, d)
     return grad, (loss / (n * s) if loss is not None else None)
 
 

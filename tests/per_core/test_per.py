@@ -468,15 +468,17 @@ def test_the_sole_owner_counts_do_not_depend_on_what_the_first_forward_runs_unde
     assert per_module._sole_owner_counts("cpu") == clean
 
 
-def test_torch_func_grad_through_per_equals_backward():
-    # torch.func's gradients are wrappers without a storage to count: PER adds into a copy
+@pytest.mark.parametrize("locations", [None, 2])
+def test_torch_func_grad_through_per_equals_backward(locations):
+    # torch.func's gradients are wrappers without a storage to count: PER adds into a copy; its
+    # rows are wrappers too, which a batched matmul cannot write into (the sampled path's out=)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ELU(), nn.Conv2d(4, 2, 3, padding=1)).double()
     x = torch.randn(2, 3, 6, 6, generator=gen(37), dtype=F64)
-    with PER(net[0], 0.5, 8, seed=1):
+    with PER(net[0], 0.5, 8, seed=1, locations=locations):
         got = torch.func.grad(lambda p: torch.func.functional_call(net, p, (x,)).pow(2).sum())(
             dict(net.named_parameters())
         )
-    with PER(net[0], 0.5, 8, seed=1):
+    with PER(net[0], 0.5, 8, seed=1, locations=locations):
         net(x).pow(2).sum().backward()
     for name, param in net.named_parameters():
         torch.testing.assert_close(got[name], param.grad, rtol=1e-12, atol=1e-14)
@@ -658,3 +660,27 @@ def test_non_finite_inputs_are_rejected_at_any_shape_and_dtype(n, d, dtype, bad,
     theta[0, j] = bad
     with pytest.raises(ValueError, match="theta must be finite"):
         per_loss(h.nan_to_num(0.0, 0.0, 0.0), theta=theta)
+
+
+@given(
+    values=st.lists(
+        st.sampled_from([0.0, 1.0, -2.5, 6e4, -6e4, 3e38, -3e38, 1.7e308, float("nan"), float("inf"), -float("inf")]),
+        min_size=1,
+        max_size=12,
+    ),
+    dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32, F64]),
+)
+@settings(max_examples=80, deadline=None)
+def test_the_fast_finiteness_check_agrees_with_isfinite(values, dtype):
+    # the check sums first: finite values whose sum overflows (3e38 + 3e38 in float32, 6e4 + 6e4 in
+    # float16) must still pass, inf - inf (a NaN sum) and a lone NaN must not
+    from per_core.per import _all_finite
+
+    t = torch.tensor(values, dtype=F64).to(dtype)  # out-of-range values round to +-inf, as a cast does
+    assert _all_finite(t.view(1, -1)) == bool(torch.isfinite(t).all())
+
+
+def test_finite_rows_whose_sum_overflows_are_accepted():
+    h = torch.tensor([[3e38, 3e38], [3e38, -1.0]])  # finite float32, but the sum is inf
+    theta = sample_slices(4, 2, generator=gen(2))
+    torch.testing.assert_close(per_grad(h, theta=theta), per_grad(h.double(), theta=theta.double()).float())

@@ -511,12 +511,14 @@ def _ref_counts(grad: Tensor) -> tuple[int, int, int]:
 
 
 @functools.cache
-def _sole_owner_counts(device_type: str) -> tuple[int, int, int] | None:
+def _sole_owner_counts(device: str) -> tuple[int, int, int] | None:
     """:func:`_ref_counts` of a gradient held by nothing but the autograd engine, seen from a tensor hook.
 
-    Found once per process and device type by two probes through :func:`_owns` itself (the Python
-    count depends on the frames in between): the gradient a ReLU's backward hands to its input (held
-    by nobody else) and the one an addition hands to both of its inputs (shared). The probes run in
+    Found once per process and device (``str(tensor.device)``, e.g. ``'cuda:3'``) by two probes on that
+    device through :func:`_owns` itself (the Python count depends on the frames in between): the
+    gradient a ReLU's backward hands to its input (held by nobody else) and the one an addition hands
+    to both of its inputs (shared). The device is named in full because a new thread's current CUDA
+    device is 0: probing "cuda" would open a context on GPU 0 from every data-parallel rank. The probes run in
     a fresh thread with no tracer or profiler, so that whatever the caller's thread is doing (a
     checkpointed region, saved-tensor hooks, torch.func, a debugger reading frame locals) neither
     disturbs it nor inflates the counts. None (always copy) when this torch build lacks the
@@ -528,14 +530,14 @@ def _sole_owner_counts(device_type: str) -> tuple[int, int, int] | None:
         sys.settrace(None)
         sys.setprofile(None)
         for key, shared in (("sole", False), ("shared", True)):
-            x = torch.ones(2, 3, device=device_type, requires_grad=True)
+            x = torch.ones(2, 3, device=device, requires_grad=True)
             h = x * 1.0
 
             def hook(grad: Tensor, key: str = key) -> None:
                 _owns(grad, probe=(seen, key))
 
             h.register_hook(hook)
-            (h + x if shared else h).relu().backward(torch.ones(2, 3, device=device_type))
+            (h + x if shared else h).relu().backward(torch.ones(2, 3, device=device))
 
     thread = threading.Thread(target=probe, name="per-probe", daemon=True)
     thread.start()
@@ -565,7 +567,7 @@ def _owns(grad: Tensor, probe: tuple[dict[str, tuple[int, int, int]], str] | Non
     if probe is not None:
         probe[0][probe[1]] = counts
         return False
-    return not grad.requires_grad and grad.is_contiguous() and counts == _sole_owner_counts(grad.device.type)
+    return not grad.requires_grad and grad.is_contiguous() and counts == _sole_owner_counts(str(grad.device))
 
 
 class _Sampled:
@@ -718,7 +720,7 @@ class PER:
             d = h.shape[1] if lay == "channels_first" else h.shape[-1]
             dtype = _compute_dtype(h.dtype)
             gen = self._generator(h.device)
-            _sole_owner_counts(h.device.type)  # settled in a forward pass, not inside the first backward
+            _sole_owner_counts(str(h.device))  # settled in a forward pass, not inside the first backward
             if lay == "channels_first":
                 flat = h.detach().flatten(2)  # (N, C, *S) -> (N, C, L): a view for contiguous and channels-last
                 index = self._pick_locations(flat, gen)

@@ -468,6 +468,26 @@ def test_the_sole_owner_counts_do_not_depend_on_what_the_first_forward_runs_unde
     assert per_module._sole_owner_counts("cpu") == clean
 
 
+def test_the_probes_run_on_the_device_named_in_full(monkeypatch):
+    # a new thread's current CUDA device is 0: probes on "cuda" would open a context on GPU 0 from
+    # every data-parallel rank, so they must use the indexed device they are given
+    import per_core.per as per_module
+
+    seen, ones = [], torch.ones
+
+    def spy(*size, device=None, **kw):
+        seen.append(device)
+        return ones(*size, device=device, **kw)
+
+    monkeypatch.setattr(torch, "ones", spy)
+    per_module._sole_owner_counts.cache_clear()
+    try:
+        assert per_module._sole_owner_counts("cpu:0") == per_module._sole_owner_counts("cpu") is not None
+    finally:
+        per_module._sole_owner_counts.cache_clear()
+    assert seen.count("cpu:0") == 4 and set(seen) == {"cpu:0", "cpu"}
+
+
 @pytest.mark.parametrize("locations", [None, 2])
 def test_torch_func_grad_through_per_equals_backward(locations):
     # torch.func's gradients are wrappers without a storage to count: PER adds into a copy; its

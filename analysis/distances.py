@@ -39,6 +39,8 @@ References
 .. [3] Rabin, J., Peyré, G., Delon, J., Bernot, M. "Wasserstein barycenter and its application
    to texture mixing", SSVM 2011.
 .. [4] Flamary, R. et al. "POT: Python Optimal Transport", JMLR 22 (2021).
+.. [5] del Barrio, E., Giné, E., Matrán, C. "Central limit theorems for the Wasserstein distance
+   between the empirical and the true distributions", Ann. Probab. 27 (1999).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from scipy import special
 from per_core.per import _check_seed, sample_slices
 
 __all__ = [
+    "GAUSSIAN_SAMPLE_W1",
     "W1_MAX_SAMPLES",
     "max_sliced_w1",
     "sliced_w1",
@@ -68,6 +71,13 @@ __all__ = [
 #: Default cap on the rows of each sample given to exact OT in :func:`w1` (n * m <= 2.5e7:
 #: a 5000 x 5000 cost matrix is 200 MB and the network simplex takes several seconds).
 W1_MAX_SAMPLES = 5000
+
+#: The finite-sample floor of :math:`W_1` to :math:`\mathcal{N}(0,1)`: m draws from N(0, 1) itself score
+#: :math:`\mathbb{E}\, W_1(F_m, \Phi) \approx c / \sqrt{m}` with
+#: :math:`c = \sqrt{2/\pi} \int \sqrt{\Phi(x)(1 - \Phi(x))}\, dx = 1.28838` (the mean of the limit
+#: :math:`\int |B(\Phi(x))|\, dx` of :math:`\sqrt{m}\, W_1`, B a Brownian bridge [5]_; within 2 % of the
+#: truth for m >= 64). The same holds per slice of :func:`sliced_w1_to_normal` on a Gaussian sample.
+GAUSSIAN_SAMPLE_W1 = 1.2883791903
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 #: Elements of one (rows x slices) block of projections: bounds the memory of the sliced functions.
@@ -94,6 +104,17 @@ def _as_float_array(x: Any, name: str) -> np.ndarray:
     if arr.dtype.kind not in "iuf":
         raise TypeError(f"{name} must hold real numbers, got an array of dtype {arr.dtype}")
     return arr.astype(np.float64, copy=False)
+
+
+def _count(value: Any, name: str) -> float:
+    """A single finite non-negative number (Python, numpy or 0-d torch) as a float."""
+    try:
+        arr = _as_float_array(value, name)
+    except TypeError:
+        arr = None
+    if arr is None or arr.ndim != 0 or not (math.isfinite(float(arr)) and float(arr) >= 0):
+        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+    return float(arr)
 
 
 def _check_finite(arr: np.ndarray, name: str) -> None:
@@ -378,10 +399,7 @@ def w1_to_normal_hist(
         raise ValueError(f"edges must have n_bins + 1 = {c.size + 1} entries, got {e.size}")
     if not (np.diff(e) > 0).all():
         raise ValueError("edges must be strictly increasing")
-    extra = {"underflow": underflow, "overflow": overflow}
-    for name, v in extra.items():
-        if not (isinstance(v, int | float | np.integer | np.floating) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"{name} must be a finite non-negative number, got {v!r}")
+    underflow, overflow = (_count(v, name) for v, name in ((underflow, "underflow"), (overflow, "overflow")))
     if (c < 0).any():
         raise ValueError("counts must be non-negative")
     total = c.sum() + underflow + overflow

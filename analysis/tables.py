@@ -14,7 +14,8 @@ Two tables, written by ``python -m analysis.bounds RUN_DIR`` to ``RUN_DIR/analys
 
 The reservoir is a uniform sample of the epoch's rows (k = 256 by default), so :math:`SW_1` here is
 the distance of that sample: it carries the finite-sample bias of an m-point empirical measure
-(about :math:`0.4/\sqrt{m}` per slice for a Gaussian). Compare epochs and methods at equal m.
+(about :math:`1.29/\sqrt{m}` per slice for a Gaussian sample, 0.08 at m = 256:
+:data:`analysis.distances.GAUSSIAN_SAMPLE_W1`). Compare epochs and methods at equal m.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from analysis.distances import (
+    GAUSSIAN_SAMPLE_W1,
     W1_MAX_SAMPLES,
     _projections,
     max_sliced_w1,
@@ -724,3 +725,25 @@ def test_half_precision_overflow_is_reported_as_non_finite_input():
     X = torch.tensor([[7e4, 0.0]]).to(torch.float16)  # beyond float16's max: inf
     with pytest.raises(ValueError, match=r"X must be finite, got 0 NaN and 1 infinite"):
         sliced_w1_to_normal(X)
+
+
+def test_the_stated_finite_sample_floor_matches_quadrature_and_monte_carlo():
+    # what the figures and bounds.csv's docs call the score of an m-point Gaussian sample
+    c = math.sqrt(2 / math.pi) * integrate.quad(lambda x: math.sqrt(stats.norm.cdf(x) * stats.norm.sf(x)), -40, 40)[0]
+    assert GAUSSIAN_SAMPLE_W1 == pytest.approx(c, rel=1e-9)
+    rng = np.random.default_rng(0)
+    for m, reps in ((64, 3000), (256, 2000)):
+        mean = np.mean([w1_to_normal(rng.normal(size=m)) for _ in range(reps)])  # standard error < 1 %
+        assert mean * math.sqrt(m) == pytest.approx(GAUSSIAN_SAMPLE_W1, rel=0.04)
+    X = rng.normal(size=(256, 8))
+    assert sliced_w1_to_normal(X, 256, seed=0) == pytest.approx(GAUSSIAN_SAMPLE_W1 / 16, rel=0.15)  # per slice too
+
+
+def test_hist_underflow_and_overflow_accept_any_scalar_and_reject_the_rest():
+    counts, edges = [1, 1, 2], [0.0, 1.0, 2.0, 3.0]
+    ref = w1_to_normal_hist(counts, edges, underflow=1.0, data_min=-1.0)
+    for under in (1, np.int64(1), np.float32(1.0), torch.tensor(1.0), torch.tensor(1), np.array(1.0)):
+        assert w1_to_normal_hist(counts, edges, underflow=under, data_min=-1.0) == ref
+    for bad in (-1.0, math.nan, math.inf, "1", [1.0], torch.tensor([1.0]), True, None):
+        with pytest.raises(ValueError, match="underflow must be a finite non-negative number"):
+            w1_to_normal_hist(counts, edges, underflow=bad, data_min=-1.0)

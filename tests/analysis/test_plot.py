@@ -16,6 +16,7 @@ from torch import nn
 
 from analysis.io import load_run
 from analysis.plot import (
+    QUANTILES,
     PlotError,
     figure2,
     hist_quantiles,
@@ -139,6 +140,29 @@ def test_hist_quantiles_edge_cases_and_batches():
     assert batched.shape == (4, 5)
     assert np.allclose(batched[2], hist_quantiles(rows[2], EDGES))
     assert np.all(np.diff(batched, axis=1) >= 0)  # quantiles increase with the level
+    empty_unit = hist_quantiles(np.zeros(40), EDGES, data_min=np.inf, data_max=-np.inf)  # as the recorder writes it
+    assert np.isnan(empty_unit).all()
+
+
+@pytest.mark.parametrize(
+    ("counts", "edges", "kw", "match"),
+    [
+        ([1, 1, 2], [3.0, 2.0, 1.0, 0.0], {}, "strictly increasing"),
+        ([1, 1, 2], [0.0, np.nan, 2.0, 3.0], {}, "edges must be finite"),
+        ([1, -5, 2], [0.0, 1.0, 2.0, 3.0], {}, "counts must be finite non-negative"),
+        ([1, np.nan, 2], [0.0, 1.0, 2.0, 3.0], {}, "counts must be finite non-negative"),
+        ([1, 1, 2], [0.0, 1.0, 2.0, 3.0], {"q": [np.nan]}, r"levels must lie in \[0, 1\]"),
+        ([1, 1, 2], [0.0, 1.0, 2.0, 3.0], {"under": -1, "data_min": -1.0}, "under must be finite"),
+        ([1, 1, 2], [0.0, 1.0, 2.0, 3.0], {"under": 1, "data_min": np.nan, "data_max": 3.0}, "data_min/data_max"),
+        ([1, 1, 2], [0.0, 1.0, 2.0, 3.0], {"data_min": -np.inf}, "data_min/data_max must be finite"),
+    ],
+)
+def test_hist_quantiles_reject_what_is_not_a_histogram(counts, edges, kw, match):
+    # before: decreasing edges gave zeros and NaN counts or edges gave NaN quantiles, without an error
+    kw = dict(kw)
+    q = kw.pop("q", QUANTILES)
+    with pytest.raises(ValueError, match=match):
+        hist_quantiles(counts, edges, q, **kw)
 
 
 @settings(max_examples=40, deadline=None)
@@ -234,6 +258,8 @@ def test_sw1_curves_panels_bound_dashed_and_collapse_marked(data):
     assert collapsed and to_hex(collapsed[0].get_color()) == method_color("per").lower()
     text = fig._suptitle.get_text() + " ".join(t.get_text() for leg in fig.legends for t in leg.get_texts())
     assert "point mass" in text and "not a distance" in text and "L_per distance" not in text
+    notes = " ".join(t.get_text() for t in fig.texts)
+    assert "finite-sample bias of about 1.29/sqrt(m)" in notes  # a Gaussian sample's own SW1 (test_distances)
 
 
 def test_ridgeline_and_metrics_panels(data):

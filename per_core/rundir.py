@@ -136,6 +136,19 @@ class RunDir:
     def is_run(self) -> bool:
         return self.config_path.is_file()
 
+    def foreign_entries(self) -> list[Path]:
+        """Top-level entries that no run writes (only these make ``--overwrite`` refuse to delete the folder).
+
+        A run writes config.json, metrics.jsonl, activations/, checkpoints/, analysis/, figures/,
+        a sweep's FAILED marker and ``.*.tmp`` temporaries.
+        """
+        if not self.root.is_dir():
+            return []
+        known = {p.name for p in (self.config_path, self.metrics_path, self.activations_dir, self.analysis_dir)}
+        known |= {self.checkpoint_path.parent.name, self.figures_dir.name, "FAILED"}
+        temporary = [p for p in self.root.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+        return sorted(p for p in self.root.iterdir() if p.name not in known and p not in temporary)
+
     def __repr__(self) -> str:
         return f"RunDir({str(self.root)!r})"
 

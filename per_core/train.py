@@ -15,6 +15,7 @@ import argparse
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 import typing
@@ -280,8 +281,14 @@ def load_checkpoint(run: RunDir, s: Setup) -> tuple[int, list[dict[str, Any]]]:
 RESUMABLE_CHANGES = {"epochs", "device"}
 
 
-def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix runs: a non-empty directory needs --resume (same config) or --overwrite."""
+def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool) -> bool:
+    """Refuse to mix runs: a non-empty directory needs --resume (same config) or --overwrite.
+
+    Returns whether the directory must be emptied before training (``--overwrite`` of an earlier run).
+    Nothing is deleted here: :func:`train` empties it only once the model, data and recorder are built,
+    so a mistyped flag or missing data never costs the old run. A folder holding anything a run does
+    not write (:meth:`RunDir.foreign_entries`) is never deleted.
+    """
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     occupied = run.root.exists() and any(run.root.iterdir())
@@ -296,10 +303,13 @@ def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool
             raise RunDirError(f"{run.config_path}: cannot resume with a different config ({lines})")
     elif occupied and not overwrite:
         raise RunDirError(f"{run.root} is not empty; pass --resume to continue that run or --overwrite to replace it")
-    elif occupied:
-        import shutil
-
-        shutil.rmtree(run.root)
+    elif occupied and (foreign := run.foreign_entries()):
+        names = ", ".join(p.name for p in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise RunDirError(
+            f"{run.root} holds files that no run writes ({names}); --overwrite replaces only run "
+            "directories: choose another --out or move those files away"
+        )
+    return occupied and not resume
 
 
 def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
@@ -430,10 +440,12 @@ def train(
     run = RunDir(out)
     env = init_from_env(cfg.device)
     try:
-        if env.is_main:
-            prepare_run_dir(run, cfg, resume, overwrite)
+        clear = prepare_run_dir(run, cfg, resume, overwrite) if env.is_main else False
+        setup = build(cfg, env)  # data, model and recorder first: an error here leaves the old run as it was
+        if clear:
+            shutil.rmtree(run.root)
         env.barrier()
-        return _train(run, build(cfg, env), resume, progress)
+        return _train(run, setup, resume, progress)
     finally:
         shutdown()
 

@@ -85,6 +85,30 @@ def test_a_non_empty_directory_is_refused_without_resume_or_overwrite(tmp_path):
     assert RunDir(tmp_path / "r").read_config()["seed"] == 3
 
 
+def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path):
+    # the layers, data and recorder are built before anything is deleted
+    train(small(epochs=1), tmp_path / "r", progress=False)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "r").rglob("*"))
+    with pytest.raises(ValueError, match="layer9"):
+        train(small(epochs=1, seed=3, record="layer9"), tmp_path / "r", overwrite=True, progress=False)
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "r").rglob("*")) == before
+    assert RunDir(tmp_path / "r").read_config()["seed"] == 0
+
+
+def test_overwrite_never_deletes_a_folder_holding_what_no_run_writes(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("x")
+    with pytest.raises(RunDirError, match=r"thesis\.tex.*--overwrite replaces only run directories"):
+        train(small(epochs=1), tmp_path / "mine", overwrite=True, progress=False)
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "x"
+    run = tmp_path / "r"  # what a run and a sweep leave there (a marker, a temporary) is replaced
+    train(small(epochs=1), run, progress=False)
+    (run / "FAILED").write_text("diverged\n")
+    (run / ".metrics.jsonl.abc.tmp").write_text("")
+    train(small(epochs=1, seed=3), run, overwrite=True, progress=False)
+    assert RunDir(run).read_config()["seed"] == 3 and not (run / "FAILED").exists()
+
+
 def test_resume_with_a_different_config_says_what_differs(tmp_path):
     train(small(epochs=1), tmp_path / "r", progress=False)
     with pytest.raises(RunDirError, match=r"lam: saved 0\.01 vs now 0\.5"):

@@ -353,7 +353,8 @@ def _resolve_layers(model: nn.Module, layers: str | Sequence[str] | Mapping[str,
         if callable(getattr(model, "pre_activations", None)):
             named = dict(model.pre_activations())
         else:
-            named = {name: m for name, m in model.named_modules() if isinstance(m, RECORDABLE)}
+            # the model itself (name '') is labelled by its class, as PER labels a single module
+            named = {name or type(m).__name__: m for name, m in model.named_modules() if isinstance(m, RECORDABLE)}
         if not named:
             raise ValueError(f"layers='all': {type(model).__name__} has no Linear/Conv/LSTM/GRU module")
     elif isinstance(layers, Mapping):

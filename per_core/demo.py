@@ -14,7 +14,7 @@ from pathlib import Path
 
 from per_core.cli import OneLineArgumentParser
 from per_core.configs import get_preset
-from per_core.train import train
+from per_core.train import TrainingError, train
 
 __all__ = ["main"]
 
@@ -39,16 +39,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="epochs per method (default: the demo preset's)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     args = p.parse_args(argv)
 
     results = {}
-    for method in DEMO_METHODS:
-        cfg = get_preset("demo").replace(method=method, seed=args.seed)
-        if args.epochs is not None:
-            cfg = cfg.replace(epochs=args.epochs, milestones=[m for m in cfg.milestones if m < args.epochs])
-        print(f"== training {method} into {args.out / method}", flush=True)
-        metrics = train(cfg, args.out / method, overwrite=True, progress=not args.no_progress)
-        results[method] = {**metrics[-1], "seconds": sum(m["seconds"] for m in metrics) / len(metrics)}
+    try:
+        for method in DEMO_METHODS:
+            cfg = get_preset("demo").replace(method=method, seed=args.seed)
+            if args.epochs is not None:
+                cfg = cfg.replace(epochs=args.epochs, milestones=[m for m in cfg.milestones if m < args.epochs])
+            print(f"== training {method} into {args.out / method}", flush=True)
+            metrics = train(cfg, args.out / method, overwrite=True, progress=not args.no_progress)
+            results[method] = {**metrics[-1], "seconds": sum(m["seconds"] for m in metrics) / len(metrics)}
+    except (ValueError, OSError, TrainingError) as err:  # RunDirError is a ValueError
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print()
     print(format_table(results))
     print(f"\nrun directories: {', '.join(str(args.out / m) for m in DEMO_METHODS)}")

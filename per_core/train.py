@@ -147,6 +147,11 @@ def _record_layers(model: nn.Module, spec: str) -> str | dict[str, nn.Module]:
     return out
 
 
+def _derived_seed(seed: int, offset: int) -> int:
+    """``seed + offset`` wrapped into [0, 2**64), what generators accept (a seed near 2**64 - 1 stays valid)."""
+    return (seed + offset) % (1 << 64)
+
+
 def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
     """Seed, then build task, model, optimizer, schedule, PER and recorder from ``cfg``.
 
@@ -172,7 +177,7 @@ def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
     module = build_model(cfg.model, **task.model_kwargs(), norm=norm_for(cfg.method), **cfg.model_args).to(device)
     model: nn.Module = module
     if env.distributed:
-        torch.manual_seed(cfg.seed + 1000 * env.rank)  # dropout: independent per rank
+        torch.manual_seed(_derived_seed(cfg.seed, 1000 * env.rank))  # dropout: independent per rank
         if cfg.sync_bn:
             module = convert_sync_batchnorm(module, device)
         model = nn.parallel.DistributedDataParallel(
@@ -197,13 +202,13 @@ def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
         recorder = ActivationRecorder(
             module,
             layers,
-            seed=cfg.seed + 1000 * env.rank,  # independent reservoir keys per rank
+            seed=_derived_seed(cfg.seed, 1000 * env.rank),  # independent reservoir keys per rank
             train_every=cfg.record_train_every,
             reservoir_every=cfg.record_reservoir_every,
             reservoir_splits=("train", "eval"),
         )
     data_generator = torch.Generator().manual_seed(cfg.seed)
-    aug_generator = torch.Generator().manual_seed(cfg.seed + 1000 * env.rank + 1)
+    aug_generator = torch.Generator().manual_seed(_derived_seed(cfg.seed, 1000 * env.rank + 1))
     return Setup(
         cfg,
         env,

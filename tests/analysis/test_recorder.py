@@ -397,6 +397,9 @@ def test_all_uses_pre_activations_and_names_are_checked():
     rec = ActivationRecorder(model, "all")
     assert rec.layers == ["layer1", "layer2", "layer3"]
     rec.remove()
+    lstm = nn.LSTM(3, 4)  # the model is itself the one recordable module: labelled by its class
+    with ActivationRecorder(lstm, "all") as rec:
+        assert rec.modules == {"LSTM": lstm}
     with pytest.raises(ValueError, match=r"unknown layer names \['nope'\]; available: layer1, layer2, layer3 \(or"):
         ActivationRecorder(model, ["blocks.0.conv", "nope"])
     with pytest.raises(ValueError, match=r"available: 0, 0.act, 0.conv, 0.norm\Z"):  # no pre_activations()

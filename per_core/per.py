@@ -842,7 +842,9 @@ class PER:
         r"""Last tracked :math:`\sum_{layers} L_{per}` (without :math:`\lambda`), or per layer.
 
         Values come from the most recent backward pass run with ``track_penalty=True``; reading
-        them synchronizes with the device, so call it when logging, not every step.
+        them synchronizes with the device, so call it when logging, not every step. A module called
+        more than once in one forward (weight sharing) gets its gradient for every call, but its
+        penalty here is that of one call only (the last one whose backward ran).
         """
         if not self._penalties:
             raise RuntimeError(

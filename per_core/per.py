@@ -478,6 +478,18 @@ def _layout_of(module: nn.Module) -> Layout:
     return "channels_first" if isinstance(module, _CHANNELS_FIRST) else "auto"
 
 
+def _batched(module: nn.Module, h: Tensor) -> Tensor:
+    """``h`` with a batch axis of 1 prepended when ``module`` ran on one unbatched sample.
+
+    A Conv{1,2,3}d accepts (C, *S) as well as (N, C, *S), and a Linear a single (d,) vector; without
+    the batch axis the first spatial axis would be read as the channels.
+    """
+    if isinstance(module, _CHANNELS_FIRST):
+        spatial = len(module.kernel_size)  # type: ignore[arg-type]
+        return h.unsqueeze(0) if h.ndim == spatial + 1 else h
+    return h.unsqueeze(0) if h.ndim == 1 else h
+
+
 def named_targets(
     modules: nn.Module | Iterable[nn.Module] | Mapping[str, nn.Module], owner: str
 ) -> dict[str, nn.Module]:
@@ -606,7 +618,8 @@ class PER:
     target is attainable), or pass the activation modules (e.g. ``nn.ELU``) to regularize
     post-activations. For ``nn.LSTM``/``nn.GRU``/``nn.RNN`` the hidden-state sequence (the first
     output) is regularized, each time step a sample. An empty output (a batch of N = 0) has no rows
-    and is skipped: nothing is added, no penalty is tracked.
+    and is skipped: nothing is added, no penalty is tracked. An unbatched call (a conv on (C, *S), a
+    Linear on (d,)) is a batch of one.
 
     Parameters
     ----------
@@ -716,13 +729,14 @@ class PER:
                 return
             if h.numel() == 0:  # an empty batch (or empty feature maps): no rows, nothing to regularize
                 return
-            lay = _resolve_layout(tuple(h.shape), layout)
-            d = h.shape[1] if lay == "channels_first" else h.shape[-1]
+            v = _batched(mod, h.detach())  # what PER reads: the output, a batch axis added if it had none
+            lay = _resolve_layout(tuple(v.shape), layout)
+            d = v.shape[1] if lay == "channels_first" else v.shape[-1]
             dtype = _compute_dtype(h.dtype)
             gen = self._generator(h.device)
             _sole_owner_counts(str(h.device))  # settled in a forward pass, not inside the first backward
             if lay == "channels_first":
-                flat = h.detach().flatten(2)  # (N, C, *S) -> (N, C, L): a view for contiguous and channels-last
+                flat = v.flatten(2)  # (N, C, *S) -> (N, C, L): a view for contiguous and channels-last
                 index = self._pick_locations(flat, gen)
                 if index is not None:  # keep only the chosen locations: (N, C, m), a small copy
                     index = index.unsqueeze(1).expand(-1, flat.shape[1], -1)
@@ -731,7 +745,7 @@ class PER:
                     h.register_hook(self._make_sampled_grad_hook(entry))
                     return
             theta = sample_slices(self.n_slices, d, generator=gen, device=h.device, dtype=dtype)
-            h.register_hook(self._make_grad_hook(name, h.detach(), h._version, theta, lay))
+            h.register_hook(self._make_grad_hook(name, v, h._version, theta, lay))
 
         return forward_hook
 
@@ -780,7 +794,7 @@ class PER:
                 self._penalties[name] = loss.detach()
             if self.lam == 0.0:
                 return grad
-            g = from_samples(g, x.shape, layout).to(grad.dtype)
+            g = from_samples(g, x.shape, layout).to(grad.dtype).reshape(grad.shape)  # drops an added batch axis
             return grad.add_(g) if _owns(grad) else grad + g
 
         return grad_hook

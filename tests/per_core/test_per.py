@@ -704,3 +704,28 @@ def test_finite_rows_whose_sum_overflows_are_accepted():
     h = torch.tensor([[3e38, 3e38], [3e38, -1.0]])  # finite float32, but the sum is inf
     theta = sample_slices(4, 2, generator=gen(2))
     torch.testing.assert_close(per_grad(h, theta=theta), per_grad(h.double(), theta=theta.double()).float())
+
+
+@pytest.mark.parametrize(
+    ("make", "shape", "locations"),
+    [
+        (lambda: nn.Conv2d(3, 5, 3), (3, 10, 10), None),
+        (lambda: nn.Conv2d(3, 5, 3), (3, 10, 10), 2),
+        (lambda: nn.Conv1d(3, 4, 3), (3, 9), None),
+        (lambda: nn.Linear(4, 6), (4,), None),
+    ],
+)
+def test_an_unbatched_input_is_one_sample_of_the_channels(make, shape, locations):
+    # Conv2d takes (C, H, W) as well as (N, C, H, W): without a batch axis, H must not pass for the channels
+    torch.manual_seed(0)
+    layer = make().double()
+    x = torch.randn(*shape, generator=gen(60), dtype=F64)
+    grads, penalties = [], []
+    for inp in (x, x.unsqueeze(0)):
+        layer.zero_grad()
+        with PER(layer, 0.7, 8, seed=4, locations=locations, track_penalty=True) as per:
+            layer(inp).pow(2).sum().backward()
+            penalties.append(per.penalty())
+        grads.append(layer.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-14)
+    assert penalties[0] == pytest.approx(penalties[1], rel=1e-12)

@@ -446,10 +446,11 @@ def train(
     env = init_from_env(cfg.device)
     try:
         clear = prepare_run_dir(run, cfg, resume, overwrite) if env.is_main else False
+        env.barrier()
         setup = build(cfg, env)  # data, model and recorder first: an error here leaves the old run as it was
         if clear:
             shutil.rmtree(run.root)
-        env.barrier()
+        env.barrier()  # no rank starts before the old run is gone
         return _train(run, setup, resume, progress)
     finally:
         shutdown()

@@ -112,7 +112,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from per_core.per import _check_seed, _layout_of, _resolve_layout  # conv modules are channels-first
+from per_core.per import _batched, _check_seed, _layout_of, _resolve_layout  # conv modules are channels-first
 from per_core.rundir import RunDir
 
 __all__ = [
@@ -541,7 +541,7 @@ class ActivationRecorder:
             if h.numel() == 0:  # an empty batch: nothing to count (its units appear with the first real batch)
                 return
             with torch.no_grad():
-                self._record(split, label, h.detach(), layout)
+                self._record(split, label, _batched(mod, h.detach()), layout)  # unbatched: a batch of one
 
         return forward_hook
 

@@ -770,3 +770,18 @@ def test_to_tensorboard_logs_one_histogram_per_split_and_layer():
     assert kw["sum"] == pytest.approx(float(x.double().sum()))
     assert kw["sum_squares"] == pytest.approx(float((x.double() ** 2).sum()))
     assert kw["max"] == 50.0
+
+
+@pytest.mark.parametrize(("layer", "shape"), [(nn.Conv2d(3, 5, 3), (3, 10, 10)), (nn.Linear(4, 6), (4,))])
+def test_an_unbatched_input_is_recorded_as_a_batch_of_one(layer, shape):
+    # a conv's H must not pass for its channels; a Linear's (d,) is one row of d units
+    x = torch.randn(*shape)
+    snaps = []
+    for inp in (x, x.unsqueeze(0)):
+        with ActivationRecorder(layer, {"l": layer}) as rec:
+            rec.start_epoch(1)
+            layer(inp)
+            snaps.append(layer_stats(rec.snapshot(), "train", "l"))
+    assert snaps[0]["count"].shape == (layer.weight.shape[0],)
+    for key in ("count", "mean", "var"):
+        np.testing.assert_array_equal(snaps[0][key], snaps[1][key])

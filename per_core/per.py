@@ -313,15 +313,12 @@ def _grad_and_loss(
     grad = torch.empty_like(x)
     loss = x.new_zeros(batch) if with_loss else None
     step = min(n, _chunk_rows(s * math.prod(batch), chunk_elements))
-    buf = x.new_empty(*batch, step, s)  # one block, reused by every chunk (no allocation per chunk)
     # torch.func's wrappers have no storage for a batched matmul to write into: no out= there
     wrapped = torch._C._functorch.is_functorch_wrapped_tensor(x)
+    buf = None if wrapped else x.new_empty(*batch, step, s)  # one block, reused by every chunk
     for i in range(0, n, step):
         rows = x[..., i : i + step, :]
-        if wrapped:
-            u = torch.matmul(rows, t_in)
-        else:
-            u = torch.matmul(rows, t_in, out=buf[..., : rows.shape[-2], :])  # u = a / sqrt 2
+        u = torch.matmul(rows, t_in, out=None if buf is None else buf[..., : rows.shape[-2], :])  # u = a / sqrt 2
         if loss is None:
             e = u.erf_()
         else:
@@ -530,10 +527,10 @@ def _sole_owner_counts(device: str) -> tuple[int, int, int] | None:
     device through :func:`_owns` itself (the Python count depends on the frames in between): the
     gradient a ReLU's backward hands to its input (held by nobody else) and the one an addition hands
     to both of its inputs (shared). The device is named in full because a new thread's current CUDA
-    device is 0: probing "cuda" would open a context on GPU 0 from every data-parallel rank. The probes run in
-    a fresh thread with no tracer or profiler, so that whatever the caller's thread is doing (a
-    checkpointed region, saved-tensor hooks, torch.func, a debugger reading frame locals) neither
-    disturbs it nor inflates the counts. None (always copy) when this torch build lacks the
+    device is 0: probing "cuda" would open a context on GPU 0 from every data-parallel rank. The
+    probes run in a fresh thread with no tracer or profiler, so that whatever the caller's thread is
+    doing (a checkpointed region, saved-tensor hooks, torch.func, a debugger reading frame locals)
+    neither disturbs it nor inflates the counts. None (always copy) when this torch build lacks the
     counters or the probes do not tell the two cases apart.
     """
     seen: dict[str, tuple[int, int, int]] = {}

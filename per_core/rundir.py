@@ -16,6 +16,7 @@ killed process leaves either the old or the new version.
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import json
 import os
@@ -27,6 +28,7 @@ from typing import IO, Any
 import numpy as np
 
 __all__ = [
+    "FAILED",
     "FORMAT_VERSION",
     "RunDir",
     "RunDirError",
@@ -36,6 +38,10 @@ __all__ = [
 
 #: Bumped whenever a file's layout changes in a way old readers cannot handle.
 FORMAT_VERSION = 1
+#: Marker file of a sweep's run that stopped with a TrainingError (its message inside).
+FAILED = "FAILED"
+#: Names of the temporaries :func:`atomic_write` writes before its rename (``.<name>.<random>.tmp``).
+_TEMPORARY = ".*.tmp"
 
 
 def _current_umask() -> int:
@@ -128,7 +134,7 @@ class RunDir:
 
     def remove_stale_temporaries(self) -> list[Path]:
         """Delete temp files that a killed writer left behind (never read: writes are rename-based)."""
-        stale = [p for p in self.root.rglob(".*.tmp") if p.is_file()] if self.root.is_dir() else []
+        stale = [p for p in self.root.rglob(_TEMPORARY) if p.is_file()] if self.root.is_dir() else []
         for p in stale:
             p.unlink(missing_ok=True)
         return stale
@@ -145,9 +151,8 @@ class RunDir:
         if not self.root.is_dir():
             return []
         known = {p.name for p in (self.config_path, self.metrics_path, self.activations_dir, self.analysis_dir)}
-        known |= {self.checkpoint_path.parent.name, self.figures_dir.name, "FAILED"}
-        temporary = [p for p in self.root.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
-        return sorted(p for p in self.root.iterdir() if p.name not in known and p not in temporary)
+        known |= {self.checkpoint_path.parent.name, self.figures_dir.name, FAILED}
+        return sorted(p for p in self.root.iterdir() if p.name not in known and not fnmatch.fnmatch(p.name, _TEMPORARY))
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.root)!r})"

@@ -25,14 +25,12 @@ import numpy as np
 
 from per_core.cli import OneLineArgumentParser, parse_per_locations
 from per_core.configs import LAMBDA_GRIDS, METHODS, PAPER_RESULTS, PRESETS, TrainConfig, get_preset
-from per_core.rundir import RunDir, RunDirError, atomic_write, find_runs
+from per_core.rundir import FAILED, RunDir, RunDirError, atomic_write, find_runs
 from per_core.train import LAM_METHODS, TrainingError, flag_notes, train, validate_config
 
 __all__ = ["best_lambdas", "main", "results_table", "run_sweep"]
 
 REGULARIZERS = LAM_METHODS  # the methods with a lambda: per, l1, l2, vcl
-#: Marker file of a run that stopped with a TrainingError (its message inside).
-FAILED = "FAILED"
 
 
 def _run_name(method: str, lam: float | None) -> str:

@@ -532,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     import sys
 
-    from per_core.cli import OneLineArgumentParser
+    from per_core.cli import OneLineArgumentParser, run_command
     from per_core.rundir import RunDirError
 
     p = OneLineArgumentParser(  # usage errors: one line, exit 2
@@ -550,9 +550,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_slice_options(p, args)
     from analysis.tables import write_tables
 
-    failed = 0
-    for path in args.paths:
-        try:
+    def body() -> int:
+        failed = 0
+        for path in args.paths:
             written, table, skipped = write_tables(
                 path,
                 n_projections=args.n_projections,
@@ -560,26 +560,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 skip_bad=args.skip_bad,
                 progress=not args.no_progress,
             )
-        except (RunDirError, ValueError, OSError) as err:
-            if args.debug:
-                raise
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        for msg in skipped:
-            print(f"skipped: {msg}", file=sys.stderr)
-        bad = table[~table["passed"].astype(bool)] if len(table) else table
-        for r in bad.itertuples(index=False):
-            what = "SW1 > L_per on a slice" if not r.per_slice_ok else "SW1 > W1 + slack"
-            print(
-                f"VIOLATION {what}: run {r.run}, split {r.split}, layer {r.layer}, epoch {r.epoch} "
-                f"(SW1 {r.sw1:.4f}, L_per {r.lper:.4f}, W1 {r.w1:.4f})",
-                file=sys.stderr,
-            )
-        failed += len(bad)
-        print("\n".join(_summary(path, table, len(bad))))
-        for w in written:
-            print(f"  wrote {w}")
-    return 1 if failed else 0
+            for msg in skipped:
+                print(f"skipped: {msg}", file=sys.stderr)
+            bad = table[~table["passed"].astype(bool)] if len(table) else table
+            for r in bad.itertuples(index=False):
+                what = "SW1 > L_per on a slice" if not r.per_slice_ok else "SW1 > W1 + slack"
+                print(
+                    f"VIOLATION {what}: run {r.run}, split {r.split}, layer {r.layer}, epoch {r.epoch} "
+                    f"(SW1 {r.sw1:.4f}, L_per {r.lper:.4f}, W1 {r.w1:.4f})",
+                    file=sys.stderr,
+                )
+            failed += len(bad)
+            print("\n".join(_summary(path, table, len(bad))))
+            for w in written:
+                print(f"  wrote {w}")
+        return 1 if failed else 0
+
+    return run_command(body, debug=args.debug, errors=(RunDirError, ValueError, OSError))
 
 
 if __name__ == "__main__":

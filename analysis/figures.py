@@ -33,7 +33,7 @@ import numpy as np
 from analysis.bounds import per_bound
 from analysis.distances import sliced_w1_to_normal
 from analysis.style import method_color, use_style
-from per_core.cli import OneLineArgumentParser
+from per_core.cli import OneLineArgumentParser, run_command
 
 __all__ = ["main", "point_mass_trap"]
 
@@ -95,52 +95,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("figures"), help="output folder (default figures/)")
     p.add_argument("--runs", type=Path, help="a demo sweep directory (runs/demo) for the run-based figures")
     p.add_argument("--ridgeline", default="layer3", metavar="LAYER", help="layer of ridgeline.png (default layer3)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
         p.error(f"--out {args.out} is a file: give a folder (it is created if missing)")
-    figures: dict[str, Callable[[], Any]] = {}  # name -> draw(); the run-based ones first (they can fail)
-    if args.runs is not None:
-        try:
+
+    def body() -> int:
+        figures: dict[str, Callable[[], Any]] = {}  # name -> draw(); the run-based ones first (they can fail)
+        if args.runs is not None:
             data = load_run(args.runs)
             split = _resolve_split(data, None)  # what ridgeline(data, args.ridgeline, unit=0) draws
-            _resolve_units(data, split, _resolve_layers(data, split, [args.ridgeline]), [0])
-        except (RunDirError, PlotError) as err:  # checked before anything is written
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        figures.update(
-            figure2=lambda: figure2(data),
-            sw1_curves=lambda: sw1_curves(data),
-            metrics=lambda: metrics_curves(data),
-            ridgeline=lambda: ridgeline(data, args.ridgeline, unit=0),
-        )
-    figures.update(figure1=figure1, point_mass_trap=point_mass_trap)
-    if args.runs is None:
-        print(
-            "note: without --runs only figure1 and point_mass_trap are drawn (the other four need trained runs, "
-            "e.g. --runs runs/demo from make demo)",
-            file=sys.stderr,
-        )
-    import matplotlib.pyplot as plt
+            _resolve_units(data, split, _resolve_layers(data, split, [args.ridgeline]), [0])  # checked before drawing
+            figures.update(
+                figure2=lambda: figure2(data),
+                sw1_curves=lambda: sw1_curves(data),
+                metrics=lambda: metrics_curves(data),
+                ridgeline=lambda: ridgeline(data, args.ridgeline, unit=0),
+            )
+        figures.update(figure1=figure1, point_mass_trap=point_mass_trap)
+        if args.runs is None:
+            print(
+                "note: without --runs only figure1 and point_mass_trap are drawn (the other four need trained runs, "
+                "e.g. --runs runs/demo from make demo)",
+                file=sys.stderr,
+            )
+        import matplotlib.pyplot as plt
 
-    drawn: dict[str, Any] = {}  # every figure is drawn before the first is written: no partial set on error
-    for name, make in figures.items():
+        drawn: dict[str, Any] = {}  # every figure is drawn before the first is written: no partial set on error
         try:
-            drawn[name] = make()
-        except (PlotError, RunDirError) as err:
+            for name, make in figures.items():
+                drawn[name] = make()
+            for name, fig in drawn.items():
+                print(atomic_write(args.out / f"{name}.png", partial(_write_png, fig)))
+        finally:
             for fig in drawn.values():
                 plt.close(fig)
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-    try:
-        for name, fig in drawn.items():
-            print(atomic_write(args.out / f"{name}.png", partial(_write_png, fig)))
-    except (OSError, RunDirError) as err:  # e.g. --out not writable
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        for fig in drawn.values():
-            plt.close(fig)
-    return 0
+        return 0
+
+    return run_command(body, debug=args.debug, errors=(RunDirError, PlotError, OSError))
 
 
 if __name__ == "__main__":

@@ -1085,7 +1085,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     matplotlib.use("Agg")  # before pyplot is imported: headless
 
-    from per_core.cli import OneLineArgumentParser
+    from per_core.cli import OneLineArgumentParser, run_command
 
     p = OneLineArgumentParser(  # usage errors: one line, exit 2
         prog="python -m analysis.plot",
@@ -1102,9 +1102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
     _check_slice_options(p, args)
-    layers = None if args.layers is None else [x for a in args.layers for x in a.split(",") if x]
 
-    try:
+    def body() -> int:
+        layers = None if args.layers is None else [x for a in args.layers for x in a.split(",") if x]
         data = _load(args.paths, args.skip_bad)
         for msg in data.skipped:
             print(f"skipped: {msg}", file=sys.stderr)
@@ -1138,12 +1138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             written.append(_save(fig, out / f"{name}.{fmt}", fmt))
             print(written[-1], flush=True)
-    except (RunDirError, PlotError, OSError) as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command(body, debug=args.debug, errors=(RunDirError, PlotError, OSError))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,28 @@
-"""What the command lines of the project share: usage errors in one line, and flags parsed alike.
+"""What the command lines of the project share: errors in one line, a closed pipe, flags parsed alike.
 
 argparse's default answer to a mistyped flag is the whole usage block (13 lines for
 ``python -m per_core.train``) followed by the message. :class:`OneLineArgumentParser` prints only
 the message, so that the error is the one line a user (or a sweep's log) sees; ``--help`` is
 unchanged. The entry points build their parsers with it: ``per_core.train``, ``per_core.sweep``,
-``per_core.demo``, ``analysis.plot``, ``analysis.bounds`` and ``analysis.figures``.
+``per_core.demo``, ``analysis.plot``, ``analysis.bounds`` and ``analysis.figures``, and run their
+bodies with :func:`run_command` (errors the user can fix: one ``error:`` line; Ctrl-C: what was
+kept; a reader that closed stdout: a quiet stop). Long jobs print their progress lines with
+:func:`say`, which lets the job go on when nobody reads stdout any more.
 :func:`parse_per_locations` reads ``--per-locations`` for the trainer and the sweep.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from collections.abc import Callable
 from typing import NoReturn
 
-__all__ = ["OneLineArgumentParser", "parse_per_locations"]
+__all__ = ["EXIT_PIPE", "OneLineArgumentParser", "parse_per_locations", "run_command", "say"]
+
+#: Exit status of a command whose reader closed stdout (``| head``): a shell's 128 + SIGPIPE.
+EXIT_PIPE = 141
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -49,3 +58,70 @@ def parse_per_locations(text: str) -> int | None:
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"--per-locations must be a positive integer or 'all', got {text!r}")
     return int(text)
+
+
+def _discard_stdout() -> None:
+    """Point file descriptor 1 at the null device, so that later writes (and the flush at exit) succeed unseen."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, sys.stdout.fileno())
+    finally:
+        os.close(null)
+
+
+def say(line: str, write: Callable[[str], object] = print) -> None:
+    """Print one progress line of a long job on stdout, flushed; a closed stdout does not stop the job.
+
+    When the reader has gone (``python -m per_core.train ... | head -3``), stdout is pointed at the
+    null device, one note on stderr says so, and the caller goes on: a training run's results are its
+    run directory, not its log. ``write`` prints the line (e.g. ``tqdm.write``, which keeps a progress
+    bar intact).
+    """
+    try:
+        write(line)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        print("note: stdout was closed; the job goes on without printing (its results go to disk)", file=sys.stderr)
+
+
+def run_command(
+    body: Callable[[], int],
+    *,
+    debug: bool = False,
+    errors: tuple[type[Exception], ...] = (ValueError, OSError),
+    interrupted: Callable[[], str] = lambda: "interrupted; every file written so far is complete (writes are atomic)",
+) -> int:
+    """Run an entry point's body; return its exit status. How every command line of the project ends.
+
+    - ``body()`` returns normally: its status.
+    - It raises one of ``errors`` (mistakes the user can fix: a bad path, a bad flag value, a damaged
+      file): one line ``error: MESSAGE`` on stderr, status 2.
+    - Ctrl-C: ``interrupted()`` on stderr (what was kept, how to continue), status 130.
+    - The reader closed stdout (``| head``): nothing more is printed, status :data:`EXIT_PIPE` (141).
+    - ``debug``: errors and interrupts propagate with their traceback.
+
+    Example
+    -------
+    >>> def body() -> int:
+    ...     raise ValueError("--lam must be >= 0, got -1")
+    >>> run_command(body)  # stderr: error: --lam must be >= 0, got -1
+    2
+    """
+    try:
+        return body()
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"\n{interrupted()}", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # an OSError, but not the user's mistake: the reader has gone
+        if debug:
+            raise
+        _discard_stdout()  # the interpreter's own flush at exit must not fail again
+        return EXIT_PIPE
+    except errors as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2

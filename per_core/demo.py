@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from per_core.cli import OneLineArgumentParser
+from per_core.cli import OneLineArgumentParser, run_command, say
 from per_core.configs import get_preset
 from per_core.train import TrainingError, train
 
@@ -43,23 +43,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     results = {}
-    try:
+
+    def body() -> int:
         for method in DEMO_METHODS:
             cfg = get_preset("demo").replace(method=method, seed=args.seed)
             if args.epochs is not None:
                 cfg = cfg.replace(epochs=args.epochs, milestones=[m for m in cfg.milestones if m < args.epochs])
-            print(f"== training {method} into {args.out / method}", flush=True)
+            say(f"== training {method} into {args.out / method}")
             metrics = train(cfg, args.out / method, overwrite=True, progress=not args.no_progress)
             results[method] = {**metrics[-1], "seconds": sum(m["seconds"] for m in metrics) / len(metrics)}
-    except (ValueError, OSError, TrainingError) as err:  # RunDirError is a ValueError
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print()
-    print(format_table(results))
-    print(f"\nrun directories: {', '.join(str(args.out / m) for m in DEMO_METHODS)}")
-    return 0
+        say(f"\n{format_table(results)}\n\nrun directories: {', '.join(str(args.out / m) for m in DEMO_METHODS)}")
+        return 0
+
+    return run_command(
+        body,
+        debug=args.debug,
+        errors=(ValueError, OSError, TrainingError),  # RunDirError is a ValueError
+        interrupted=lambda: f"interrupted; finished methods are in {args.out} ({', '.join(results) or 'none yet'})",
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from per_core.cli import OneLineArgumentParser, parse_per_locations
+from per_core.cli import OneLineArgumentParser, parse_per_locations, run_command, say
 from per_core.configs import LAMBDA_GRIDS, METHODS, PAPER_RESULTS, PRESETS, TrainConfig, get_preset
 from per_core.rundir import FAILED, RunDir, RunDirError, atomic_write, find_runs
 from per_core.train import LAM_METHODS, TrainingError, flag_notes, train, validate_config
@@ -54,15 +54,15 @@ def run_sweep(
                 path = out / _run_name(method, lam) / f"seed{seed}"
                 done = RunDir(path).read_metrics() if RunDir(path).is_run() else []
                 if (path / FAILED).is_file():
-                    print(f"== {path}: failed earlier, skipped (delete {path / FAILED} to retry)", flush=True)
+                    say(f"== {path}: failed earlier, skipped (delete {path / FAILED} to retry)")
                 elif len(done) >= cfg.epochs:
-                    print(f"== {path}: finished, skipped", flush=True)
+                    say(f"== {path}: finished, skipped")
                 else:
-                    print(f"== {path}: {'resuming' if done else 'training'}", flush=True)
+                    say(f"== {path}: {'resuming' if done else 'training'}")
                     try:
                         train(cfg, path, resume=bool(done), overwrite=not done, progress=progress)
                     except TrainingError as err:  # e.g. divergence: report it in the table, go on with the rest
-                        print(f"== {path}: FAILED: {err}", flush=True)
+                        say(f"== {path}: FAILED: {err}")
                         atomic_write(path / FAILED, lambda f, e=err: f.write(f"{e}\n".encode()))
                 runs.append(path)
     return runs
@@ -272,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.table is None:
             if args.out is None:
                 raise ValueError("--out is required to run a sweep (or use --table SWEEP_DIR)")
@@ -289,18 +290,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_methods(base, methods, args)
             run_sweep(base, args.out, methods, seeds, lams, progress=not args.no_progress)
         text, _ = results_table(args.table or args.out)
-    except KeyboardInterrupt:
-        if args.debug:
-            raise
-        print("interrupted: finished runs are kept; run the same command again to continue", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, TrainingError) as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(text)
-    return 0
+        say(text)
+        return 0
+
+    return run_command(
+        body,
+        debug=args.debug,
+        errors=(ValueError, OSError, TrainingError),
+        interrupted=lambda: "interrupted: finished runs are kept; run the same command again to continue",
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 import per_core
 from per_core.baselines import VCL, L1Penalty, L2Penalty
-from per_core.cli import OneLineArgumentParser, parse_per_locations
+from per_core.cli import OneLineArgumentParser, parse_per_locations, run_command, say
 from per_core.configs import METHODS, PRESETS, SMOKE_STEPS, TrainConfig, get_preset
 from per_core.distributed import DistEnv, convert_sync_batchnorm, init_from_env, resolve_device, shutdown
 from per_core.models import MODELS, build_model
@@ -462,9 +462,8 @@ def _shown(key: str, value: float) -> str:
 
 
 def _say(line: str) -> None:
-    """One line on stdout, around a progress bar if one is shown, flushed (a batch job's log keeps up)."""
-    tqdm.write(line)
-    sys.stdout.flush()
+    """One line on stdout, around a progress bar if one is shown, flushed; a closed stdout does not stop training."""
+    say(line, tqdm.write)
 
 
 def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str, Any]]:
@@ -624,7 +623,8 @@ def flag_notes(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.resume and args.overwrite:
             raise ValueError(
                 "--resume and --overwrite exclude each other: --resume continues the run, --overwrite replaces it"
@@ -639,30 +639,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(note, file=sys.stderr)
         if args.out is None:
             args.out = Path("runs") / f"{cfg.preset}-{cfg.method}-seed{cfg.seed}{'-smoke' if cfg.smoke else ''}"
-        metrics = train(
-            cfg,
-            args.out,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-        )
-    except (ValueError, OSError, TrainingError) as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            f"\ninterrupted; finished epochs are saved in {args.out} (continue with --resume)",
-            file=sys.stderr,
-        )
-        return 130
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0  # rank 0 reports
-    last = metrics[-1] if metrics else {}
-    shown = ", ".join(_shown(k, last[k]) for k in ("val_error", "val_ppl", "val_loss") if k in last)
-    print(f"done: {args.out} (epoch {last.get('epoch')}, {shown})")
-    return 0
+        metrics = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+        if int(os.environ.get("RANK", "0")) == 0:  # rank 0 reports
+            last = metrics[-1] if metrics else {}
+            shown = ", ".join(_shown(k, last[k]) for k in ("val_error", "val_ppl", "val_loss") if k in last)
+            say(f"done: {args.out} (epoch {last.get('epoch')}, {shown})")
+        return 0
+
+    return run_command(
+        body,
+        debug=args.debug,
+        errors=(ValueError, OSError, TrainingError),
+        interrupted=lambda: f"interrupted; finished epochs are saved in {args.out} (continue with --resume)",
+    )
 
 
 if __name__ == "__main__":

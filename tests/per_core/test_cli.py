@@ -1,0 +1,67 @@
+"""How every command line ends: per_core.cli.run_command and say, in process and through real pipes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from per_core.cli import EXIT_PIPE, run_command
+
+
+def _raises(err: BaseException):
+    def body() -> int:
+        raise err
+
+    return body
+
+
+def test_run_command_returns_the_body_status():
+    assert run_command(lambda: 0) == 0
+    assert run_command(lambda: 1) == 1
+
+
+def test_run_command_user_error_is_one_line_exit_2(capsys):
+    assert run_command(_raises(ValueError("--lam must be >= 0, got -1"))) == 2
+    assert capsys.readouterr().err == "error: --lam must be >= 0, got -1\n"
+
+
+def test_run_command_other_errors_and_debug_keep_their_traceback():
+    with pytest.raises(KeyError):  # not a user error: a bug shows its traceback
+        run_command(_raises(KeyError("x")))
+    with pytest.raises(RuntimeError):  # not in this command's list
+        run_command(_raises(RuntimeError("x")), errors=(ValueError,))
+    with pytest.raises(ValueError):
+        run_command(_raises(ValueError("x")), debug=True)
+    with pytest.raises(KeyboardInterrupt):
+        run_command(_raises(KeyboardInterrupt()), debug=True)
+
+
+def test_run_command_interrupt_says_what_was_kept_exit_130(capsys):
+    assert run_command(_raises(KeyboardInterrupt()), interrupted=lambda: "interrupted; epochs 1-3 are saved") == 130
+    assert capsys.readouterr().err == "\ninterrupted; epochs 1-3 are saved\n"
+    assert run_command(_raises(KeyboardInterrupt())) == 130
+    assert "every file written so far is complete" in capsys.readouterr().err
+
+
+def _with_closed_stdout(argv: list[str]) -> tuple[int, str]:
+    """Run ``python -m ...`` whose reader closes stdout before the first line (``| head -0``)."""
+    proc = subprocess.Popen([sys.executable, "-m", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
+def test_closed_stdout_does_not_stop_training_and_ends_analysis_quietly(tmp_path):
+    out = tmp_path / "run"
+    rc, err = _with_closed_stdout(
+        ["per_core.train", "--smoke", "--epochs", "3", "--record", "layer1", "--out", str(out), "--no-progress"]
+    )
+    assert rc == 0, err
+    assert "Traceback" not in err and err.count("stdout was closed") == 1, err
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]  # every epoch trained after the pipe closed
+
+    rc, err = _with_closed_stdout(["analysis.bounds", str(out), "--no-progress"])
+    assert (rc, err) == (EXIT_PIPE, "")  # no traceback, no "error:": the reader has gone
+    assert (out / "analysis" / "bounds.csv").is_file()  # written before the summary was printed

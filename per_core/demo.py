@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for method in DEMO_METHODS:
             cfg = get_preset("demo").replace(method=method, seed=args.seed)
             if args.epochs is not None:
-                cfg = cfg.replace(epochs=args.epochs, milestones=[m for m in cfg.milestones if m < args.epochs])
+                cfg = cfg.replace(epochs=args.epochs)
             say(f"== training {method} into {args.out / method}")
             metrics = train(cfg, args.out / method, overwrite=True, progress=not args.no_progress)
             results[method] = {**metrics[-1], "seconds": sum(m["seconds"] for m in metrics) / len(metrics)}

@@ -234,7 +234,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     base = base.as_smoke() if args.smoke else base
     changes: dict[str, Any] = {}
     if args.epochs is not None:
-        changes.update(epochs=args.epochs, milestones=[m for m in base.milestones if m < args.epochs])
+        changes["epochs"] = args.epochs  # milestones past the end are never reached: kept, so a sweep can be extended
     if args.data_dir is not None:
         changes["data_dir"] = args.data_dir
     if args.no_record:

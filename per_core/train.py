@@ -281,9 +281,11 @@ def load_checkpoint(run: RunDir, s: Setup) -> tuple[int, list[dict[str, Any]]]:
     return int(ckpt["epoch"]), list(ckpt["metrics"])
 
 
-# Fields that may change when a run is resumed (continuing a finished run for more epochs, or
-# moving it to another device); any other difference is refused.
-RESUMABLE_CHANGES = {"epochs", "device"}
+# Fields that may change when a run is resumed: continuing a finished run for more epochs (the
+# milestones are absolute epochs, so 10 then 20 epochs is the schedule of 20), moving it to another
+# device, or to another machine where the data lives elsewhere. Any other difference is refused;
+# config.json's "resumed" list records each resume, its command and what it changed.
+RESUMABLE_CHANGES = {"epochs", "device", "data_dir"}
 
 
 def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool) -> bool:
@@ -466,6 +468,24 @@ def _say(line: str) -> None:
     say(line, tqdm.write)
 
 
+def _config_record(run: RunDir, cfg: TrainConfig, resume: bool, start: int) -> dict[str, Any]:
+    """What config.json holds: the config, and the command and package versions of the run's first launch.
+
+    A resume keeps those and appends ``{"from_epoch", "command", "versions", "changed"}`` to the
+    list ``"resumed"``; ``changed`` maps each field that differs from the saved config (only
+    :data:`RESUMABLE_CHANGES`) to ``[saved, now]``.
+    """
+    now = {"command": sys.argv, "versions": package_versions()}
+    if not (resume and run.config_path.is_file()):
+        return {**cfg.to_dict(), **now}
+    saved = run.read_config()
+    before = TrainConfig.from_dict(saved).to_dict()
+    changed = {k: [before.get(k), v] for k, v in cfg.to_dict().items() if before.get(k) != v}
+    entry = {"from_epoch": start, **now, "changed": changed}
+    first = {k: saved[k] for k in now if k in saved}
+    return {**cfg.to_dict(), **now, **first, "resumed": [*saved.get("resumed", []), entry]}
+
+
 def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str, Any]]:
     cfg, main = s.cfg, s.env.is_main
     start, metrics = 0, []
@@ -483,7 +503,7 @@ def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str
         elif resume and main:  # killed before its first epoch finished: nothing to continue from
             _say(f"{run.root}: no checkpoint yet, starting from epoch 1")
         if main:
-            run.write_config({**cfg.to_dict(), "versions": package_versions(), "command": sys.argv})
+            run.write_config(_config_record(run, cfg, resume, start))
         for epoch in range(start + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
             recording = s.recorder is not None and _should_record(cfg, epoch)

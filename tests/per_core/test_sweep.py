@@ -41,6 +41,20 @@ def test_sweep_layout_table_and_skip(tmp_path, capsys):
     assert "finished, skipped" in capsys.readouterr().out
 
 
+def test_a_finished_sweep_is_extended_by_more_epochs(tmp_path, capsys):
+    argv = ["--methods", "vanilla", "--seeds", "0", "--smoke", "--no-record", "--no-progress", "--out", str(tmp_path)]
+    assert get_preset("demo").milestones[0] == 20  # the extension crosses it
+    assert main([*argv, "--epochs", "20"]) == 0
+    assert main([*argv, "--epochs", "21"]) == 0, capsys.readouterr().err
+    run = RunDir(tmp_path / "vanilla" / "seed0")
+    metrics = run.read_metrics()
+    assert [m["epoch"] for m in metrics] == list(range(1, 22))
+    assert metrics[-1]["lr"] == pytest.approx(metrics[0]["lr"] * get_preset("demo").gamma)  # the milestone applied
+    config = run.read_config()
+    assert config["milestones"] == get_preset("demo").milestones  # the preset's schedule, never cut
+    assert config["resumed"][0]["changed"] == {"epochs": [20, 21]}
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

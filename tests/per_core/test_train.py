@@ -115,6 +115,24 @@ def test_resume_with_a_different_config_says_what_differs(tmp_path):
         train(small(epochs=2, lam=0.5), tmp_path / "r", resume=True, progress=False)
 
 
+def test_resume_keeps_the_first_command_and_records_each_resume(tmp_path, monkeypatch):
+    # the data may live elsewhere on the machine a run is moved to: data_dir may change, and is recorded
+    monkeypatch.setattr(sys, "argv", ["first"])
+    train(small(epochs=1, data_dir="data"), tmp_path / "r", progress=False)
+    monkeypatch.setattr(sys, "argv", ["second"])
+    train(small(epochs=2, data_dir="/elsewhere/data"), tmp_path / "r", resume=True, progress=False)
+    monkeypatch.setattr(sys, "argv", ["third"])
+    train(small(epochs=3, data_dir="/elsewhere/data"), tmp_path / "r", resume=True, progress=False)
+    config = RunDir(tmp_path / "r").read_config()
+    assert config["command"] == ["first"] and config["epochs"] == 3 and config["data_dir"] == "/elsewhere/data"
+    resumed = config["resumed"]
+    assert [(r["from_epoch"], r["command"], r["changed"]) for r in resumed] == [
+        (1, ["second"], {"epochs": [1, 2], "data_dir": ["data", "/elsewhere/data"]}),
+        (2, ["third"], {"epochs": [2, 3]}),
+    ]
+    assert all({"torch", "python"} <= set(r["versions"]) for r in resumed)
+
+
 def test_divergence_stops_with_the_epoch_step_and_layers_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     # one good epoch, then the SAME run diverges in epoch 2 (resumed with a learning rate that blows up)
     run = RunDir(tmp_path / "r")

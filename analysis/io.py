@@ -172,7 +172,7 @@ def _run_label(rd: RunDir, root: Path) -> str:
     return rd.root.name if rel == "." else rel
 
 
-def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False) -> RunData:
+def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False, metrics: bool = True) -> RunData:
     """Load a run directory or every run of a sweep directory.
 
     Parameters
@@ -182,7 +182,11 @@ def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False) -> RunData
         raises :class:`RunDirError` naming its folder.
     skip_bad : bool
         False: an unreadable or inconsistent file raises :class:`RunDirError` naming it. True: the
-        file (or the whole run, for a bad ``config.json``) is left out and listed in ``skipped``.
+        file (or the whole run, for a bad ``config.json``; the line, for a bad line of
+        ``metrics.jsonl``) is left out and listed in ``skipped``.
+    metrics : bool
+        False: ``metrics.jsonl`` is not read (``metrics`` is empty), for analyses of the
+        activations alone, which a damaged metrics file then does not stop.
 
     Returns
     -------
@@ -213,10 +217,8 @@ def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False) -> RunData
             continue
         runs[label], configs[label] = rd, config
         methods[label] = str(config.get("method") or rd.root.name)
-        try:
-            metric_frames.append(pd.DataFrame(rd.read_metrics()).assign(run=label, method=methods[label]))
-        except RunDirError as err:
-            bad(err)
+        if metrics:
+            metric_frames.append(pd.DataFrame(rd.read_metrics(on_bad=bad)).assign(run=label, method=methods[label]))
         for epoch in rd.activation_epochs():
             file = rd.activation_path(epoch)
             try:

@@ -1063,7 +1063,22 @@ def _coverage_notes(data: RunData, split: str) -> list[str]:
                 f"run {run} did not record {', '.join(missing)} in split {split} "
                 f"(it recorded {', '.join(by_run[run])}): left out of those layers' panels"
             )
+        gaps = _missing_epochs(data, run, set(recorded.loc[recorded["split"] == split, "epoch"].astype(int)))
+        if gaps:
+            notes.append(
+                f"run {run} has no activations of epoch {', '.join(map(str, gaps))} in split {split} (its config "
+                f"records every {data.configs[run]['record_every']} epochs; a file missing or skipped): "
+                "its curves join the epochs on either side"
+            )
     return notes
+
+
+def _missing_epochs(data: RunData, run: str, epochs: set[int]) -> list[int]:
+    """Multiples of the run's ``record_every`` up to its last recorded epoch that have no activations."""
+    every = data.configs.get(run, {}).get("record_every")
+    if not epochs or not isinstance(every, int) or every < 1:
+        return []
+    return [e for e in range(every, max(epochs) + 1, every) if e not in epochs]
 
 
 def _save(fig: Figure, path: Path, fmt: str) -> Path:

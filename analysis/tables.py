@@ -159,7 +159,7 @@ def write_tables(
     them). When no run recorded activations, :class:`RunDirError` is raised and nothing is written.
     ``progress``: progress bars on stderr.
     """
-    data = load_run(path, skip_bad=skip_bad)
+    data = load_run(path, skip_bad=skip_bad, metrics=False)  # activations only: a damaged metrics.jsonl is not ours
     if data.index.empty:
         raise RunDirError(
             f"no activations recorded in {path}: train with --record all (or a list of layers, e.g. --record layer3)"

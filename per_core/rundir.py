@@ -198,7 +198,12 @@ class RunDir:
             raise RunDirError(f"{path}: run-directory format version {version!r}, this toolkit reads {FORMAT_VERSION}")
         return config
 
-    def read_metrics(self) -> list[dict[str, Any]]:
+    def read_metrics(self, on_bad: Callable[[RunDirError], None] | None = None) -> list[dict[str, Any]]:
+        """The rows of metrics.jsonl, one per epoch ([] when there is none).
+
+        A line that is not a JSON object raises :class:`RunDirError` naming the file and line; with
+        ``on_bad``, that error is passed to it instead and the line left out (the other epochs are kept).
+        """
         path = self.metrics_path
         if not path.is_file():
             return []
@@ -207,9 +212,16 @@ class RunDir:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
+                problem = None if isinstance(row, dict) else f"a JSON {type(row).__name__}, not an object of metrics"
             except ValueError as err:
-                raise RunDirError(f"{path}, line {i}: not valid JSON ({err})") from err
+                problem = f"not valid JSON ({err})"
+            if problem is None:
+                rows.append(row)
+            elif on_bad is None:
+                raise RunDirError(f"{path}, line {i}: {problem}")
+            else:
+                on_bad(RunDirError(f"{path}, line {i}: {problem}"))
         return rows
 
     def read_npz(self, path: Path) -> dict[str, np.ndarray]:

@@ -167,6 +167,7 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
     head = f"{'method':<8} {'lambda':>8} {_label(metric) + ' (mean +- std)':>26}"
     test_head = f" {_label(test_metric) + ' (mean +- std)':>22}" if test_metric else ""
     lines = [head + test_head + f" {'seeds':>6}"]
+    starred = False
     for e in entries:
         several = sum(x["method"] == e["method"] for x in entries) > 1
         mark = " *" if e["lam"] is not None and several and best.get(e["method"]) is e else ""
@@ -174,7 +175,8 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
         note = f"  ({e['failed']} diverged)" if e["failed"] else ""
         test = f" {_pm(e.get('test_mean', math.nan), e.get('test_std', math.nan)):>22}" if test_metric else ""
         lines.append(f"{e['method']:<8} {lam:>8} {_pm(e['mean'], e['std'], unit):>26}{test} {e['n']:>6}{mark}{note}")
-    if any(e["lam"] is not None for e in entries):
+        starred = starred or bool(mark)
+    if starred:
         lines.append(f"* best lambda of the grid ({BEST_RULE}), as the paper reports")
     if len(presets) == 1 and (preset := presets.pop()) in PAPER_RESULTS:
         lines += ["", *_paper_layout(preset, best, smoke)]

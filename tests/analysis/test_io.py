@@ -162,7 +162,9 @@ def test_bad_metrics_and_config(tmp_path):
     out = load_run(tmp_path / "sweep", skip_bad=True)
     assert len(out.skipped) == 2
     assert "metrics.jsonl" in out.skipped[0] and "config.json" in out.skipped[1]
-    assert out.runs_list == ["a"] and out.metrics.empty and set(out.stats["run"]) == {"a"}
+    assert out.runs_list == ["a"] and set(out.stats["run"]) == {"a"}
+    assert list(out.metrics["epoch"]) == [1]  # only the bad line is left out
+    assert load_run(tmp_path / "sweep" / "a", metrics=False).metrics.empty  # not read: no error
 
 
 def test_a_run_without_activations_gives_empty_typed_frames(tmp_path):

@@ -53,7 +53,8 @@ def known_data(seed, n=3000, scale=1.0):
 def fake_run(root, method, data_per_epoch, *, reservoir=True, metrics=True, lam=None):
     """A run dir whose layers recorded exactly the given {layer: (n, units)} arrays per epoch, in both splits."""
     rd = RunDir(root)
-    rd.write_config({"method": method, "epochs": len(data_per_epoch), **({} if lam is None else {"lam": lam})})
+    lams = {} if lam is None else {"lam": lam}
+    rd.write_config({"method": method, "epochs": len(data_per_epoch), "record_every": 1, **lams})
     mods = {name: nn.Identity() for name in data_per_epoch[0]}
     rec = ActivationRecorder(
         nn.ModuleDict(mods), mods, reservoir=256, reservoir_every=1, reservoir_splits=("train", "eval")
@@ -404,6 +405,21 @@ def test_cli_skip_bad_goes_on_and_names_the_skipped_file(tmp_path, capsys):
     captured = capsys.readouterr()
     assert f"skipped: {bad}" in captured.err
     assert len(captured.out.split()) == 4  # figure2, ridgeline, sw1 curves, metrics
+    assert "note: run r has no activations of epoch 2 in split eval (its config records every 1 epochs" in captured.err
+
+
+def test_cli_notes_an_epoch_whose_file_is_missing(tmp_path, capsys):
+    rd = fake_run(tmp_path / "r", "per", epochs_of(0, [1.0, 1.0, 1.0, 1.0]))
+    assert main([str(rd.root), "--layers", "layer1"]) == 0
+    assert "has no activations of epoch" not in capsys.readouterr().err
+    rd.activation_path(2).unlink()
+    rd.activation_path(3).unlink()
+    assert main([str(rd.root), "--layers", "layer1"]) == 0
+    err = capsys.readouterr().err
+    assert "note: run r has no activations of epoch 2, 3 in split eval" in err and "skipped:" not in err
+    rd.activation_path(4).unlink()  # the last epochs gone: nothing to join, nothing noted
+    assert main([str(rd.root), "--layers", "layer1"]) == 0
+    assert "has no activations of epoch" not in capsys.readouterr().err
 
 
 def test_cli_without_reservoirs_notes_the_missing_sw1_figure(tmp_path, capsys):

@@ -50,6 +50,13 @@ def test_bounds_cli_writes_tables_and_flags_collapse(tmp_path, capsys):
     assert (ok["sw1"] < 0.1).all()  # 256 Gaussian rows: only finite-sample distance
 
 
+def test_bounds_cli_does_not_read_the_metrics_it_does_not_use(tmp_path, capsys):
+    rd = fake_run(tmp_path / "r", "vanilla", [np.random.default_rng(0).normal(size=(500, 3))])
+    rd.metrics_path.write_text('{"epoch": 1, "val_')  # damaged: the activations are intact
+    assert main([str(rd.root), "--no-progress"]) == 0, capsys.readouterr().err
+    assert (rd.root / "analysis" / "bounds.csv").is_file()
+
+
 def test_unit_distances_from_histograms_bracket_the_exact_value(tmp_path):
     rng = np.random.default_rng(1)
     X = np.column_stack([rng.normal(size=5000), rng.exponential(size=5000) * 3, rng.normal(2, 0.5, size=5000)])

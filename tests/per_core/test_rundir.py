@@ -40,9 +40,15 @@ def test_readers_name_the_damaged_file_and_line(tmp_path):
     rd.config_path.write_text('{"format_version": 99}')
     with pytest.raises(RunDirError, match="format version 99"):
         rd.read_config()
-    rd.metrics_path.write_text('{"epoch": 1}\n{"epoch": 2, "val_\n')
-    with pytest.raises(RunDirError, match=r"metrics.jsonl, line 2"):
+    rd.metrics_path.write_text('{"epoch": 1}\n{"epoch": 2, "val_\n[3]\n{"epoch": 4}\n')
+    with pytest.raises(RunDirError, match=r"metrics.jsonl, line 2: not valid JSON"):
         rd.read_metrics()
+    bad: list[str] = []
+    assert rd.read_metrics(on_bad=lambda err: bad.append(str(err))) == [{"epoch": 1}, {"epoch": 4}]
+    assert [b.split("metrics.jsonl, ", 1)[1] for b in bad] == [
+        "line 2: not valid JSON (Unterminated string starting at: line 1 column 14 (char 13))",
+        "line 3: a JSON list, not an object of metrics",
+    ]
     path = rd.write_npz(rd.activation_path(1), {"x": np.arange(3)})
     path.write_bytes(path.read_bytes()[:20])
     with pytest.raises(RunDirError, match=r"epoch_0001.npz: unreadable npz"):

@@ -35,7 +35,9 @@ def test_sweep_layout_table_and_skip(tmp_path, capsys):
     ]
     van = next(e for e in entries if e["method"] == "vanilla")
     assert van["mean"] == np.mean(vals) and van["std"] == np.std(vals, ddof=1)
-    assert "best lambda" in text
+    assert "* best lambda" in text and "     2 *" in text  # a starred row, and its footnote
+    one_lam, _ = results_table(tmp_path / "per-lam0.01")  # one lambda, nothing to choose: no star, no footnote
+    assert "*" not in one_lam
     capsys.readouterr()
     run_sweep(base, tmp_path, ["vanilla"], [0], progress=False)  # finished: skipped, not retrained
     assert "finished, skipped" in capsys.readouterr().out

@@ -135,18 +135,6 @@ class Setup:
     aug_generator: torch.Generator  # augmentation: a seed per rank
 
 
-def _record_layers(model: nn.Module, spec: str) -> str | dict[str, nn.Module]:
-    if spec == "all":
-        return "all"
-    pre, named = model.pre_activations(), dict(model.named_modules())
-    out = {}
-    for label in (s.strip() for s in spec.split(",") if s.strip()):
-        if label not in pre and label not in named:
-            raise ValueError(f"--record: unknown layer {label!r}; layers: {', '.join(pre)} (or any module name)")
-        out[label] = pre.get(label) or named[label]
-    return out
-
-
 def _derived_seed(seed: int, offset: int) -> int:
     """``seed + offset`` wrapped into [0, 2**64), what generators accept (a seed near 2**64 - 1 stays valid)."""
     return (seed + offset) % (1 << 64)
@@ -196,17 +184,21 @@ def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
     penalty = PENALTIES[cfg.method](module.pre_activations(), cfg.lam) if cfg.method in PENALTIES else None
     recorder = None
     if cfg.record:
-        layers = _record_layers(module, cfg.record)
         from analysis.recorder import ActivationRecorder
 
-        recorder = ActivationRecorder(
-            module,
-            layers,
-            seed=_derived_seed(cfg.seed, 1000 * env.rank),  # independent reservoir keys per rank
-            train_every=cfg.record_train_every,
-            reservoir_every=cfg.record_reservoir_every,
-            reservoir_splits=("train", "eval"),
-        )
+        # "all", or labels of module.pre_activations() / module names, resolved by the recorder
+        layers = "all" if cfg.record == "all" else [x.strip() for x in cfg.record.split(",") if x.strip()]
+        try:
+            recorder = ActivationRecorder(
+                module,
+                layers,
+                seed=_derived_seed(cfg.seed, 1000 * env.rank),  # independent reservoir keys per rank
+                train_every=cfg.record_train_every,
+                reservoir_every=cfg.record_reservoir_every,
+                reservoir_splits=("train", "eval"),
+            )
+        except ValueError as err:  # the settings are validated with the config: this is about the layers
+            raise ValueError(f"--record {cfg.record}: {err}") from None
     data_generator = torch.Generator().manual_seed(cfg.seed)
     aug_generator = torch.Generator().manual_seed(_derived_seed(cfg.seed, 1000 * env.rank + 1))
     return Setup(

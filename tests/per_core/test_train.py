@@ -190,7 +190,9 @@ def test_cli_user_errors_are_one_line_messages(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "y"), "--lam", "-1", "--no-progress"]) == 2
     assert "lam must be >= 0" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "z"), "--record", "layer99", "--smoke", "--no-progress"]) == 2
-    assert "unknown layer 'layer99'" in capsys.readouterr().err
+    assert (
+        "error: --record layer99: unknown layer names ['layer99']; available: layer1, layer2" in capsys.readouterr().err
+    )
 
 
 def test_cli_default_run_directory_is_named_after_preset_method_and_seed(tmp_path, monkeypatch, capsys):

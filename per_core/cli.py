@@ -61,10 +61,15 @@ def parse_per_locations(text: str) -> int | None:
 
 
 def _discard_stdout() -> None:
-    """Point file descriptor 1 at the null device, so that later writes (and the flush at exit) succeed unseen."""
+    """Send stdout to the null device, so that later writes (and the flush at exit) succeed unseen."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a stream without a descriptor: replace the object
+        sys.stdout = open(os.devnull, "w")  # lives as long as the process
+        return
     null = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(null, sys.stdout.fileno())
+        os.dup2(null, fd)  # the descriptor itself: buffered bytes and the interpreter's final flush go there too
     finally:
         os.close(null)
 

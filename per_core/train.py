@@ -445,7 +445,9 @@ def train(
         if clear:
             shutil.rmtree(run.root)
         env.barrier()  # no rank starts before the old run is gone
-        return _train(run, setup, resume, progress)
+        metrics = _train(run, setup, resume, progress)
+        env.barrier()  # no rank tears the process group down while another still uses it (gloo aborts)
+        return metrics
     finally:
         shutdown()
 

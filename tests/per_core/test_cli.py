@@ -1,12 +1,14 @@
 """How every command line ends: per_core.cli.run_command and say, in process and through real pipes."""
 
+import io
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from per_core.cli import EXIT_PIPE, run_command
+from per_core.cli import EXIT_PIPE, run_command, say
 
 
 def _raises(err: BaseException):
@@ -65,3 +67,20 @@ def test_closed_stdout_does_not_stop_training_and_ends_analysis_quietly(tmp_path
     rc, err = _with_closed_stdout(["analysis.bounds", str(out), "--no-progress"])
     assert (rc, err) == (EXIT_PIPE, "")  # no traceback, no "error:": the reader has gone
     assert (out / "analysis" / "bounds.csv").is_file()  # written before the summary was printed
+
+
+class _ClosedPipe(io.StringIO):
+    """A stdout whose reader has gone, without a file descriptor (as in some notebook or IDE consoles)."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_say_goes_on_when_stdout_without_a_descriptor_is_closed(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    say("epoch 1")  # no exception: the job goes on
+    replaced = sys.stdout
+    assert replaced.name == os.devnull
+    say("epoch 2")
+    replaced.close()
+    assert capsys.readouterr().err.count("stdout was closed") == 1

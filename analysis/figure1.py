@@ -22,6 +22,8 @@ colour over all panels is 0.6 units), so arrow lengths compare across panels.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
@@ -35,6 +37,9 @@ __all__ = ["EXACT_COLOR", "figure1", "figure1_table"]
 
 #: Colour of the exact sliced-W1 descent arrows (not a training method).
 EXACT_COLOR = "#6A3D9A"
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _relative_change(before: np.ndarray, after: np.ndarray) -> float:
@@ -87,7 +92,7 @@ def _arrows(ax, X: np.ndarray, grad: np.ndarray, longest: float, color: str, lab
     )
 
 
-def figure1(n: int = 2000, seed: int = 0, n_projections: int = 256, arrows: int = 60):
+def figure1(n: int = 2000, seed: int = 0, n_projections: int = 256, arrows: int = 60) -> Figure:
     """Draw Figure 1 and return the matplotlib Figure (4 scatter panels with arrows, and a table)."""
     import matplotlib.pyplot as plt
 

@@ -112,7 +112,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from per_core.per import _batched, _check_seed, _layout_of, _resolve_layout  # conv modules are channels-first
+from per_core.per import _available, _batched, _check_seed, _layout_of, _resolve_layout  # conv: channels-first
 from per_core.rundir import RunDir
 
 __all__ = [
@@ -462,7 +462,7 @@ class ActivationRecorder:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         _check_seed(seed)
         if chunk_elements is not None and (
-            isinstance(chunk_elements, bool) or not isinstance(chunk_elements, int) or chunk_elements < 1
+            isinstance(chunk_elements, bool) or not isinstance(chunk_elements, numbers.Integral) or chunk_elements < 1
         ):
             raise ValueError(f"chunk_elements must be None or an integer >= 1, got {chunk_elements!r}")
         if not set(reservoir_splits) <= set(SPLITS):
@@ -524,6 +524,8 @@ class ActivationRecorder:
         layout = _layout_of(module)
 
         def forward_hook(mod: nn.Module, args: tuple, out: object) -> None:
+            if torch._C._current_graph_task_id() != -1:
+                return  # a forward inside backward: gradient checkpointing recomputing rows already recorded
             if self._eval:
                 split = "eval"
             elif self._train and mod.training:
@@ -540,7 +542,9 @@ class ActivationRecorder:
                 raise TypeError(f"ActivationRecorder: layer {label!r} output is not a floating-point tensor")
             if h.numel() == 0:  # an empty batch: nothing to count (its units appear with the first real batch)
                 return
-            with torch.no_grad():
+            # not in inference mode even under torch.inference_mode(): the statistics and scratch buffers
+            # live across passes and are updated in place, which an inference tensor refuses
+            with torch.inference_mode(False), torch.no_grad():
                 self._record(split, label, _batched(mod, h.detach()), layout)  # unbatched: a batch of one
 
         return forward_hook
@@ -757,9 +761,10 @@ class ActivationRecorder:
         return {"format_version": RECORDER_FORMAT, "seed": self.seed, "generators": gens}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the generator states saved by :meth:`state_dict`."""
+        """Restore the generator states saved by :meth:`state_dict` (of the devices this process has)."""
         for device, gen_state in state["generators"].items():
-            self._generator(torch.device(device)).set_state(gen_state)
+            if _available(device):  # a run moved from a GPU to a CPU-only machine: fresh keys there
+                self._generator(torch.device(device)).set_state(gen_state)
 
     def to_tensorboard(self, writer: Any, epoch: int | None = None) -> None:
         """Log one histogram per (split, layer), summed over units, with ``writer.add_histogram_raw``.

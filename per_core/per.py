@@ -90,12 +90,12 @@ def _check_rows(h: Tensor, name: str = "h") -> None:
 
 
 def _check_n_slices(n_slices: int) -> None:
-    if isinstance(n_slices, bool) or not isinstance(n_slices, int) or n_slices < 1:
+    if isinstance(n_slices, bool) or not isinstance(n_slices, numbers.Integral) or n_slices < 1:
         raise ValueError(f"n_slices must be a positive integer, got {n_slices!r}")
 
 
 def _check_chunk_elements(chunk_elements: int) -> None:
-    if isinstance(chunk_elements, bool) or not isinstance(chunk_elements, int) or chunk_elements < 1:
+    if isinstance(chunk_elements, bool) or not isinstance(chunk_elements, numbers.Integral) or chunk_elements < 1:
         raise ValueError(f"chunk_elements must be a positive integer, got {chunk_elements!r}")
 
 
@@ -182,7 +182,7 @@ def sample_slices(
     (torch.Size([4, 3]), True)
     """
     _check_n_slices(n_slices)
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
         raise ValueError(f"dim must be a positive integer, got {dim!r}")
     _check_generator(generator)
     gen_device = generator.device if generator is not None else device
@@ -509,6 +509,17 @@ def named_targets(
     return named
 
 
+def _available(device: str) -> bool:
+    """Whether this process has ``device`` (a saved generator state of ``'cuda:0'`` on a CPU-only machine: no)."""
+    d = torch.device(device)
+    if d.type == "cpu":
+        return True
+    backend = getattr(torch, d.type, None)
+    if backend is None or not backend.is_available():
+        return False
+    return d.index is None or d.index < backend.device_count()
+
+
 def _ref_counts(grad: Tensor) -> tuple[int, int, int]:
     """Who holds ``grad``: C++ references to its TensorImpl, to its storage, and Python references.
 
@@ -616,7 +627,11 @@ class PER:
     post-activations. For ``nn.LSTM``/``nn.GRU``/``nn.RNN`` the hidden-state sequence (the first
     output) is regularized, each time step a sample. An empty output (a batch of N = 0) has no rows
     and is skipped: nothing is added, no penalty is tracked. An unbatched call (a conv on (C, *S), a
-    Linear on (d,)) is a batch of one.
+    Linear on (d,)) is a batch of one. Gradient checkpointing: with ``use_reentrant=True`` PER attaches
+    during the recomputation (the first forward runs without grad) and matches an unchecked run
+    exactly; with ``use_reentrant=False`` the recomputation draws slices (and locations) again that are
+    never used, so the gradient is as valid but the random stream, hence the run, differs from an
+    unchecked one.
 
     Parameters
     ----------
@@ -669,20 +684,22 @@ class PER:
         track_penalty: bool = False,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     ) -> None:
-        if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
+        if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not math.isfinite(lam) or lam < 0:
             raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
         _check_n_slices(n_slices)
-        if locations is not None and (isinstance(locations, bool) or not isinstance(locations, int) or locations < 1):
+        if locations is not None and (
+            isinstance(locations, bool) or not isinstance(locations, numbers.Integral) or locations < 1
+        ):
             raise ValueError(f"locations must be None (all) or a positive integer, got {locations!r}")
         seed = _check_seed(seed)
         _check_chunk_elements(chunk_elements)
         named = named_targets(modules, "PER")
         self.lam = float(lam)
-        self.n_slices = n_slices
+        self.n_slices = int(n_slices)  # numpy integers (a notebook's np.arange grid) are stored as int
         self.seed = seed
-        self.locations = locations
+        self.locations = None if locations is None else int(locations)
         self.track_penalty = track_penalty
-        self.chunk_elements = chunk_elements
+        self.chunk_elements = int(chunk_elements)
         self.modules = named
         self._generators: dict[torch.device, torch.Generator] = {}
         self._penalties: dict[str, Tensor] = {}
@@ -706,11 +723,16 @@ class PER:
         }
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
-        """Restore generator states saved by :meth:`state_dict`."""
+        """Restore generator states saved by :meth:`state_dict`.
+
+        States of devices this process does not have are left out: a run moved from a GPU to a
+        CPU-only machine draws its slices afresh from ``seed`` on the new device.
+        """
         gens = state["generators"]
         assert isinstance(gens, Mapping)
         for dev, st in gens.items():
-            self._generator(torch.device(dev)).set_state(st)
+            if _available(dev):
+                self._generator(torch.device(dev)).set_state(st)
 
     # -- hooks ----------------------------------------------------------------------------------
     def _make_forward_hook(self, name: str, module: nn.Module):

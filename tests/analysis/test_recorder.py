@@ -344,7 +344,8 @@ def test_state_dict_resumes_the_key_stream_exactly():
     r1.start_epoch(20)
     tap1(x)
     tap2, r2 = tap_recorder(reservoir=8, seed=3)
-    r2.load_state_dict(state)
+    cpu = state["generators"]["cpu"]  # states of devices this process lacks (a GPU run resumed on a CPU) are left out
+    r2.load_state_dict({**state, "generators": {"cuda:99": cpu, "mps:0": cpu, "cpu": cpu}})
     r2.start_epoch(20)
     tap2(x)
     np.testing.assert_array_equal(r1.snapshot()["train/x/reservoir"], r2.snapshot()["train/x/reservoir"])
@@ -785,3 +786,35 @@ def test_an_unbatched_input_is_recorded_as_a_batch_of_one(layer, shape):
     assert snaps[0]["count"].shape == (layer.weight.shape[0],)
     for key in ("count", "mean", "var"):
         np.testing.assert_array_equal(snaps[0][key], snaps[1][key])
+
+
+def test_passes_under_inference_mode_are_recorded_and_later_passes_still_work():
+    lin = nn.Linear(4, 6)
+    rec = ActivationRecorder(lin, {"fc": lin})
+    xs = [torch.randn(8, 4, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    for epoch in (1, 2):  # buffers made in one epoch's inference-mode pass are updated in the next
+        rec.start_epoch(epoch)
+        with torch.inference_mode():
+            lin(xs[0])
+        lin(xs[1])
+        with rec.eval_pass(), torch.inference_mode():
+            lin(xs[2])
+        rec.end_epoch()
+    snap = rec.snapshot()
+    with torch.no_grad():
+        train, ev = torch.cat([lin(xs[0]), lin(xs[1])]), lin(xs[2])
+    assert layer_stats(snap, "train", "fc")["count"].tolist() == [16] * 6
+    assert np.allclose(layer_stats(snap, "train", "fc")["mean"], train.mean(0).double().numpy(), atol=1e-6)
+    assert np.allclose(layer_stats(snap, "eval", "fc")["mean"], ev.mean(0).double().numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing_records_each_row_once(reentrant):
+    from torch.utils.checkpoint import checkpoint
+
+    lin = nn.Linear(4, 6)
+    x = torch.randn(8, 4, requires_grad=True)
+    with ActivationRecorder(lin, {"fc": lin}) as rec:
+        rec.start_epoch(1)
+        checkpoint(lambda x: torch.tanh(lin(x)), x, use_reentrant=reentrant).sum().backward()
+        assert layer_stats(rec.snapshot(), "train", "fc")["count"].tolist() == [8] * 6  # not 16: the recompute

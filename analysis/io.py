@@ -32,6 +32,7 @@ method  epoch split layer  unit  count  nan
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +112,12 @@ class RunData:
         return self._cache
 
     def _block(self, run: str, split: str, epoch: int, layer: str) -> tuple[Path, dict[str, np.ndarray]]:
-        path, arrays = self._arrays(run, epoch)
+        if split not in SPLITS or isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral):
+            raise TypeError(
+                f"arguments are (run, split, epoch, layer): split one of {', '.join(SPLITS)} and epoch an integer, "
+                f"got split={split!r}, epoch={epoch!r}"
+            )
+        path, arrays = self._arrays(run, int(epoch))
         try:
             return path, {"edges": arrays["edges"], **layer_stats(arrays, split, layer)}
         except KeyError as err:

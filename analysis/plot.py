@@ -46,6 +46,7 @@ References
 
 from __future__ import annotations
 
+import numbers
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -264,7 +265,7 @@ def _common_layers(data: RunData, split: str) -> list[str]:
     return [layer for layer in _layers_of(data, split) if all(layer in have for have in by_run.values())]
 
 
-def _resolve_layers(data: RunData, split: str, layers: Sequence[str] | None) -> list[str]:
+def _resolve_layers(data: RunData, split: str, layers: str | Sequence[str] | None) -> list[str]:
     """``layers`` checked against the layers recorded by any run; default: :func:`default_layers` of
     the layers that every run recorded (a one-line error naming each run's layers when there are none)."""
     there = _layers_of(data, split)
@@ -277,15 +278,18 @@ def _resolve_layers(data: RunData, split: str, layers: Sequence[str] | None) -> 
                 "choose layers with --layers or plot the runs separately"
             )
         return default_layers(common)
-    layers = list(layers)
+    layers = [layers] if isinstance(layers, str) else list(layers)  # one layer's name is one layer
     unknown = [layer for layer in layers if layer not in there]
     if unknown or not layers:
         raise PlotError(f"unknown layer {', '.join(map(repr, unknown))} in split {split}; layers: {', '.join(there)}")
     return layers
 
 
-def _resolve_units(data: RunData, split: str, layers: Sequence[str], units: Sequence[int] | None) -> list[int]:
-    units = [0] if units is None else [int(u) for u in units]
+def _resolve_units(data: RunData, split: str, layers: Sequence[str], units: int | Sequence[int] | None) -> list[int]:
+    given = [0] if units is None else list(units) if isinstance(units, Sequence | np.ndarray) else [units]
+    if any(isinstance(u, bool) or not isinstance(u, numbers.Integral) for u in given):
+        raise PlotError(f"units must be integers (unit indices), got {units!r}")
+    units = [int(u) for u in given]
     index = data.index[data.index["split"] == split]
     for layer in layers:
         n = int(index.loc[index["layer"] == layer, "units"].min())

@@ -102,6 +102,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -712,6 +713,14 @@ class ActivationRecorder:
             raise ValueError(f"save(epoch={epoch}) but the recorded epoch is {self.epoch}")
         rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         arrays = self.snapshot()
+        if not self._stats:
+            warnings.warn(
+                f"ActivationRecorder.save: no layer recorded anything in epoch {self.epoch}; the file holds no "
+                "activations. Training passes are recorded only with the model in train mode; record evaluation "
+                "passes inside `with recorder.eval_pass():`",
+                UserWarning,
+                stacklevel=2,
+            )
         return rd.write_npz(rd.activation_path(int(arrays["epoch"])), arrays)
 
     def merge(self, other: ActivationRecorder) -> ActivationRecorder:

@@ -83,6 +83,11 @@ def test_round_trip_gives_numpy_statistics_and_raw_arrays(tmp_path):
         out.reservoir("run", "train", 1, "a")
     with pytest.raises(KeyError, match="unknown run"):
         out.histogram("nope", "train", 1, "a")
+    with pytest.raises(TypeError, match=r"\(run, split, epoch, layer\).*got split=2, epoch='train'"):
+        out.histogram("run", 2, "train", "a")  # the frames' column order, epoch before split
+    with pytest.raises(TypeError, match="epoch an integer"):
+        out.reservoir("run", "train", 2.0, "a")
+    assert out.histogram("run", "train", np.int64(2), "a").counts.shape == (3, 40)  # an epoch read from a frame
 
 
 def test_metrics_config_and_index_frames(tmp_path):

@@ -436,3 +436,18 @@ def test_python_dash_m_is_headless_and_prints_no_traceback(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[2])
     assert proc.returncode == 2 and proc.stderr == f"error: {tmp_path / 'missing'}: no such directory\n"
     assert proc.stdout == ""
+
+
+def test_one_layer_name_and_one_unit_index_are_taken_as_such(tmp_path):
+    import matplotlib.pyplot as plt
+
+    fake_run(tmp_path / "r", "per", epochs_of(0, [1.0, 1.0]))
+    data = load_run(tmp_path / "r")
+    fig = figure2(data, layers="layer1", units=0)  # before: layers 'l', 'a', 'y', ... and "int is not iterable"
+    assert len(fig.axes) == 3  # one layer x (band, mean, variance)
+    plt.close(fig)
+    for bad in (1.7, [1.7], True):
+        with pytest.raises(PlotError, match="units must be integers"):
+            figure2(data, layers=["layer1"], units=bad)  # before: 1.7 silently drew unit 1
+    with pytest.raises(PlotError, match="units must be integers"):
+        ridgeline(data, "layer1", unit=1.7)

@@ -818,3 +818,18 @@ def test_gradient_checkpointing_records_each_row_once(reentrant):
         rec.start_epoch(1)
         checkpoint(lambda x: torch.tanh(lin(x)), x, use_reentrant=reentrant).sum().backward()
         assert layer_stats(rec.snapshot(), "train", "fc")["count"].tolist() == [8] * 6  # not 16: the recompute
+
+
+def test_saving_an_epoch_that_recorded_nothing_warns_and_names_eval_pass(tmp_path):
+    lin = nn.Linear(4, 6).eval()  # eval mode outside eval_pass(): nothing is recorded
+    rec = ActivationRecorder(lin, {"fc": lin})
+    rec.start_epoch(1)
+    lin(torch.randn(8, 4))
+    with pytest.warns(UserWarning, match=r"no layer recorded anything in epoch 1.*eval_pass"):
+        rec.save(RunDir(tmp_path))
+    rec.start_epoch(2)
+    with rec.eval_pass():
+        lin(torch.randn(8, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rec.save(RunDir(tmp_path))

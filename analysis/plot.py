@@ -221,7 +221,11 @@ def _resolve_split(data: RunData, split: str | None, *, reservoir: bool = False)
     there = [s for s in ("eval", "train") if (index["split"] == s).any()]
     if split is None:
         if not there:
-            raise PlotError(f"no reservoir rows recorded in {data.root}: SW1 needs them (ActivationRecorder reservoir)")
+            raise PlotError(
+                f"no reservoir rows recorded in {data.root}: SW1 needs them (the recorder keeps them every "
+                "reservoir_every-th epoch, 20 by default, and the last: pass reservoir_every=1 or "
+                "start_epoch(epoch, reservoir=True))"
+            )
         return there[0]
     if split not in there:
         what = "reservoir rows" if reservoir else "activations"
@@ -501,8 +505,8 @@ def sw1_table(
     Returns
     -------
     DataFrame
-        ``run``, ``method``, ``split``, ``epoch``, ``layer``, ``rows``, ``units``, ``sw1``,
-        ``lper``, ``projected_std``, ``collapsed``.
+        ``run``, ``method``, ``split``, ``epoch``, ``layer``, ``rows``, ``units``, ``slices``
+        (``n_projections``), ``sw1``, ``lper``, ``projected_std``, ``collapsed``.
     """
     split = _resolve_split(data, split, reservoir=True)
     layers = _layers_of(data, split) if layers is None else _resolve_layers(data, split, layers)
@@ -515,7 +519,9 @@ def sw1_table(
             have = [layer for layer in layers if layer in set(block["layer"])]
             rows += _sw1_rows(data, str(run), int(epoch), split, have, projections, n_projections, seed)
     columns = ["run", "method", "split", "epoch", "layer", "rows", "units", "sw1", "lper", "projected_std", "collapsed"]
-    return pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns)
+    frame.insert(columns.index("units") + 1, "slices", n_projections)
+    return frame
 
 
 def _sw1_rows(
@@ -812,6 +818,10 @@ def sw1_curves(
     """
     if table is None:
         table = sw1_table(data, split, layers, n_projections=n_projections, seed=seed)
+    elif split is not None and len(table) and not (table["split"] == split).all():
+        raise PlotError(f"the table given is of split {', '.join(map(str, table['split'].unique()))}, not {split!r}")
+    if len(table) and "slices" in table:
+        n_projections = int(table["slices"].iloc[0])  # what the table was computed with, shown in the note
     split = str(table["split"].iloc[0]) if len(table) else _resolve_split(data, split, reservoir=True)
     shown = [layer for layer in _layers_of(data, split) if (table["layer"] == layer).any()]
     if not shown:

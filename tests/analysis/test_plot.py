@@ -451,3 +451,18 @@ def test_one_layer_name_and_one_unit_index_are_taken_as_such(tmp_path):
             figure2(data, layers=["layer1"], units=bad)  # before: 1.7 silently drew unit 1
     with pytest.raises(PlotError, match="units must be integers"):
         ridgeline(data, "layer1", unit=1.7)
+
+
+def test_sw1_curves_of_a_given_table_shows_its_slices_and_refuses_another_split(tmp_path):
+    import matplotlib.pyplot as plt
+
+    fake_run(tmp_path / "r", "per", epochs_of(0, [1.0, 1.0]))
+    data = load_run(tmp_path / "r")
+    table = sw1_table(data, "train", n_projections=16)
+    assert (table["slices"] == 16).all()
+    with pytest.raises(PlotError, match="the table given is of split train, not 'eval'"):
+        sw1_curves(data, "eval", table=table)  # before: the train split was drawn, titled as asked
+    fig = sw1_curves(data, table=table)
+    texts = " ".join(t.get_text() for t in fig.texts)
+    assert "16 slices" in texts and "256 slices" not in texts
+    plt.close(fig)

@@ -770,7 +770,12 @@ def figure2(
     extra = any(len(r) > 1 for r in groups.values())
     note = (
         f"Bands: quantiles interpolated within histogram bins of width {width} (resolution ±{width})"
-        + ("; values outside the histogram range placed between its edge and the recorded min/max" if outside else "")
+        + (
+            "; a band edge beyond the histogram range is placed evenly between the range's edge and the recorded "
+            "min/max, and can be off by up to that span (heavy tails: read the exact variance below)"
+            if outside
+            else ""
+        )
         + ". Mean and variance: exact moments of all recorded values. Dotted: N(0, 1) (mean 0, variance 1)."
         + (" Bands: first run of each method; curves: every run (extra seeds lighter)." if extra else "")
     )

@@ -466,3 +466,11 @@ def test_sw1_curves_of_a_given_table_shows_its_slices_and_refuses_another_split(
     texts = " ".join(t.get_text() for t in fig.texts)
     assert "16 slices" in texts and "256 slices" not in texts
     plt.close(fig)
+
+
+def test_figure2_says_how_far_off_a_band_beyond_the_histogram_range_can_be(tmp_path):
+    fake_run(tmp_path / "r", "per", epochs_of(0, [1.0, 30.0]))  # epoch 2 spills far past +-10
+    texts = " ".join(t.get_text() for t in figure2(load_run(tmp_path / "r"), layers=["layer1"]).texts)
+    assert "can be off by up to that span" in texts
+    fake_run(tmp_path / "s", "per", epochs_of(0, [0.5, 0.5]))
+    assert "off by" not in " ".join(t.get_text() for t in figure2(load_run(tmp_path / "s"), layers=["layer1"]).texts)

@@ -100,7 +100,6 @@ References
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -113,7 +112,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from per_core.per import _available, _batched, _check_seed, _layout_of, _resolve_layout  # conv: channels-first
+from per_core.per import (  # conv modules are channels-first
+    _available,
+    _batched,
+    _check_seed,
+    _is_integer,
+    _layout_of,
+    _resolve_layout,
+)
 from per_core.rundir import RunDir
 
 __all__ = [
@@ -459,12 +465,10 @@ class ActivationRecorder:
             ("reservoir_every", reservoir_every, 1),
             ("train_every", train_every, 1),
         ):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            if not _is_integer(value) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         _check_seed(seed)
-        if chunk_elements is not None and (
-            isinstance(chunk_elements, bool) or not isinstance(chunk_elements, numbers.Integral) or chunk_elements < 1
-        ):
+        if chunk_elements is not None and (not _is_integer(chunk_elements) or chunk_elements < 1):
             raise ValueError(f"chunk_elements must be None or an integer >= 1, got {chunk_elements!r}")
         if not set(reservoir_splits) <= set(SPLITS):
             raise ValueError(f"reservoir_splits must be a subset of {SPLITS}, got {reservoir_splits!r}")
@@ -491,7 +495,7 @@ class ActivationRecorder:
     # -- epochs and splits ----------------------------------------------------------------------
     def start_epoch(self, epoch: int, *, reservoir: bool | None = None) -> None:
         """Clear the statistics and record train-mode forwards for ``epoch`` (reservoir: see class)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+        if not _is_integer(epoch) or epoch < 0:
             raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
         self._stats.clear()
         self._calls.clear()

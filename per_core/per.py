@@ -89,14 +89,22 @@ def _check_rows(h: Tensor, name: str = "h") -> None:
         )
 
 
+def _is_integer(value: object) -> bool:
+    """An integer of any kind (``int``, a numpy integer from a notebook's grid), but not a ``bool``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_positive_int(value: object, name: str) -> None:
+    if not _is_integer(value) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def _check_n_slices(n_slices: int) -> None:
-    if isinstance(n_slices, bool) or not isinstance(n_slices, numbers.Integral) or n_slices < 1:
-        raise ValueError(f"n_slices must be a positive integer, got {n_slices!r}")
+    _check_positive_int(n_slices, "n_slices")
 
 
 def _check_chunk_elements(chunk_elements: int) -> None:
-    if isinstance(chunk_elements, bool) or not isinstance(chunk_elements, numbers.Integral) or chunk_elements < 1:
-        raise ValueError(f"chunk_elements must be a positive integer, got {chunk_elements!r}")
+    _check_positive_int(chunk_elements, "chunk_elements")
 
 
 def _check_generator(generator: object) -> None:
@@ -112,7 +120,7 @@ _SEED_LIMIT = 1 << 64
 
 
 def _check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < _SEED_LIMIT:
+    if not _is_integer(seed) or not 0 <= seed < _SEED_LIMIT:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     return int(seed)
 
@@ -182,8 +190,7 @@ def sample_slices(
     (torch.Size([4, 3]), True)
     """
     _check_n_slices(n_slices)
-    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
-        raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    _check_positive_int(dim, "dim")
     _check_generator(generator)
     gen_device = generator.device if generator is not None else device
     v = torch.randn(n_slices, dim, generator=generator, device=gen_device, dtype=_compute_dtype(dtype))
@@ -687,9 +694,7 @@ class PER:
         if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not math.isfinite(lam) or lam < 0:
             raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
         _check_n_slices(n_slices)
-        if locations is not None and (
-            isinstance(locations, bool) or not isinstance(locations, numbers.Integral) or locations < 1
-        ):
+        if locations is not None and (not _is_integer(locations) or locations < 1):
             raise ValueError(f"locations must be None (all) or a positive integer, got {locations!r}")
         seed = _check_seed(seed)
         _check_chunk_elements(chunk_elements)

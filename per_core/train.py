@@ -280,6 +280,15 @@ def load_checkpoint(run: RunDir, s: Setup) -> tuple[int, list[dict[str, Any]]]:
 RESUMABLE_CHANGES = {"epochs", "device", "data_dir"}
 
 
+def _changes(saved: dict[str, Any], cfg: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """Fields of ``cfg`` that differ from a saved config.json, as ``{name: (saved, now)}``.
+
+    Fields added to :class:`TrainConfig` after the run was saved compare as their defaults.
+    """
+    before = TrainConfig.from_dict(saved).to_dict()
+    return {k: (before.get(k), v) for k, v in cfg.to_dict().items() if before.get(k) != v}
+
+
 def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool) -> bool:
     """Refuse to mix runs: a non-empty directory needs --resume (same config) or --overwrite.
 
@@ -293,10 +302,7 @@ def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool
     occupied = run.root.exists() and any(run.root.iterdir())
     if resume:
         run.remove_stale_temporaries()
-        saved = TrainConfig.from_dict(run.read_config()).to_dict()  # fields added since: their defaults
-        diff = {
-            k: (saved.get(k), v) for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v
-        }
+        diff = {k: d for k, d in _changes(run.read_config(), cfg).items() if k not in RESUMABLE_CHANGES}
         if diff:
             lines = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
             raise RunDirError(f"{run.config_path}: cannot resume with a different config ({lines})")
@@ -470,12 +476,10 @@ def _config_record(run: RunDir, cfg: TrainConfig, resume: bool, start: int) -> d
     :data:`RESUMABLE_CHANGES`) to ``[saved, now]``.
     """
     now = {"command": sys.argv, "versions": package_versions()}
-    if not (resume and run.config_path.is_file()):
+    if not resume:  # a resumed run has its config.json: prepare_run_dir read it
         return {**cfg.to_dict(), **now}
     saved = run.read_config()
-    before = TrainConfig.from_dict(saved).to_dict()
-    changed = {k: [before.get(k), v] for k, v in cfg.to_dict().items() if before.get(k) != v}
-    entry = {"from_epoch": start, **now, "changed": changed}
+    entry = {"from_epoch": start, **now, "changed": _changes(saved, cfg)}  # (saved, now) pairs, lists in JSON
     first = {k: saved[k] for k in now if k in saved}
     return {**cfg.to_dict(), **now, **first, "resumed": [*saved.get("resumed", []), entry]}
 

@@ -99,7 +99,6 @@ import numpy as np
 import torch
 
 from analysis.distances import (
-    _check_positive_int,
     _common_scale,
     _finite_result,
     _mean,
@@ -111,7 +110,8 @@ from analysis.distances import (
     w1,
     w1_to_normal,
 )
-from per_core.per import _check_seed, folded_normal_mean, per_loss
+from per_core.checks import check_positive_int, check_seed
+from per_core.per import folded_normal_mean, per_loss
 
 __all__ = [
     "COLLAPSE_STD",
@@ -395,8 +395,8 @@ def check_bounds(
     True
     """
     X = _samples_2d(X, "X")
-    seed = _check_seed(seed)
-    exact_max_samples = _check_positive_int(exact_max_samples, "exact_max_samples")
+    seed = check_seed(seed)
+    exact_max_samples = check_positive_int(exact_max_samples, "exact_max_samples")
     for name, v in (("rtol", rtol), ("atol", atol), ("collapse_std", collapse_std)):
         if not (math.isfinite(v) and v >= 0):
             raise ValueError(f"{name} must be a finite non-negative number, got {v!r}")

@@ -53,7 +53,8 @@ import numpy as np
 import torch
 from scipy import special
 
-from per_core.per import _check_seed, sample_slices
+from per_core.checks import check_positive_int, check_seed
+from per_core.per import sample_slices
 
 __all__ = [
     "GAUSSIAN_SAMPLE_W1",
@@ -154,12 +155,6 @@ def _check_same_dim(X: np.ndarray, Y: np.ndarray) -> None:
         raise ValueError(f"X and Y must have the same dimension, got X {X.shape} and Y {Y.shape}")
 
 
-def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _finite_result(value: np.ndarray, what: str) -> np.ndarray:
     if not np.isfinite(value).all():
         raise ValueError(f"{what} overflowed (the values are too large for float64); rescale the input")
@@ -201,9 +196,9 @@ def _projections(d: int, n_projections: int, seed: int) -> np.ndarray:
     Drawn by :func:`per_core.per.sample_slices` in float64 with ``torch.Generator().manual_seed(seed)``:
     the same ``(d, n_projections, seed)`` always gives the same unit directions.
     """
-    n_projections = _check_positive_int(n_projections, "n_projections")
-    d = _check_positive_int(d, "d")
-    gen = torch.Generator().manual_seed(_check_seed(seed))
+    n_projections = check_positive_int(n_projections, "n_projections")
+    d = check_positive_int(d, "d")
+    gen = torch.Generator().manual_seed(check_seed(seed))
     return sample_slices(n_projections, d, generator=gen, dtype=torch.float64).numpy()
 
 
@@ -727,8 +722,8 @@ def w1(X: Any, Y: Any, *, max_samples: int = W1_MAX_SAMPLES, seed: int = 0) -> f
     X = _samples_2d(X, "X", allow_1d=True)
     Y = _samples_2d(Y, "Y", allow_1d=True)
     _check_same_dim(X, Y)
-    max_samples = _check_positive_int(max_samples, "max_samples")
-    seed = _check_seed(seed)
+    max_samples = check_positive_int(max_samples, "max_samples")
+    seed = check_seed(seed)
     c = _common_scale(X, Y)  # W1(cX, cY) = c W1(X, Y): no overflow (or underflow) of the squares in cdist
     if c != 1.0:
         X, Y = X / c, Y / c

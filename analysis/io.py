@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.recorder import COUNT_FIELDS, RECORDER_FORMAT, SPLITS, SUM_FIELDS, layer_stats, moments_from_sums
-from per_core.per import _is_integer
+from per_core.checks import is_integer
 from per_core.rundir import RunDir, RunDirError, find_runs
 
 __all__ = ["STATS_COLUMNS", "Histogram", "RunData", "load_run"]
@@ -112,7 +112,7 @@ class RunData:
         return self._cache
 
     def _block(self, run: str, split: str, epoch: int, layer: str) -> tuple[Path, dict[str, np.ndarray]]:
-        if split not in SPLITS or not _is_integer(epoch):
+        if split not in SPLITS or not is_integer(epoch):
             raise TypeError(
                 f"arguments are (run, split, epoch, layer): split one of {', '.join(SPLITS)} and epoch an integer, "
                 f"got split={split!r}, epoch={epoch!r}"

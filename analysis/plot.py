@@ -69,7 +69,7 @@ from analysis.distances import GAUSSIAN_SAMPLE_W1, _projections, sliced_w1_to_no
 from analysis.io import RunData, load_run
 from analysis.recorder import layer_stats
 from analysis.style import METHOD_COLORS, method_color, use_style
-from per_core.per import _is_integer
+from per_core.checks import is_integer
 from per_core.rundir import RunDirError, atomic_write
 
 if TYPE_CHECKING:
@@ -291,7 +291,7 @@ def _resolve_layers(data: RunData, split: str, layers: str | Sequence[str] | Non
 
 def _resolve_units(data: RunData, split: str, layers: Sequence[str], units: int | Sequence[int] | None) -> list[int]:
     given = [0] if units is None else list(units) if isinstance(units, Sequence | np.ndarray) else [units]
-    if not all(_is_integer(u) for u in given):
+    if not all(is_integer(u) for u in given):
         raise PlotError(f"units must be integers (unit indices), got {units!r}")
     units = [int(u) for u in given]
     index = data.index[data.index["split"] == split]

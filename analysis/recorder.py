@@ -112,11 +112,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from per_core.checks import check_seed, is_integer
 from per_core.per import (  # conv modules are channels-first
     _available,
     _batched,
-    _check_seed,
-    _is_integer,
     _layout_of,
     _resolve_layout,
 )
@@ -465,10 +464,10 @@ class ActivationRecorder:
             ("reservoir_every", reservoir_every, 1),
             ("train_every", train_every, 1),
         ):
-            if not _is_integer(value) or value < least:
+            if not is_integer(value) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-        _check_seed(seed)
-        if chunk_elements is not None and (not _is_integer(chunk_elements) or chunk_elements < 1):
+        check_seed(seed)
+        if chunk_elements is not None and (not is_integer(chunk_elements) or chunk_elements < 1):
             raise ValueError(f"chunk_elements must be None or an integer >= 1, got {chunk_elements!r}")
         if not set(reservoir_splits) <= set(SPLITS):
             raise ValueError(f"reservoir_splits must be a subset of {SPLITS}, got {reservoir_splits!r}")
@@ -495,7 +494,7 @@ class ActivationRecorder:
     # -- epochs and splits ----------------------------------------------------------------------
     def start_epoch(self, epoch: int, *, reservoir: bool | None = None) -> None:
         """Clear the statistics and record train-mode forwards for ``epoch`` (reservoir: see class)."""
-        if not _is_integer(epoch) or epoch < 0:
+        if not is_integer(epoch) or epoch < 0:
             raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
         self._stats.clear()
         self._calls.clear()

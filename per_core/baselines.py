@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from per_core.checks import check_nonnegative, is_integer
 from per_core.per import named_targets
 
 __all__ = [
@@ -66,9 +67,7 @@ class _OutputPenalty:
     """
 
     def __init__(self, modules: nn.Module | Iterable[nn.Module] | Mapping[str, nn.Module], lam: float) -> None:
-        if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
-            raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-        self.lam = float(lam)
+        self.lam = check_nonnegative(lam, "lam")
         self.modules = named_targets(modules, type(self).__name__)
         self._terms: list[tuple[str, Tensor]] = []
         self._last: dict[str, Tensor] = {}
@@ -234,15 +233,14 @@ class VCL(_OutputPenalty):
         beta: float = 1.0,
         learn_beta: bool = False,
     ) -> None:
-        if sample_size is not None and (isinstance(sample_size, bool) or sample_size < 2):
+        if sample_size is not None and (not is_integer(sample_size) or sample_size < 2):
             raise ValueError(f"sample_size must be None (halves) or an integer >= 2, got {sample_size!r}")
-        if not math.isfinite(beta) or beta < 0:
-            raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+        beta = check_nonnegative(beta, "beta")
         for name, m in named_targets(modules, "VCL").items():
             if isinstance(m, nn.RNNBase):
                 raise TypeError(f"VCL needs batch-first outputs; {name!r} is a recurrent module")
-        self.sample_size = sample_size
-        self.beta = float(beta)
+        self.sample_size = None if sample_size is None else int(sample_size)
+        self.beta = beta
         self.learn_beta = learn_beta
         self._betas: dict[str, nn.Parameter] = {}
         super().__init__(modules, lam)

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from per_core.checks import check_positive_int, is_integer
+
 __all__ = [
     "DataError",
     "ImageData",
@@ -183,7 +185,7 @@ def augment_crop_flip(x: Tensor, generator: torch.Generator, pad: int = 4) -> Te
         raise ValueError(f"x must be a batch of images, a tensor of shape (N, C, H, W), got {got}")
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+    if not is_integer(pad) or pad < 0:
         raise ValueError(f"pad must be an integer >= 0, got {pad!r}")
     n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # (N, C, H+2p, W+2p)
@@ -219,7 +221,7 @@ def image_batches(
     ``augment``: a generator for random crop + flip (:func:`augment_crop_flip`), or None.
     """
     for name, value, low in (("batch_size", batch_size, 1), ("world_size", world_size, 1), ("rank", rank, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if not is_integer(value) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if rank >= world_size:
         raise ValueError(f"rank must be below world_size {world_size}, got {rank}")
@@ -334,8 +336,7 @@ def batchify(ids: Tensor, batch_size: int) -> Tensor:
     if not isinstance(ids, Tensor) or ids.ndim != 1:
         got = f"shape {tuple(ids.shape)}" if isinstance(ids, Tensor) else type(ids).__name__
         raise ValueError(f"ids must be a token stream, a 1-D tensor of shape (L,), got {got}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = check_positive_int(batch_size, "batch_size")
     n = ids.numel() // batch_size
     if n < 2:
         raise ValueError(f"{ids.numel()} tokens are too few for batch size {batch_size}")

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import sys
 import threading
 import weakref
@@ -46,6 +45,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
+
+from per_core.checks import check_nonnegative, check_positive_int, check_seed, is_integer
 
 __all__ = ["PER", "as_samples", "folded_normal_mean", "from_samples", "per_grad", "per_loss", "sample_slices"]
 
@@ -89,40 +90,12 @@ def _check_rows(h: Tensor, name: str = "h") -> None:
         )
 
 
-def _is_integer(value: object) -> bool:
-    """An integer of any kind (``int``, a numpy integer from a notebook's grid), but not a ``bool``."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_positive_int(value: object, name: str) -> None:
-    if not _is_integer(value) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _check_n_slices(n_slices: int) -> None:
-    _check_positive_int(n_slices, "n_slices")
-
-
-def _check_chunk_elements(chunk_elements: int) -> None:
-    _check_positive_int(chunk_elements, "chunk_elements")
-
-
 def _check_generator(generator: object) -> None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(
             f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
             "pass torch.Generator().manual_seed(seed) to seed the slices"
         )
-
-
-#: Seeds accepted by ``torch.Generator.manual_seed`` without wrapping around: [0, 2**64).
-_SEED_LIMIT = 1 << 64
-
-
-def _check_seed(seed: object) -> int:
-    if not _is_integer(seed) or not 0 <= seed < _SEED_LIMIT:
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    return int(seed)
 
 
 def _check_theta(theta: object, dim: int) -> Tensor:
@@ -189,8 +162,8 @@ def sample_slices(
     >>> theta.shape, bool(torch.allclose(theta.norm(dim=1), torch.ones(4)))
     (torch.Size([4, 3]), True)
     """
-    _check_n_slices(n_slices)
-    _check_positive_int(dim, "dim")
+    check_positive_int(n_slices, "n_slices")
+    check_positive_int(dim, "dim")
     _check_generator(generator)
     gen_device = generator.device if generator is not None else device
     v = torch.randn(n_slices, dim, generator=generator, device=gen_device, dtype=_compute_dtype(dtype))
@@ -226,9 +199,9 @@ def _slices_for(h: Tensor, n_slices: int, generator: torch.Generator | None, the
 
 def _check_args(h: Tensor, n_slices: int, generator: object, chunk_elements: int) -> None:
     _check_rows(h)
-    _check_n_slices(n_slices)
+    check_positive_int(n_slices, "n_slices")
     _check_generator(generator)
-    _check_chunk_elements(chunk_elements)
+    check_positive_int(chunk_elements, "chunk_elements")
 
 
 def _chunk_rows(n_slices: int, chunk_elements: int) -> int:
@@ -691,20 +664,15 @@ class PER:
         track_penalty: bool = False,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     ) -> None:
-        if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not math.isfinite(lam) or lam < 0:
-            raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-        _check_n_slices(n_slices)
-        if locations is not None and (not _is_integer(locations) or locations < 1):
+        if locations is not None and (not is_integer(locations) or locations < 1):
             raise ValueError(f"locations must be None (all) or a positive integer, got {locations!r}")
-        seed = _check_seed(seed)
-        _check_chunk_elements(chunk_elements)
         named = named_targets(modules, "PER")
-        self.lam = float(lam)
-        self.n_slices = int(n_slices)  # numpy integers (a notebook's np.arange grid) are stored as int
-        self.seed = seed
+        self.lam = check_nonnegative(lam, "lam")  # numpy scalars (a notebook's grid) are stored as float/int
+        self.n_slices = check_positive_int(n_slices, "n_slices")
+        self.seed = check_seed(seed)
         self.locations = None if locations is None else int(locations)
         self.track_penalty = track_penalty
-        self.chunk_elements = int(chunk_elements)
+        self.chunk_elements = check_positive_int(chunk_elements, "chunk_elements")
         self.modules = named
         self._generators: dict[torch.device, torch.Generator] = {}
         self._penalties: dict[str, Tensor] = {}

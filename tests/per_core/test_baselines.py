@@ -350,3 +350,23 @@ def test_stepwise_bn_reuses_the_last_statistics_beyond_max_steps():
     assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
     bn(torch.randn(4, 2) + 5, 0)
     assert not torch.equal(bn.running_mean[0], before[0][0]) and torch.equal(bn.running_mean[1:], before[0][1:])
+
+
+@pytest.mark.parametrize("penalty", [L1Penalty, L2Penalty, VCL])
+def test_penalties_take_numpy_weights_and_refuse_what_is_not_a_weight(penalty):
+    # a notebook's lambda grid (np.logspace) hands over numpy scalars; PER takes them, so do the baselines
+    model = TwoLayers()
+    pen = penalty(model.fc, lam=np.float32(0.25))  # not a float subclass, unlike np.float64
+    assert pen.lam == 0.25 and type(pen.lam) is float
+    for bad in (True, "0.1", float("nan"), -np.float32(1.0), None):
+        with pytest.raises(ValueError, match="lam must be a finite number >= 0"):
+            penalty(model.fc, lam=bad)
+
+
+def test_vcl_takes_numpy_sample_size_and_beta_and_refuses_fractions():
+    vcl = VCL(TwoLayers().fc, lam=1.0, sample_size=np.int64(3), beta=np.float32(0.5))
+    assert vcl.sample_size == 3 and vcl.beta == 0.5
+    with pytest.raises(ValueError, match="sample_size"):
+        VCL(TwoLayers().fc, lam=1.0, sample_size=2.5)
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+        VCL(TwoLayers().fc, lam=1.0, beta="1")

@@ -122,6 +122,10 @@ def test_embedded_corpus_and_batchify():
     assert d.vocab[int(d.train[-1])] == "<eos>" and "<unk>" in d.vocab
     b = batchify(torch.arange(10), 3)
     assert b.shape == (3, 3) and b[:, 1].tolist() == [3, 4, 5]  # column = one contiguous stream
+    assert torch.equal(batchify(torch.arange(10), np.int64(3)), b)  # a notebook's numpy integer
+    x, y = torch.zeros(6, 1, 2, 2), torch.arange(6)
+    assert [len(yb) for _, yb in image_batches(x, y, np.int64(4))] == [4, 2]
+    assert augment_crop_flip(x, torch.Generator(), pad=np.int64(1)).shape == x.shape
 
 
 @pytest.mark.parametrize(

@@ -145,6 +145,43 @@ def test_hist_quantiles_edge_cases_and_batches():
     assert np.isnan(empty_unit).all()
 
 
+@pytest.mark.parametrize("mu", [0.0, 4.0, -15.0])
+def test_hist_quantiles_normal_tails_recover_a_wide_normal_units_quantiles(mu):
+    # std 20 against edges at +-10: most values lie in the under/overflow. The even spread read the
+    # 5 % quantile of N(0, 20^2) at -77 (true -33); the normal tail with the exact moments is exact
+    x = np.random.default_rng(1).normal(mu, 20.0, 200_000)
+    kw = dict(under=(x < -10).sum(), over=(x > 10).sum(), data_min=x.min(), data_max=x.max())
+    counts = np.histogram(x, EDGES)[0]
+    exact = np.quantile(x, QUANTILES)
+    est = hist_quantiles(counts, EDGES, **kw, mean=x.mean(), std=x.std())
+    assert np.all(np.abs(est - exact) <= 0.5)  # the bin width inside, sampling noise (~0.15) outside
+    even = hist_quantiles(counts, EDGES, **kw)
+    assert np.abs(even - exact).max() > 20  # what the even spread made of it
+
+
+def test_hist_quantiles_normal_tails_stay_in_their_bin_and_rise_with_the_level():
+    x = 8 * np.random.default_rng(2).standard_t(3, 50_000)  # heavy tails: the normal tail is only a model
+    kw = dict(under=(x < -10).sum(), over=(x > 10).sum(), data_min=x.min(), data_max=x.max())
+    levels = np.linspace(0, 1, 201)
+    est = hist_quantiles(np.histogram(x, EDGES)[0], EDGES, levels, **kw, mean=x.mean(), std=x.std())
+    assert np.all(np.diff(est) >= 0) and est[0] == x.min() and est[-1] == x.max()
+    p_under, p_over = kw["under"] / len(x), kw["over"] / len(x)
+    assert np.all(est[levels < p_under] <= -10) and np.all(est[levels > 1 - p_over] >= 10)
+    exact = np.quantile(x, [0.05, 0.95])
+    assert np.all(
+        np.abs(hist_quantiles(np.histogram(x, EDGES)[0], EDGES, [0.05, 0.95], **kw, mean=0, std=x.std()) - exact)
+        < 0.1 * np.abs(exact)
+    )
+    with pytest.raises(ValueError, match="give both or neither"):
+        hist_quantiles(np.histogram(x, EDGES)[0], EDGES, **kw, mean=0.0)
+    # no usable spread (zero, NaN): the even spread, as without moments
+    for std in (0.0, np.nan):
+        assert np.array_equal(
+            hist_quantiles(np.histogram(x, EDGES)[0], EDGES, **kw, mean=0.0, std=std),
+            hist_quantiles(np.histogram(x, EDGES)[0], EDGES, **kw),
+        )
+
+
 @pytest.mark.parametrize(
     ("counts", "edges", "kw", "match"),
     [
@@ -193,6 +230,25 @@ def test_recorded_quantile_bands_match_the_data_fed(tmp_path):
         assert row["resolution"] == 0.5
         assert np.isclose(row["mean"], Y[:, 2].astype(np.float64).mean())
         assert np.isclose(row["var"], Y[:, 2].astype(np.float64).var(), rtol=1e-6)
+
+
+def test_figure2_and_unit_evolution_read_wide_units_beyond_the_range_by_their_moments(tmp_path):
+    wide = np.random.default_rng(5).normal(0.0, 20.0, (20_000, 1)).astype(np.float32)  # 62 % outside +-10
+    fake_run(tmp_path / "r", "vanilla", [{"layer1": wide}], reservoir=False)
+    data = load_run(tmp_path / "r")
+    row = unit_evolution(data, "r", "layer1", 0).iloc[0]
+    exact = np.quantile(wide[:, 0].astype(np.float64), [0.05, 0.95])
+    assert np.all(np.abs(row[["q0.05", "q0.95"]].to_numpy(float) - exact) < 1.0)  # before: -76 and 75
+    assert row["outside"] > 0.6
+    fig = figure2(data, split="train")
+    band_ax = fig.axes[0]
+    assert sorted(ln.get_ydata()[0] for ln in band_ax.get_lines() if ln.get_linestyle() == ":") == [-10.0, 10.0]
+    assert "follow a normal tail with the unit's exact mean and variance" in " ".join(t.get_text() for t in fig.texts)
+    narrow = np.random.default_rng(5).normal(0.0, 1.0, (2_000, 1)).astype(np.float32)
+    fake_run(tmp_path / "n", "vanilla", [{"layer1": narrow}], reservoir=False)
+    fig = figure2(load_run(tmp_path / "n"), split="train")
+    assert "normal tail" not in " ".join(t.get_text() for t in fig.texts)
+    assert not [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == ":"]
 
 
 def test_sw1_table_matches_layer_bounds_and_flags_the_collapse(sweep, data):
@@ -466,11 +522,3 @@ def test_sw1_curves_of_a_given_table_shows_its_slices_and_refuses_another_split(
     texts = " ".join(t.get_text() for t in fig.texts)
     assert "16 slices" in texts and "256 slices" not in texts
     plt.close(fig)
-
-
-def test_figure2_says_how_far_off_a_band_beyond_the_histogram_range_can_be(tmp_path):
-    fake_run(tmp_path / "r", "per", epochs_of(0, [1.0, 30.0]))  # epoch 2 spills far past +-10
-    texts = " ".join(t.get_text() for t in figure2(load_run(tmp_path / "r"), layers=["layer1"]).texts)
-    assert "can be off by up to that span" in texts
-    fake_run(tmp_path / "s", "per", epochs_of(0, [0.5, 0.5]))
-    assert "off by" not in " ".join(t.get_text() for t in figure2(load_run(tmp_path / "s"), layers=["layer1"]).texts)

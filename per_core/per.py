@@ -676,6 +676,7 @@ class PER:
         self.modules = named
         self._generators: dict[torch.device, torch.Generator] = {}
         self._penalties: dict[str, Tensor] = {}
+        self._penalty_task = -1  # the backward pass (autograd graph task) the penalties belong to
         self._strata_cache: dict[tuple[int, int, torch.device], tuple[Tensor, Tensor]] = {}
         self._pending: list[weakref.ref[_Sampled]] = []  # sampled-location forwards awaiting their backward
         self._handles = [m.register_forward_hook(self._make_forward_hook(n, m)) for n, m in named.items()]
@@ -783,7 +784,7 @@ class PER:
             scale = self.lam if self.lam != 0.0 else 1.0
             g, loss = _grad_and_loss(as_samples(x, layout), theta, self.track_penalty, self.chunk_elements, scale)
             if loss is not None:
-                self._penalties[name] = loss.detach()
+                self._track(name, loss)
             if self.lam == 0.0:
                 return grad
             g = from_samples(g, x.shape, layout).to(grad.dtype).reshape(grad.shape)  # drops an added batch axis
@@ -841,16 +842,25 @@ class PER:
                 for k, e in enumerate(part):
                     e.grad = g[k].view(n_img, m, d).transpose(1, 2)  # (N*m, C) -> (N, C, m)
                     if loss is not None:
-                        self._penalties[e.name] = loss[k].detach()
+                        self._track(e.name, loss[k])
+
+    def _track(self, name: str, loss: Tensor) -> None:
+        """Add one call's L_per to its layer's penalty of the running backward pass (a new pass starts over)."""
+        task = torch._C._current_graph_task_id()
+        if task != self._penalty_task:
+            self._penalties, self._penalty_task = {}, task
+        loss = loss.detach()
+        self._penalties[name] = self._penalties[name] + loss if name in self._penalties else loss
 
     # -- logging and removal --------------------------------------------------------------------
     def penalty(self, per_layer: bool = False) -> float | dict[str, float]:
         r"""Last tracked :math:`\sum_{layers} L_{per}` (without :math:`\lambda`), or per layer.
 
-        Values come from the most recent backward pass run with ``track_penalty=True``; reading
-        them synchronizes with the device, so call it when logging, not every step. A module called
-        more than once in one forward (weight sharing) gets its gradient for every call, but its
-        penalty here is that of one call only (the last one whose backward ran).
+        Values come from the most recent backward pass run with ``track_penalty=True`` (only the
+        layers it reached); reading them synchronizes with the device, so call it when logging, not
+        every step. A module called more than once in one forward (weight sharing) gets a gradient
+        for every call, and its penalty is the sum over those calls, the objective whose gradient
+        was added: :math:`\sum_{calls} L_{per}(h_{call})`.
         """
         if not self._penalties:
             raise RuntimeError(

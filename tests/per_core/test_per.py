@@ -229,6 +229,38 @@ def test_tracked_penalty_equals_per_loss_with_the_same_slices():
     assert got["fc0"] == pytest.approx(float(per_loss(model[0](x).detach(), theta=theta)), rel=1e-12)
 
 
+@pytest.mark.parametrize("locations", [None, 2])
+def test_a_module_called_twice_tracks_the_sum_of_its_calls_and_a_new_backward_starts_over(locations):
+    # weight sharing: both calls get PER's gradient, so the penalty is the sum of both calls' L_per
+    # (before: the last call's only); slices are drawn per call in forward order
+    conv, other = nn.Conv2d(2, 3, 3, padding=1).double(), nn.Conv2d(3, 3, 1).double()
+    x = torch.randn(4, 2, 5, 5, generator=gen(40), dtype=F64)
+    with PER({"conv": conv, "other": other}, 0.5, 8, seed=6, locations=locations, track_penalty=True) as per:
+        a, b = conv(x), conv(0.5 * x)
+        (other(a) + b).sum().backward()
+        got = per.penalty(per_layer=True)
+        rows = [as_samples(t.detach()) for t in (a, b, other(a))]  # other(a) again: hooks draw nothing outside grad
+    g = gen(6)
+    if locations is None:  # slices drawn per call in the backward hooks, in forward order (a, b, other)
+        want = [float(per_loss(r, theta=sample_slices(8, 3, generator=g, dtype=F64))) for r in rows]
+    else:  # locations drawn per call in forward order, then one (3, s, d) draw for the three equal-shape calls
+        maps = [t.detach().flatten(2) for t in (a, b, other(a))]
+        idx = [per._pick_locations(f, g) for f in maps]
+        theta = sample_slices(3 * 8, 3, generator=g, dtype=F64).view(3, 8, 3)
+        picked = [
+            f.gather(2, i[:, None, :].expand(-1, 3, -1)).transpose(1, 2).reshape(-1, 3)
+            for f, i in zip(maps, idx, strict=True)
+        ]
+        want = [float(per_loss(r, theta=t)) for r, t in zip(picked, theta, strict=True)]
+    assert got["conv"] == pytest.approx(want[0] + want[1], rel=1e-12)
+    assert got["other"] == pytest.approx(want[2], rel=1e-12)
+    with PER({"conv": conv}, 0.5, 8, seed=6, locations=locations, track_penalty=True) as once:
+        conv(x).sum().backward()
+        first = once.penalty()
+        conv(x).sum().backward()  # a new backward pass replaces, never adds to, the last one's penalty
+        assert once.penalty() < 1.5 * first
+
+
 def test_penalty_before_tracking_is_a_clear_error():
     per = PER(nn.Linear(2, 2), 0.1)
     with pytest.raises(RuntimeError, match="track_penalty=True"):

@@ -55,7 +55,11 @@ def run_sweep(
                 done = RunDir(path).read_metrics() if RunDir(path).is_run() else []
                 if (path / FAILED).is_file():
                     say(f"== {path}: failed earlier, skipped (delete {path / FAILED} to retry)")
-                elif len(done) >= cfg.epochs:
+                elif len(done) > cfg.epochs:
+                    say(
+                        f"== {path}: finished, skipped (it trained {len(done)} epochs, more than --epochs {cfg.epochs})"
+                    )
+                elif len(done) == cfg.epochs:
                     say(f"== {path}: finished, skipped")
                 else:
                     say(f"== {path}: {'resuming' if done else 'training'}")
@@ -137,7 +141,7 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
     """
     groups: dict[tuple[str, float | None], list[dict[str, float]]] = {}
     failed: dict[tuple[str, float | None], int] = {}
-    presets, smoke = set(), False
+    presets, smoke, ends = set(), False, set()
     for run in find_runs(sweep):
         cfg, rows = run.read_config(), run.read_metrics()
         key = (cfg["method"], cfg["lam"] if cfg["method"] in REGULARIZERS else None)
@@ -146,6 +150,7 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
             failed[key] = failed.get(key, 0) + 1
         elif rows and len(rows) >= cfg["epochs"]:  # finished
             groups[key].append(_final_metrics(rows))
+            ends.add(len(rows))
             presets.add(cfg.get("preset"))
             smoke = smoke or bool(cfg.get("smoke"))
     order = {m: i for i, m in enumerate(METHODS)}
@@ -178,6 +183,11 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
         starred = starred or bool(mark)
     if starred:
         lines.append(f"* best lambda of the grid ({BEST_RULE}), as the paper reports")
+    if len(ends) > 1:
+        lines.append(
+            f"note: the runs end at different epochs ({', '.join(map(str, sorted(ends)))}), so rows compare unequal "
+            f"training; run the sweep again with --epochs {max(ends)} to extend the shorter ones"
+        )
     if len(presets) == 1 and (preset := presets.pop()) in PAPER_RESULTS:
         lines += ["", *_paper_layout(preset, best, smoke)]
     return "\n".join(lines), entries

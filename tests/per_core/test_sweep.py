@@ -55,6 +55,13 @@ def test_a_finished_sweep_is_extended_by_more_epochs(tmp_path, capsys):
     config = run.read_config()
     assert config["milestones"] == get_preset("demo").milestones  # the preset's schedule, never cut
     assert config["resumed"][0]["changed"] == {"epochs": [20, 21]}
+    capsys.readouterr()
+    # a smaller --epochs retrains nothing, and says so; the table says when its rows end at different epochs
+    assert main([*argv[:-2], "--methods", "vanilla,bn", "--out", str(tmp_path), "--epochs", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "vanilla/seed0: finished, skipped (it trained 21 epochs, more than --epochs 20)" in out
+    assert "note: the runs end at different epochs (20, 21)" in out and "--epochs 21 to extend" in out
+    assert len(run.read_metrics()) == 21
 
 
 @pytest.mark.parametrize(

@@ -112,14 +112,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from per_core.checks import check_seed, is_integer
-from per_core.per import (  # conv modules are channels-first
-    _available,
-    _batched,
-    _layout_of,
-    _resolve_layout,
-)
+from per_core.checks import check_seed, device_available, is_integer
 from per_core.rundir import RunDir
+from per_core.samples import layout_of, resolve_layout, with_batch_axis  # conv modules are channels-first
 
 __all__ = [
     "COUNT_FIELDS",
@@ -525,7 +520,7 @@ class ActivationRecorder:
 
     # -- hooks ----------------------------------------------------------------------------------
     def _hook(self, label: str, module: nn.Module):
-        layout = _layout_of(module)
+        layout = layout_of(module)
 
         def forward_hook(mod: nn.Module, args: tuple, out: object) -> None:
             if torch._C._current_graph_task_id() != -1:
@@ -549,14 +544,14 @@ class ActivationRecorder:
             # not in inference mode even under torch.inference_mode(): the statistics and scratch buffers
             # live across passes and are updated in place, which an inference tensor refuses
             with torch.inference_mode(False), torch.no_grad():
-                self._record(split, label, _batched(mod, h.detach()), layout)  # unbatched: a batch of one
+                self._record(split, label, with_batch_axis(mod, h.detach()), layout)  # unbatched: a batch of one
 
         return forward_hook
 
     def _record(self, split: str, label: str, h: Tensor, layout: str) -> None:
         if h.ndim < 2:
             raise ValueError(f"layer {label!r}: output of shape {tuple(h.shape)} has no unit dimension")
-        channels_first = _resolve_layout(tuple(h.shape), layout) == "channels_first"
+        channels_first = resolve_layout(tuple(h.shape), layout) == "channels_first"
         dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
         chunk = self.chunk_elements or (CPU_CHUNK_ELEMENTS if h.device.type == "cpu" else DEVICE_CHUNK_ELEMENTS)
         step = max(1, chunk // max(1, h[0].numel()))
@@ -775,7 +770,7 @@ class ActivationRecorder:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the generator states saved by :meth:`state_dict` (of the devices this process has)."""
         for device, gen_state in state["generators"].items():
-            if _available(device):  # a run moved from a GPU to a CPU-only machine: fresh keys there
+            if device_available(device):  # a run moved from a GPU to a CPU-only machine: fresh keys there
                 self._generator(torch.device(device)).set_state(gen_state)
 
     def to_tensorboard(self, writer: Any, epoch: int | None = None) -> None:

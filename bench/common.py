@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from per_core.models import build_model
-from per_core.per import PER
+from per_core.regularizer import PER
 
 __all__ = ["RECOMMENDED_LOCATIONS", "SHAPES", "Shape", "make_inputs", "make_step"]
 

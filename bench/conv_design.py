@@ -38,7 +38,9 @@ from torch import Tensor, nn
 from bench.common import SHAPES, make_step
 from bench.timing import emit, interleaved, progress, standalone_parser
 from per_core.models import build_model
-from per_core.per import DEFAULT_CHUNK_ELEMENTS, PER, _grad_and_loss, as_samples, from_samples, per_grad, sample_slices
+from per_core.per import DEFAULT_CHUNK_ELEMENTS, grad_and_loss, per_grad, sample_slices
+from per_core.regularizer import PER
+from per_core.samples import as_samples, from_samples
 
 __all__ = ["ESTIMATORS", "quality", "run"]
 
@@ -121,7 +123,7 @@ def kernel_table(quick: bool, repeats: int) -> list[str]:
                 grad + 1e-4 * from_samples(_legacy_grad(as_samples(h), theta), h.shape)
             ),
             "all_s256": sampled(None, 256),
-            "all_s256_float64": lambda rows=rows, theta=theta: _grad_and_loss(
+            "all_s256_float64": lambda rows=rows, theta=theta: grad_and_loss(
                 rows.double(), theta.double(), False, DEFAULT_CHUNK_ELEMENTS
             ),
             "all_s64": sampled(None, 64),

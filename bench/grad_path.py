@@ -20,7 +20,7 @@ import torch
 
 from bench import memory
 from bench.timing import emit, interleaved, progress, standalone_parser, sync
-from per_core.per import DEFAULT_CHUNK_ELEMENTS, _grad_and_loss, per_grad, per_loss, sample_slices
+from per_core.per import DEFAULT_CHUNK_ELEMENTS, grad_and_loss, per_grad, per_loss, sample_slices
 
 __all__ = ["CASES", "memory_setup", "run"]
 
@@ -72,7 +72,7 @@ def run(quick: bool = False, device: str = "cpu") -> list[str]:
         fns = {
             "algorithm1": timed(lambda h=h, theta=theta: per_grad(h, theta=theta)),
             "algorithm1_with_loss": timed(
-                lambda h=h, theta=theta: _grad_and_loss(h, theta, True, DEFAULT_CHUNK_ELEMENTS)
+                lambda h=h, theta=theta: grad_and_loss(h, theta, True, DEFAULT_CHUNK_ELEMENTS)
             ),
             "autograd": timed(lambda h=h, theta=theta: _autograd(h, theta)),
         }

@@ -20,7 +20,7 @@ import torch
 
 from bench.common import RECOMMENDED_LOCATIONS, SHAPES, make_step
 from bench.timing import emit, interleaved, progress, standalone_parser
-from per_core.per import PER
+from per_core.regularizer import PER
 
 __all__ = ["graphed", "run"]
 

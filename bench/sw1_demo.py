@@ -32,8 +32,8 @@ def layer_sw1(run_dir: Path, x: torch.Tensor) -> dict[str, float]:
     from analysis.distances import sliced_w1_to_normal
     from per_core.configs import TrainConfig
     from per_core.models import build_model
-    from per_core.per import as_samples
     from per_core.rundir import RunDir
+    from per_core.samples import as_samples
 
     rd = RunDir(run_dir)
     cfg = TrainConfig.from_dict(rd.read_config())

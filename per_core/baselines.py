@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from per_core.checks import check_nonnegative, is_integer
-from per_core.per import named_targets
+from per_core.regularizer import named_targets
 
 __all__ = [
     "VCL",

@@ -1,4 +1,5 @@
-"""Argument checks shared by per_core and analysis: one definition of each rule, one wording of each error.
+"""Argument checks shared by per_core and analysis: one definition of each rule, one wording of each error
+(and whether this process has a device a saved state names).
 
 Numbers from a notebook are often numpy scalars (``np.int64`` from ``np.arange``, ``np.float64`` from
 ``np.logspace``); every check accepts them and returns a plain Python number. A ``bool`` is never a
@@ -10,7 +11,9 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["SEED_LIMIT", "check_nonnegative", "check_positive_int", "check_seed", "is_integer"]
+import torch
+
+__all__ = ["SEED_LIMIT", "check_nonnegative", "check_positive_int", "check_seed", "device_available", "is_integer"]
 
 #: Seeds accepted by ``torch.Generator.manual_seed`` without wrapping around: [0, 2**64).
 SEED_LIMIT = 1 << 64
@@ -40,3 +43,14 @@ def check_nonnegative(value: object, name: str) -> float:
     if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+def device_available(device: str) -> bool:
+    """Whether this process has ``device`` (a saved generator state of ``'cuda:0'`` on a CPU-only machine: no)."""
+    d = torch.device(device)
+    if d.type == "cpu":
+        return True
+    backend = getattr(torch, d.type, None)
+    if backend is None or not backend.is_available():
+        return False
+    return d.index is None or d.index < backend.device_count()

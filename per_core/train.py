@@ -35,7 +35,7 @@ from per_core.cli import OneLineArgumentParser, parse_per_locations, run_command
 from per_core.configs import METHODS, PRESETS, SMOKE_STEPS, TrainConfig, get_preset
 from per_core.distributed import DistEnv, convert_sync_batchnorm, init_from_env, resolve_device, shutdown
 from per_core.models import MODELS, build_model
-from per_core.per import PER
+from per_core.regularizer import PER
 from per_core.rundir import RunDir, RunDirError
 from per_core.tasks import Task, build_task
 

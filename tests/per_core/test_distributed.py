@@ -12,7 +12,7 @@ from torch import nn
 
 from per_core.distributed import CrossRankBatchNorm2d, convert_sync_batchnorm, sync_bn_traffic
 from per_core.models import build_model
-from per_core.per import PER
+from per_core.regularizer import PER
 from per_core.rundir import RunDir
 
 pytestmark = pytest.mark.slow

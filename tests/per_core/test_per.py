@@ -349,11 +349,11 @@ def test_bad_inputs_name_what_is_expected():
 
 @pytest.mark.parametrize("chunk", [1 << 20, 6 * 35, 6 * 7, 6 * 3, 6, 1])
 def test_gradient_kernel_with_a_folded_scale_is_chunking_invariant(chunk):
-    from per_core.per import _grad_and_loss
+    from per_core.per import grad_and_loss
 
     rows = torch.randn(35, 3, generator=gen(20), dtype=F64) * 1.7 - 0.2
     theta = sample_slices(6, 3, generator=gen(21), dtype=F64)
-    g, loss = _grad_and_loss(rows, theta, True, chunk, 0.25)  # one reused block of <= chunk elements
+    g, loss = grad_and_loss(rows, theta, True, chunk, 0.25)  # one reused block of <= chunk elements
     torch.testing.assert_close(g, 0.25 * per_grad(rows, theta=theta), rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(loss, per_loss(rows, theta=theta), rtol=1e-12, atol=0)
 
@@ -478,12 +478,12 @@ def test_the_sole_owner_counts_do_not_depend_on_what_the_first_forward_runs_unde
     # PER's own), a checkpointed region would see the probes' extra tensors, torch.func its wrappers
     from torch.utils.checkpoint import checkpoint
 
-    import per_core.per as per_module
+    import per_core.inplace as inplace
 
-    per_module._sole_owner_counts.cache_clear()
-    clean = per_module._sole_owner_counts("cpu")
+    inplace.sole_owner_counts.cache_clear()
+    clean = inplace.sole_owner_counts("cpu")
     assert clean is not None  # this torch build supports the in-place path
-    per_module._sole_owner_counts.cache_clear()
+    inplace.sole_owner_counts.cache_clear()
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ELU(), nn.Conv2d(4, 2, 3, padding=1)).double()
     x = torch.randn(2, 3, 6, 6, generator=gen(36), dtype=F64, requires_grad=True)
     with PER(net[0], 0.5, 8, seed=1):
@@ -499,13 +499,13 @@ def test_the_sole_owner_counts_do_not_depend_on_what_the_first_forward_runs_unde
         else:
             params = dict(net.named_parameters())
             torch.func.grad(lambda p: torch.func.functional_call(net, p, (x,)).pow(2).sum())(params)
-    assert per_module._sole_owner_counts("cpu") == clean
+    assert inplace.sole_owner_counts("cpu") == clean
 
 
 def test_the_probes_run_on_the_device_named_in_full(monkeypatch):
     # a new thread's current CUDA device is 0: probes on "cuda" would open a context on GPU 0 from
     # every data-parallel rank, so they must use the indexed device they are given
-    import per_core.per as per_module
+    import per_core.inplace as inplace
 
     seen, ones = [], torch.ones
 
@@ -514,11 +514,11 @@ def test_the_probes_run_on_the_device_named_in_full(monkeypatch):
         return ones(*size, device=device, **kw)
 
     monkeypatch.setattr(torch, "ones", spy)
-    per_module._sole_owner_counts.cache_clear()
+    inplace.sole_owner_counts.cache_clear()
     try:
-        assert per_module._sole_owner_counts("cpu:0") == per_module._sole_owner_counts("cpu") is not None
+        assert inplace.sole_owner_counts("cpu:0") == inplace.sole_owner_counts("cpu") is not None
     finally:
-        per_module._sole_owner_counts.cache_clear()
+        inplace.sole_owner_counts.cache_clear()
     assert seen.count("cpu:0") == 4 and set(seen) == {"cpu:0", "cpu"}
 
 

@@ -1,0 +1,128 @@
+r"""How a layer's output becomes the rows PER regularizes and the recorder records.
+
+A Linear output ``(N, d)`` is N rows of d features; a conv output ``(N, C, *spatial)`` is one row of
+the C channels per spatial location of every image; a recurrent output ``(T, N, H)`` one row of the
+H hidden units per time step of every sequence (:func:`as_samples`, and its inverse
+:func:`from_samples`). The PER math itself is in :mod:`per_core.per`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CHANNELS_FIRST", "Layout", "as_samples", "from_samples", "layout_of", "resolve_layout", "with_batch_axis"]
+
+Layout = Literal["auto", "features_last", "channels_first"]
+
+
+#: Modules whose outputs are channels first, (N, C, *spatial).
+def resolve_layout(shape: tuple[int, ...], layout: Layout) -> Layout:
+    if layout not in ("auto", "features_last", "channels_first"):
+        raise ValueError(f"layout must be 'auto', 'features_last' or 'channels_first', got {layout!r}")
+    if layout == "auto":
+        return "channels_first" if len(shape) >= 4 else "features_last"
+    if layout == "channels_first" and len(shape) < 3:
+        raise ValueError(f"layout 'channels_first' needs a (N, C, *spatial) tensor, got shape {shape}")
+    return layout
+
+
+def as_samples(h: Tensor, layout: Layout = "auto") -> Tensor:
+    r"""View a layer's output as rows of samples, shape (N', d), the way PER and the recorder see it.
+
+    - Linear ``(N, d)`` -> ``(N, d)``; any ``(..., d)`` with features last -> ``(prod(...), d)``.
+    - Conv ``(N, C, *spatial)`` (``layout='channels_first'``) -> ``(N * prod(spatial), C)``: every
+      spatial location of every image is one sample of the C channels. This matches what BN
+      normalizes (per channel over batch and locations) and keeps the target :math:`\mathcal{N}(0, I_C)`
+      meaningful. Flattening C x H x W per image into one sample would instead ask for
+      :math:`\mathcal{N}(0, I_{CHW})`: every number of a feature map i.i.d. N(0, 1), spatial
+      correlations included, from only N samples in a CHW-dimensional space; that is another method.
+    - Cost, and the recommended setting for training (issue 7, ``bench/RESULTS.md``): with all
+      locations every location is a row, so a 16-channel 32x32 map at batch 128 is 131,072 rows x
+      256 slices (one erf and two thin matmul terms each), 3.7x the conv's own forward+backward on
+      a 2-core CPU, and a ResNet-56 step with PER on all 55 layers takes 3.4-4.1x the vanilla step.
+      :class:`PER` with ``locations=m`` uses m random locations per image (stratified, each chosen
+      with probability exactly m/L, so the gradient is unbiased). What SGD uses is the weight
+      gradient, which sums over all locations and images: location noise averages out there, while
+      slice noise, shared by all rows, does not. Relative MSE of the PER part of the producing
+      conv's weight gradient against a 4096-slice all-location reference (ResNet-56, batch 128,
+      median over layers): all locations 0.13 (s = 256), 0.43 (s = 64), 1.8 (s = 16); with s = 256,
+      m = 16: 0.13, m = 8: 0.13, m = 4: 0.14-0.15, m = 2: 0.17, m = 1: 0.17-0.20. Step time over
+      vanilla (layers batched, see :class:`PER`): m = 4: 1.095-1.12, BN: 1.08-1.13. Hence keep s = 256 and subsample
+      locations: ``locations=4`` keeps about 90 % of the all-location quality at a cost that does
+      not grow with the map size (the trained demo's per-layer SW1 is within 3 % of all locations).
+      ``PER`` itself defaults to all locations (Algorithm 1 exactly, and identical under data
+      parallelism); the trainer's ``per_locations`` chooses.
+    - LSTM output ``(T, N, H)`` (or ``(N, T, H)``) -> ``(T * N, H)``: every time step of every
+      sequence is one sample of the H hidden units.
+
+    ``layout='auto'`` means channels first for 4-D and 5-D tensors and features last otherwise;
+    a Conv1d output ``(N, C, L)`` therefore needs ``layout='channels_first'``
+    (:class:`PER` picks it from the module type).
+
+    Parameters
+    ----------
+    h : Tensor, shape (N, d), (N, C, *spatial) or (T, N, H)
+    layout : {'auto', 'features_last', 'channels_first'}
+
+    Returns
+    -------
+    rows : Tensor, shape (N', d)
+
+    Example
+    -------
+    >>> as_samples(torch.zeros(8, 16, 5, 5)).shape  # (N, C, H, W) -> (N*H*W, C)
+    torch.Size([200, 16])
+    >>> as_samples(torch.zeros(35, 20, 650)).shape  # (T, N, H) -> (T*N, H)
+    torch.Size([700, 650])
+    """
+    if not isinstance(h, Tensor):
+        raise TypeError(f"h must be a torch.Tensor, got {type(h).__name__}")
+    if h.ndim < 2:
+        raise ValueError(f"h must have at least 2 dimensions (samples, features), got shape {tuple(h.shape)}")
+    if resolve_layout(tuple(h.shape), layout) == "channels_first":
+        return h.movedim(1, -1).reshape(-1, h.shape[1])  # (N, C, *S) -> (N * prod(S), C)
+    return h.reshape(-1, h.shape[-1])  # (..., d) -> (prod(...), d)
+
+
+def from_samples(rows: Tensor, shape: torch.Size | tuple[int, ...], layout: Layout = "auto") -> Tensor:
+    """Inverse of :func:`as_samples`: rows (N', d) back to a tensor of ``shape``."""
+    if not isinstance(rows, Tensor) or rows.ndim != 2:
+        got = f"shape {tuple(rows.shape)}" if isinstance(rows, Tensor) else type(rows).__name__
+        raise ValueError(f"rows must be a torch.Tensor of shape (N', d), got {got}")
+    shape = tuple(shape)
+    if math.prod(shape) != rows.numel():
+        raise ValueError(f"rows of shape {tuple(rows.shape)} cannot fill shape {shape} ({math.prod(shape)} elements)")
+    if resolve_layout(shape, layout) == "channels_first":
+        moved = (shape[0], *shape[2:], shape[1])
+        return rows.reshape(moved).movedim(-1, 1)  # (N * prod(S), C) -> (N, C, *S)
+    return rows.reshape(shape)
+
+
+CHANNELS_FIRST = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+
+def layout_of(module: nn.Module) -> Layout:
+    return "channels_first" if isinstance(module, CHANNELS_FIRST) else "auto"
+
+
+def with_batch_axis(module: nn.Module, h: Tensor) -> Tensor:
+    """``h`` with a batch axis of 1 prepended when ``module`` ran on one unbatched sample.
+
+    A Conv{1,2,3}d accepts (C, *S) as well as (N, C, *S), and a Linear a single (d,) vector; without
+    the batch axis the first spatial axis would be read as the channels.
+    """
+    if isinstance(module, CHANNELS_FIRST):
+        spatial = len(module.kernel_size)  # type: ignore[arg-type]
+        return h.unsqueeze(0) if h.ndim == spatial + 1 else h
+    return h.unsqueeze(0) if h.ndim == 1 else h

@@ -554,6 +554,7 @@ def sw1_table(
     *,
     n_projections: int = 256,
     seed: int = 0,
+    epochs: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     r""":math:`SW_1` to :math:`\mathcal{N}(0, I)` and :math:`L_{per}` per recorded (run, epoch, layer) with a reservoir.
 
@@ -570,6 +571,7 @@ def sw1_table(
     :func:`analysis.bounds.check_bounds`: projected standard deviation
     :math:`\sqrt{\mathrm{mean}_j \mathrm{Var}_i\, a_{ij}} <` :data:`COLLAPSE_STD` and
     :math:`L_{per} < 2/\sqrt{\pi}`: the bound is small because the activations shrank.
+    ``epochs`` limits the table to those epochs (default: every epoch with a reservoir).
 
     Returns
     -------
@@ -583,6 +585,8 @@ def sw1_table(
     rows: list[dict[str, Any]] = []
     index = data.index
     kept = index[(index["split"] == split) & (index["reservoir"] > 0) & index["layer"].isin(layers)]
+    if epochs is not None:
+        kept = kept[kept["epoch"].isin([int(e) for e in epochs])]
     with _one_thread():
         for (run, epoch), block in kept.groupby([kept["run"].astype(str), kept["epoch"].astype(int)], sort=True):
             have = [layer for layer in layers if layer in set(block["layer"])]

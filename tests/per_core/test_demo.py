@@ -29,3 +29,24 @@ def test_an_out_that_is_a_file_prints_one_error_line(tmp_path, capsys):
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(ValueError, match="epochs"):
         main(["--epochs", "0", "--out", str(tmp_path / "d"), "--debug", "--no-progress"])
+
+
+def test_the_table_shows_the_true_sw1_next_to_the_bound_measured_on_the_same_rows(tmp_path, capsys):
+    # the bound alone ranks PER first; the table must show the distance it bounds, as analysis measures it
+    from analysis import load_run
+    from analysis.plot import sw1_table
+
+    assert main(["--out", str(tmp_path), "--epochs", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("method"))
+    assert header.split() == ["method", "val", "error", "%", "val", "loss", "SW1", "L_per", "s/epoch"]
+    table = sw1_table(load_run(tmp_path), "eval", epochs=[2])
+    assert set(table["epoch"]) == {2} and len(table) == 3 * 6  # three runs x six layers, the last epoch only
+    for method, rows in table.groupby("method"):
+        line = next(line for line in out.splitlines() if line.startswith(f"{method} "))
+        sw1, lper = (float(v) for v in line.split()[3:5])
+        assert sw1 == pytest.approx(rows["sw1"].mean(), abs=5e-4) and lper == pytest.approx(
+            rows["lper"].mean(), abs=5e-4
+        )
+        assert sw1 < lper
+    assert "on the 256 eval rows kept at the last epoch" in out and "a lower L_per is not a smaller SW1" in out

@@ -19,8 +19,8 @@ __all__ = ["CHANNELS_FIRST", "Layout", "as_samples", "from_samples", "layout_of"
 Layout = Literal["auto", "features_last", "channels_first"]
 
 
-#: Modules whose outputs are channels first, (N, C, *spatial).
 def resolve_layout(shape: tuple[int, ...], layout: Layout) -> Layout:
+    """``layout`` checked against ``shape``; ``'auto'`` resolved (channels first for 4-D and 5-D tensors)."""
     if layout not in ("auto", "features_last", "channels_first"):
         raise ValueError(f"layout must be 'auto', 'features_last' or 'channels_first', got {layout!r}")
     if layout == "auto":
@@ -102,6 +102,7 @@ def from_samples(rows: Tensor, shape: torch.Size | tuple[int, ...], layout: Layo
     return rows.reshape(shape)
 
 
+#: Modules whose outputs are channels first, (N, C, *spatial).
 CHANNELS_FIRST = (
     nn.Conv1d,
     nn.Conv2d,
@@ -113,6 +114,7 @@ CHANNELS_FIRST = (
 
 
 def layout_of(module: nn.Module) -> Layout:
+    """The layout of ``module``'s output: channels first for convolutions, else ``'auto'``."""
     return "channels_first" if isinstance(module, CHANNELS_FIRST) else "auto"
 
 

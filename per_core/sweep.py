@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from per_core.cli import OneLineArgumentParser, parse_per_locations, run_command, say
-from per_core.configs import LAMBDA_GRIDS, METHODS, PAPER_RESULTS, PRESETS, TrainConfig, get_preset
+from per_core.configs import METHODS, PAPER_RESULTS, PRESETS, TrainConfig, get_preset, lambda_grid
 from per_core.rundir import FAILED, RunDir, RunDirError, atomic_write, find_runs
 from per_core.train import LAM_METHODS, TrainingError, flag_notes, train, validate_config
 
@@ -42,15 +42,20 @@ def run_sweep(
     out: Path,
     methods: Sequence[str],
     seeds: Sequence[int],
-    lams: Sequence[float] | None = None,
+    lams: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
     progress: bool = True,
 ) -> list[Path]:
-    """Train every (method, lambda, seed) into ``out``; returns the run directories."""
+    """Train every (method, lambda, seed) into ``out``; returns the run directories.
+
+    ``lams``: the lambdas of every regularizer (per, vcl, l1, l2), or a grid per method; None trains
+    each at its default strength (:meth:`TrainConfig.for_method`).
+    """
     runs = []
     for method in methods:
-        for lam in lams if (lams and method in REGULARIZERS) else [None]:
+        grid = lams.get(method) if isinstance(lams, Mapping) else lams
+        for lam in grid if (grid and method in REGULARIZERS) else [None]:
             for seed in seeds:
-                cfg = base.replace(method=method, seed=seed, **({} if lam is None else {"lam": lam}))
+                cfg = base.for_method(method).replace(seed=seed, **({} if lam is None else {"lam": lam}))
                 path = out / _run_name(method, lam) / f"seed{seed}"
                 done = RunDir(path).read_metrics() if RunDir(path).is_run() else []
                 if (path / FAILED).is_file():
@@ -273,7 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
     p.add_argument("--methods", default="vanilla,bn,per", help=f"comma-separated, of: {', '.join(METHODS)}")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated integer seeds")
-    p.add_argument("--lams", help="comma-separated lambdas for per/vcl/l1/l2, or 'grid' for the preset's grid")
+    p.add_argument(
+        "--lams",
+        help="comma-separated lambdas for per/vcl/l1/l2, or 'grid': the paper's grid of the preset for per, "
+        "per_core.configs.PENALTY_GRIDS for the penalties (default: each method's own default strength)",
+    )
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--per-locations", help="conv layers: spatial locations per image used by PER, or 'all'")
     p.add_argument("--data-dir", help="folder with the real data files")
@@ -293,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seeds = _csv(args.seeds, int, "--seeds", "comma-separated integers, e.g. 0,1,2")
             lams = None
             if args.lams == "grid":
-                lams = LAMBDA_GRIDS[args.preset]
+                lams = {m: lambda_grid(args.preset, m) for m in methods if m in REGULARIZERS}
             elif args.lams:
                 lams = _csv(args.lams, float, "--lams", "comma-separated numbers or 'grid'")
                 if any(not (math.isfinite(x) and x >= 0) for x in lams):

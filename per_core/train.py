@@ -557,7 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="run directory to write (default: runs/PRESET-METHOD-seedS)")
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--seed", type=int, help="seed of init, data order, PER slices and recorder")
-    p.add_argument("--lam", type=float, help="PER strength lambda")
+    p.add_argument(
+        "--lam",
+        type=float,
+        help="strength of per, vcl, l1 or l2 (default: the preset's for per; vcl 0.01, l1 0.1, l2 2)",
+    )
     p.add_argument("--n-slices", type=int, help="PER slices per step (paper: 256)")
     p.add_argument("--per-locations", help="conv layers: spatial locations per image used by PER, or 'all' (default 4)")
     p.add_argument("--lr", type=float, help="initial learning rate")
@@ -609,8 +613,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         changes["per_locations"] = parse_per_locations(args.per_locations)
     if args.resume:
         get_preset(args.preset).replace(**changes).validate()  # the flags' ranges, before reading the run
-    cfg = TrainConfig.from_dict(RunDir(args.out).read_config()) if args.resume else get_preset(args.preset)
-    return (cfg.as_smoke() if args.smoke else cfg).replace(**changes)
+    if args.resume:
+        return TrainConfig.from_dict(RunDir(args.out).read_config()).replace(**changes)
+    cfg = get_preset(args.preset)
+    cfg = (cfg.as_smoke() if args.smoke else cfg).replace(**changes)
+    return cfg if args.lam is not None else cfg.for_method(cfg.method)  # a loss penalty's own default strength
 
 
 def flag_notes(

@@ -12,7 +12,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LAMBDA_GRIDS", "METHODS", "PAPER_RESULTS", "PRESETS", "SMOKE_STEPS", "TrainConfig", "get_preset"]
+__all__ = [
+    "LAMBDA_GRIDS",
+    "METHODS",
+    "PAPER_RESULTS",
+    "PENALTY_GRIDS",
+    "PENALTY_LAMS",
+    "PRESETS",
+    "SMOKE_STEPS",
+    "TrainConfig",
+    "get_preset",
+    "lambda_grid",
+]
 
 #: Steps per epoch of a ``smoke`` run.
 SMOKE_STEPS = 3
@@ -36,7 +47,7 @@ class TrainConfig:
     model: str = "small_cnn"  # key of per_core.models.MODELS
     model_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the model factory
     # --- regularization
-    lam: float = 1e-4  # PER strength lambda (also the strength of loss-based baselines)
+    lam: float = 1e-4  # strength of the method: PER's lambda (the presets' value) or a loss penalty's (PENALTY_LAMS)
     n_slices: int = 256  # PER slices per step
     per_locations: int | None = 4  # conv layers: random spatial locations per image for PER (None: all; bench/)
     # --- optimization
@@ -108,6 +119,11 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+    def for_method(self, method: str) -> TrainConfig:
+        """This config trained with ``method`` at that method's default strength: ``lam`` as it is for
+        PER and the methods without one, :data:`PENALTY_LAMS` for a loss penalty (vcl, l1, l2)."""
+        return self.replace(method=method, lam=PENALTY_LAMS.get(method, self.lam))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -249,7 +265,19 @@ PRESETS.update(
     }
 )
 
-#: The lambda grids the paper searched, per preset (``python -m per_core.sweep`` uses them).
+#: Default strengths of the loss penalties. PER's lambda (a preset's ``lam``, 1e-6..1e-4) leaves them
+#: without effect: at lambda = 3e-6 on the 11-layer ReLU CNN the VCL gradient is 1e-6 of the
+#: cross-entropy's, and L2 at 3e-4 on the Table 3 LSTM 6e-6 of it. VCL: the reference code's
+#: ``gamma`` (avirambh/vcl_pytorch, ``vcl_tests_main.py``); L2: the activation regularization alpha of
+#: Merity et al. (2017) for 2-layer LSTM LMs (gradient about 4 % of the cross-entropy's at init);
+#: L1: the same gradient scale as that L2 on the LSTM's hidden states (the paper gives no value).
+#: The command lines (train, sweep) use them when ``--lam``/``--lams`` is not given.
+PENALTY_LAMS: dict[str, float] = {"vcl": 1e-2, "l1": 1e-1, "l2": 2.0}
+
+#: Grids of the loss penalties for ``--lams grid``, around :data:`PENALTY_LAMS`.
+PENALTY_GRIDS: dict[str, list[float]] = {"vcl": [3e-3, 1e-2, 3e-2], "l1": [3e-2, 1e-1, 3e-1], "l2": [0.5, 1.0, 2.0]}
+
+#: The lambda grids the paper searched for PER, per preset (``python -m per_core.sweep`` uses them).
 LAMBDA_GRIDS: dict[str, list[float]] = {
     **{f"table1-resnet{d}": [3e-4, 1e-4, 3e-5, 1e-5] for d in (56, 110)},
     **{f"table2-elu-{ds}": [3e-4, 1e-4, 3e-5, 1e-5] for ds in ("cifar10", "cifar100")},
@@ -292,6 +320,11 @@ def _paper_results() -> dict[str, dict[str, dict[str, float]]]:
 #: The paper's numbers per preset and method (PAPER.md): test error (%) for Tables 1-2 (the
 #: CIFAR test batch, our ``val_error``), validation and test perplexity for Table 3.
 PAPER_RESULTS: dict[str, dict[str, dict[str, float]]] = _paper_results()
+
+
+def lambda_grid(preset: str, method: str) -> list[float]:
+    """The lambdas ``--lams grid`` tries for ``method`` on ``preset``: the paper's for PER, or :data:`PENALTY_GRIDS`."""
+    return list(PENALTY_GRIDS[method]) if method in PENALTY_GRIDS else list(LAMBDA_GRIDS[preset])
 
 
 def get_preset(name: str) -> TrainConfig:

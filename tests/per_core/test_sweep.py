@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from per_core import sweep
-from per_core.configs import get_preset
+from per_core.configs import LAMBDA_GRIDS, PENALTY_GRIDS, PENALTY_LAMS, get_preset, lambda_grid
 from per_core.rundir import RunDir
 from per_core.sweep import main, results_table, run_sweep
 
@@ -152,3 +152,17 @@ def test_the_best_lambda_is_the_lowest_mean_as_shown_and_on_a_tie_the_smallest(t
     assert "on a tie the smallest lambda" in text and "val error % (mean +- std)" in text.splitlines()[0]
     best = sweep.best_lambdas(entries[::-1])  # whatever the order of the entries
     assert {m: e["lam"] for m, e in best.items()} == {"per": 0.01, "l2": 0.003}
+
+
+def test_loss_penalties_sweep_at_their_own_strengths_and_grids(tmp_path, capsys):
+    # before: vcl/l1/l2 ran at PER's lambda and searched PER's grid (1e-6..3e-4), where they do nothing
+    base = get_preset("demo").replace(record=None).as_smoke().replace(epochs=1)
+    run_sweep(base, tmp_path / "d", ["l2", "vcl"], [0], progress=False)
+    lams = {m: RunDir(tmp_path / "d" / m / "seed0").read_config()["lam"] for m in ("l2", "vcl")}
+    assert lams == {"l2": PENALTY_LAMS["l2"], "vcl": PENALTY_LAMS["vcl"]}
+    argv = ["--methods", "per,l1", "--lams", "grid", "--smoke", "--no-record", "--no-progress", "--epochs", "1"]
+    assert main([*argv, "--seeds", "0", "--out", str(tmp_path / "g")]) == 0
+    names = sorted(p.parent.name for p in (tmp_path / "g").glob("*/seed0"))
+    want = [f"l1-lam{x:g}" for x in PENALTY_GRIDS["l1"]] + [f"per-lam{x:g}" for x in LAMBDA_GRIDS["demo"]]
+    assert names == sorted(want)
+    assert lambda_grid("table2-relu-cifar10", "per") == LAMBDA_GRIDS["table2-relu-cifar10"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import per_core.train as train_module
-from per_core.configs import TrainConfig, get_preset
+from per_core.configs import PENALTY_LAMS, TrainConfig, get_preset
 from per_core.distributed import resolve_device
 from per_core.rundir import FORMAT_VERSION, RunDir, RunDirError
 from per_core.train import TrainingError, main, train
@@ -246,6 +246,19 @@ def test_every_training_flag_reaches_the_config():
     assert (cfg.record_every, cfg.record_train_every, cfg.per_locations) == (3, 7, None)
     assert (cfg.record, cfg.n_slices, cfg.lam, cfg.epochs) == (None, 32, 0.5, 4)
     assert train_module.config_from_args(train_module.build_parser().parse_args([])) == get_preset("demo")
+
+
+def test_a_loss_penalty_trains_at_its_own_default_strength_unless_lam_is_given():
+    # before: vcl/l1/l2 took the preset's PER lambda (1e-6 on the ReLU CNN: a VCL gradient 1e-6 of the task's)
+    def cfg(*argv):
+        return train_module.config_from_args(train_module.build_parser().parse_args(list(argv)))
+
+    for method, lam in PENALTY_LAMS.items():
+        assert cfg("--preset", "table2-relu-cifar10", "--method", method).lam == lam
+    assert cfg("--preset", "table2-relu-cifar10", "--method", "per").lam == get_preset("table2-relu-cifar10").lam
+    assert cfg("--preset", "table2-relu-cifar10", "--method", "vcl", "--lam", "0.5").lam == 0.5
+    assert get_preset("demo").for_method("l2").lam == PENALTY_LAMS["l2"]
+    assert get_preset("demo").for_method("bn") == get_preset("demo").replace(method="bn")
 
 
 def test_a_train_every_below_one_is_refused_with_its_name(tmp_path, capsys):

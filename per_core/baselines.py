@@ -191,7 +191,7 @@ class VCL(_OutputPenalty):
 
     What is checked against the paper and its reference implementation (github.com/avirambh/vcl_pytorch,
     ``models/VCL.py``): the form above with :math:`\beta` a learnable per-unit parameter initialized to 1
-    (kept >= 1e-3), ``n = 5`` by default, applied to the pre-activations (a forward pre-hook on each
+    (kept >= 1e-3 here, a safeguard the reference code does not have), ``n = 5`` by default, applied to the pre-activations (a forward pre-hook on each
     activation module), summed over layers. A *unit* is one activation: for a conv output ``(N, C, H, W)``
     every ``(c, y, x)`` is a unit and every image a sample (``h.reshape(N, -1)``), not the per-channel
     rows of :func:`per_core.as_samples`. This is what makes the paper's VCL overhead of about 350K
@@ -245,7 +245,8 @@ class VCL(_OutputPenalty):
         self._betas: dict[str, nn.Parameter] = {}
         super().__init__(modules, lam)
 
-    #: Lower bound applied to a learned beta before use (as in the reference code).
+    #: Lower bound applied to a learned beta before use (a safeguard against a zero or negative denominator;
+    #: the reference code has none).
     BETA_MIN = 1e-3
 
     def _beta_for(self, name: str, h: Tensor) -> Tensor | float:

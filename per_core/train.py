@@ -171,9 +171,11 @@ def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
         model = nn.parallel.DistributedDataParallel(
             module, device_ids=[env.local_rank] if device.type == "cuda" else None
         )
-    optimizer = torch.optim.SGD(
-        param_groups(module, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov
-    )
+    penalty = _build_penalty(cfg, module, task, device)
+    groups = param_groups(module, cfg.weight_decay)
+    if cfg.method == "vcl":  # its learned betas train with the model, with weight decay as in the reference code
+        groups.append({"params": list(penalty.parameters()), "weight_decay": cfg.weight_decay})
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.schedule == "plateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.gamma, patience=0)
     else:
@@ -181,7 +183,6 @@ def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
     lam = cfg.lam if cfg.method == "per" else 0.0
     # the same PER seed on every rank: all ranks use the same slices
     per = PER(module.pre_activations(), lam, cfg.n_slices, seed=cfg.seed, locations=cfg.per_locations)
-    penalty = PENALTIES[cfg.method](module.pre_activations(), cfg.lam) if cfg.method in PENALTIES else None
     recorder = None
     if cfg.record:
         from analysis.recorder import ActivationRecorder
@@ -218,6 +219,25 @@ def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
     )
 
 
+def _build_penalty(cfg: TrainConfig, module: nn.Module, task: Task, device: torch.device) -> Any:
+    """The loss penalty of a vcl/l1/l2 run (None for the other methods).
+
+    VCL is the paper's: a learned beta per unit (350,460 on the 11-layer CNN for CIFAR, the ~350K
+    parameters the paper counts), created by one training-mode forward pass of two validation images
+    here, before the optimizer is built, as the reference code does. That pass runs on a copy of the
+    random state, so the run's random streams are those of a run without it.
+    """
+    if cfg.method not in PENALTIES:
+        return None
+    if cfg.method != "vcl":
+        return PENALTIES[cfg.method](module.pre_activations(), cfg.lam)
+    penalty = VCL(module.pre_activations(), cfg.lam, learn_beta=True)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad():
+        module(task.record_batch()[:2])
+    penalty.loss()  # drops that pass's terms
+    return penalty
+
+
 def _rng_state(s: Setup) -> dict[str, Any]:
     """This rank's RNG states (dropout, data order, augmentation)."""
     state = {"torch": torch.get_rng_state(), "data": s.data_generator.get_state(), "aug": s.aug_generator.get_state()}
@@ -249,6 +269,7 @@ def save_checkpoint(run: RunDir, s: Setup, epoch: int, metrics: list[dict[str, A
             "rng": rng[0],
             "rng_ranks": rng,
             "per": s.per.state_dict(),
+            "penalty": s.penalty.state_dict() if isinstance(s.penalty, VCL) else None,
             "recorder": s.recorder.state_dict() if s.recorder is not None else None,
             "metrics": metrics,
         }
@@ -261,6 +282,8 @@ def load_checkpoint(run: RunDir, s: Setup) -> tuple[int, list[dict[str, Any]]]:
     s.optimizer.load_state_dict(ckpt["optimizer"])
     s.scheduler.load_state_dict(ckpt["scheduler"])
     s.per.load_state_dict(ckpt["per"])
+    if isinstance(s.penalty, VCL) and ckpt.get("penalty") is not None:
+        s.penalty.load_state_dict(ckpt["penalty"])  # into the betas the optimizer holds
     if s.recorder is not None and ckpt["recorder"] is not None and s.env.world_size == len(ckpt["rng_ranks"]):
         s.recorder.load_state_dict(ckpt["recorder"])
     ranks = ckpt["rng_ranks"]
@@ -317,6 +340,14 @@ def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool
     return occupied and not resume
 
 
+def _average_across_ranks(s: Setup, params: list[nn.Parameter]) -> None:
+    """Replace the gradients of ``params`` by their mean over the ranks (one collective)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    mean = s.env.all_reduce_sum(torch.cat([g.flatten() for g in grads])) / s.env.world_size
+    for p, part in zip(params, mean.split([g.numel() for g in grads]), strict=True):
+        p.grad = part.view_as(p).clone()
+
+
 def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
     """One pass over the training data: mean loss, error (%) and ``per_penalty``.
 
@@ -345,8 +376,10 @@ def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
         out = s.task.step(model, batch)
         loss = out.loss if s.penalty is None else out.loss + s.penalty.loss()
         loss.backward()
+        if s.env.distributed and isinstance(s.penalty, VCL):
+            _average_across_ranks(s, list(s.penalty.parameters()))  # DDP averages only the model's gradients
         if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            nn.utils.clip_grad_norm_([p for g in s.optimizer.param_groups for p in g["params"]], cfg.grad_clip)
         s.optimizer.step()
         loss_sum += out.loss.detach().double() * out.count
         wrong += out.errors

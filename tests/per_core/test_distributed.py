@@ -207,3 +207,30 @@ def test_recorder_reduced_across_two_ranks_equals_one_recorder_over_all_rows(tmp
     np.testing.assert_array_equal(np.sort(merged["reservoir_keys"]), keys[best])
     order = np.argsort(merged["reservoir_keys"], kind="stable")
     np.testing.assert_array_equal(merged["reservoir"][order], rows[best])
+
+
+def vcl_worker(rank, world, rendezvous, out):
+    import per_core.train as train_module
+    from per_core.configs import get_preset
+    from per_core.distributed import DistEnv
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    cfg = get_preset("demo").as_smoke().for_method("vcl").replace(record=None, model_args={"width": 8, "depth": 4})
+    s = train_module.build(cfg, DistEnv(rank, world))
+    train_module.train_epoch(s, 1, progress=False)
+    betas = [b.detach().clone() for b in s.penalty.parameters()]
+    gathered = s.env.all_gather_object(betas)
+    if rank == 0:
+        torch.save(gathered, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_vcl_betas_stay_equal_on_every_rank(tmp_path):
+    # the betas live outside the DDP module: without averaging their gradients, each rank learns its own
+    out = tmp_path / "betas.pt"
+    mp.spawn(vcl_worker, args=(2, str(tmp_path / "rendezvous-vcl"), str(out)), nprocs=2, join=True)
+    rank0, rank1 = torch.load(out)
+    assert len(rank0) == 4 and all(torch.equal(a, b) for a, b in zip(rank0, rank1, strict=True))
+    assert any((a != 1.0).any() for a in rank0)  # they did train

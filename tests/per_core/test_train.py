@@ -67,6 +67,40 @@ def test_resume_reaches_the_same_final_state_as_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_vcl_learns_a_beta_per_unit_in_the_optimizer_and_resumes_it(tmp_path):
+    # the paper's VCL: a learned beta per unit (before: a constant beta, no parameter added)
+    cfg = small().for_method("vcl").replace(epochs=2)
+    setup = train_module.build(cfg, train_module.DistEnv())
+    outputs = []
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: outputs.append(o.shape[1:]))
+        for m in setup.module.pre_activations().values()
+    ]
+    setup.module(setup.task.record_batch()[:2])
+    for h in hooks:
+        h.remove()
+    betas = list(setup.penalty.parameters())
+    assert [b.shape for b in betas] == outputs  # one beta per unit (channel x position) of every layer
+    trained = {id(p) for g in setup.optimizer.param_groups for p in g["params"]}
+    assert all(id(b) in trained for b in betas)
+    assert setup.optimizer.param_groups[-1]["weight_decay"] == cfg.weight_decay
+    # on the 11-layer CNN: the paper's ~350K parameters; the pass creating them leaves the random stream alone
+    cnn = get_preset("table2-elu-cifar10").as_smoke().for_method("vcl").replace(record=None)
+    big = train_module.build(cnn, train_module.DistEnv())
+    assert sum(b.numel() for b in big.penalty.parameters()) == 350_460
+    state = torch.get_rng_state()
+    train_module._build_penalty(cnn, big.module, big.task, big.device)  # dropout in train mode draws numbers
+    assert torch.equal(state, torch.get_rng_state())
+    full = train(cfg, tmp_path / "full", progress=False)
+    saved = RunDir(tmp_path / "full").load_checkpoint()["penalty"]
+    assert sorted(saved) == sorted(setup.penalty.modules) and any((v != 1.0).any() for v in saved.values())
+    train(cfg.replace(epochs=1), tmp_path / "part", progress=False)
+    resumed = train(cfg, tmp_path / "part", resume=True, progress=False)
+    assert strip_time(resumed) == strip_time(full)
+    again = RunDir(tmp_path / "part").load_checkpoint()["penalty"]
+    assert all(torch.equal(saved[k], again[k]) for k in saved)
+
+
 def test_per_changes_training_and_lambda_zero_is_vanilla(tmp_path):
     vanilla = train(small("vanilla"), tmp_path / "v", progress=False)
     per0 = train(small("per", lam=0.0), tmp_path / "p0", progress=False)

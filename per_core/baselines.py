@@ -190,12 +190,13 @@ class VCL(_OutputPenalty):
         \qquad \mathcal{L}_{VCL} = \lambda \sum_{\text{layers}} \ell_{VCL}.
 
     What is checked against the paper and its reference implementation (github.com/avirambh/vcl_pytorch,
-    ``models/VCL.py``): the form above with :math:`\beta` a learnable per-unit parameter initialized to 1
-    (kept >= 1e-3 here, a safeguard the reference code does not have), ``n = 5`` by default, applied to the pre-activations (a forward pre-hook on each
-    activation module), summed over layers. A *unit* is one activation: for a conv output ``(N, C, H, W)``
-    every ``(c, y, x)`` is a unit and every image a sample (``h.reshape(N, -1)``), not the per-channel
-    rows of :func:`per_core.as_samples`. This is what makes the paper's VCL overhead of about 350K
-    parameters on the 11-layer CNN [1]_ (350,460 betas on its ten hidden layers for 32x32 inputs).
+    ``models/VCL.py``): the form above with :math:`\beta` a learnable per-unit parameter initialized to 1 (kept
+    >= 1e-3 here, a safeguard the reference code does not have), ``n = 5`` by default, applied to the
+    pre-activations (a forward pre-hook on each activation module), summed over layers. A *unit* is one
+    activation: for a conv output ``(N, C, H, W)`` every ``(c, y, x)`` is a unit and every image a sample
+    (``h.reshape(N, -1)``), not the per-channel rows of :func:`per_core.as_samples`. This is what makes the
+    paper's VCL overhead of about 350K parameters on the 11-layer CNN [1]_ (350,460 betas on its ten hidden
+    layers for 32x32 inputs).
 
     Parameters
     ----------

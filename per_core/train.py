@@ -58,10 +58,23 @@ def package_versions() -> dict[str, str]:
     }
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weight matrices and kernels (p.ndim > 1) only, not on biases or norm scales."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+def param_groups(model: nn.Module, weight_decay: float, kind: str = "default", lr: float = 0.0) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups.
+
+    ``default``: weight decay on weight matrices and kernels (p.ndim > 1) only, not on biases or norm
+    scales. ``fixup``: as Fixup's CIFAR script, parameters named ``bias`` or ``scale`` (the Fixup
+    scalars, biases) at ``lr / 10``, the rest at the optimizer's lr; weight decay on all of them.
+    """
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if kind == "fixup":
+        scalar = [p for n, p in trained if n.rsplit(".", 1)[-1] in ("bias", "scale")]
+        rest = [p for n, p in trained if n.rsplit(".", 1)[-1] not in ("bias", "scale")]
+        return [
+            {"params": rest, "weight_decay": weight_decay},
+            {"params": scalar, "lr": lr / 10, "weight_decay": weight_decay},
+        ]
+    decay = [p for _, p in trained if p.ndim > 1]
+    no_decay = [p for _, p in trained if p.ndim <= 1]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -172,14 +185,14 @@ def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
             module, device_ids=[env.local_rank] if device.type == "cuda" else None
         )
     penalty = _build_penalty(cfg, module, task, device)
-    groups = param_groups(module, cfg.weight_decay)
+    groups = param_groups(module, cfg.weight_decay, cfg.optimizer_groups, cfg.lr)
     if cfg.method == "vcl":  # its learned betas train with the model, with weight decay as in the reference code
         groups.append({"params": list(penalty.parameters()), "weight_decay": cfg.weight_decay})
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.schedule == "plateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.gamma, patience=0)
     else:
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
+        scheduler = _multistep(optimizer, cfg)
     lam = cfg.lam if cfg.method == "per" else 0.0
     # the same PER seed on every rank: all ranks use the same slices
     per = PER(module.pre_activations(), lam, cfg.n_slices, seed=cfg.seed, locations=cfg.per_locations)
@@ -217,6 +230,14 @@ def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
         data_generator,
         aug_generator,
     )
+
+
+def _multistep(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """lr x ``gamma`` at each milestone, or x ``gammas[i]`` at milestone i: lr_e = lr_0 prod_{m_i <= e} gamma_i."""
+    if cfg.gammas is None:
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
+    steps = list(zip(cfg.milestones, cfg.gammas, strict=True))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: math.prod(g for m, g in steps if e >= m))
 
 
 def _build_penalty(cfg: TrainConfig, module: nn.Module, task: Task, device: torch.device) -> Any:
@@ -340,6 +361,13 @@ def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool
     return occupied and not resume
 
 
+def clip_gradients(s: Setup, params: list[nn.Parameter]) -> None:
+    """Scale the gradients so that their norm, or each tensor's (``clip_per_tensor``), is at most ``grad_clip``."""
+    assert s.cfg.grad_clip is not None
+    for part in [[p] for p in params] if s.cfg.clip_per_tensor else [params]:
+        nn.utils.clip_grad_norm_(part, s.cfg.grad_clip)
+
+
 def _average_across_ranks(s: Setup, params: list[nn.Parameter]) -> None:
     """Replace the gradients of ``params`` by their mean over the ranks (one collective)."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -379,7 +407,7 @@ def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
         if s.env.distributed and isinstance(s.penalty, VCL):
             _average_across_ranks(s, list(s.penalty.parameters()))  # DDP averages only the model's gradients
         if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_([p for g in s.optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+            clip_gradients(s, [p for g in s.optimizer.param_groups for p in g["params"]])
         s.optimizer.step()
         loss_sum += out.loss.detach().double() * out.count
         wrong += out.errors

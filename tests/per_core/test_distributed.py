@@ -1,5 +1,6 @@
 """Data parallelism on the CPU (gloo, 2 processes): PER needs no synchronization, BatchNorm does."""
 
+import os
 import subprocess
 import sys
 
@@ -41,6 +42,17 @@ def grads_of(model: nn.Module, x, y, per: bool) -> list[torch.Tensor]:
     return [p.grad.detach().clone() for p in params]
 
 
+def leave() -> None:
+    """End a spawned rank once every rank has written what it had to: a barrier, then exit without teardown.
+
+    Under load, gloo sometimes aborted a rank at teardown ("terminate called without an active exception")
+    when its peer closed the connections first, after the results were written (2 of 12 runs with two CPU
+    burners); the test is about the results, and the exit code of a torn-down rank is not.
+    """
+    dist.barrier()
+    os._exit(0)
+
+
 def worker(rank, world, rendezvous, case, out):
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     torch.set_num_threads(1)
@@ -63,8 +75,7 @@ def worker(rank, world, rendezvous, case, out):
     dist.all_reduce = original
     if rank == 0:
         torch.save({"grads": grads, "collectives": calls["n"]}, out)
-    dist.barrier()  # nobody leaves while another rank still talks
-    dist.destroy_process_group()
+    leave()
 
 
 def ddp_grads(tmp_path, case):
@@ -179,8 +190,7 @@ def recorder_worker(rank, world, rendezvous, out):
     rec.reduce_across_ranks()
     if rank == 0:
         torch.save({"merged": rec.snapshot(), "own": own}, out)
-    dist.barrier()
-    dist.destroy_process_group()
+    leave()
 
 
 def test_recorder_reduced_across_two_ranks_equals_one_recorder_over_all_rows(tmp_path):
@@ -223,8 +233,7 @@ def vcl_worker(rank, world, rendezvous, out):
     gathered = s.env.all_gather_object(betas)
     if rank == 0:
         torch.save(gathered, out)
-    dist.barrier()
-    dist.destroy_process_group()
+    leave()
 
 
 def test_vcl_betas_stay_equal_on_every_rank(tmp_path):

@@ -449,3 +449,39 @@ def test_the_largest_seed_trains(tmp_path):
     # the augmentation generator is seeded with seed + 1: it must wrap, not overflow
     metrics = train(small(epochs=1, seed=2**64 - 1), tmp_path / "r", progress=False)
     assert len(metrics) == 1
+
+
+def test_table2_follows_the_vcl_codes_lr_values_and_clips_each_tensor():
+    # before: lr x 0.1 at each milestone (0.005 after epoch 60, half the reference's 0.01) and a global clip
+    cfg = get_preset("table2-relu-cifar10").as_smoke().replace(record=None)
+    s = train_module.build(cfg, train_module.DistEnv())
+    lrs = []
+    for _ in range(150):
+        lrs.append(s.optimizer.param_groups[0]["lr"])
+        s.optimizer.step()
+        s.scheduler.step()
+    assert [lrs[e] for e in (0, 59, 60, 99, 100, 139, 140, 149)] == pytest.approx(
+        [0.05, 0.05, 0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4]
+    )
+    # each parameter tensor's gradient norm is bounded by grad_clip, not the norm of all of them
+    for p in s.module.parameters():
+        p.grad = torch.full_like(p, 10.0)
+    trained = [p for g in s.optimizer.param_groups for p in g["params"]]
+    train_module.clip_gradients(s, trained)
+    norms = torch.stack([p.grad.norm() for p in trained])
+    assert torch.allclose(norms, torch.ones_like(norms), rtol=1e-3)  # every tensor at 1 (float32 sums)
+    with pytest.raises(ValueError, match="gammas must be None or one factor > 0 per milestone"):
+        cfg.replace(gammas=[0.1]).validate()
+
+
+def test_table1_uses_fixups_optimizer_groups():
+    # Fixup's CIFAR script: biases and scales at lr/10, weight decay on every parameter (before: lr for all,
+    # and no weight decay on the 1-D parameters)
+    cfg = get_preset("table1-resnet56").as_smoke().replace(record=None)
+    s = train_module.build(cfg, train_module.DistEnv())
+    where = {id(p): g for g in s.optimizer.param_groups for p in g["params"]}
+    for name, p in s.module.named_parameters():
+        g = where[id(p)]
+        scalar = name.rsplit(".", 1)[-1] in ("bias", "scale")
+        assert (g["lr"], g["weight_decay"]) == ((0.01 if scalar else 0.1), 1e-4), name
+    assert sum(name.endswith(".scale") for name, _ in s.module.named_parameters()) == 27  # one per block

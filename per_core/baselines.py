@@ -538,7 +538,11 @@ class RecurrentBatchNormLSTM(nn.Module):
     with separate statistics per time step (:class:`StepwiseBatchNorm1d`), :math:`\gamma` initialized to
     0.1 and no shift in the two gate normalizations (the single bias b does it). Weights are initialized
     as in ``nn.LSTM`` (uniform in :math:`\pm 1/\sqrt{H}`), b = 0, so that the normalization is the only
-    difference with the vanilla layer. The interface is that of a one-layer ``nn.LSTM`` (time-major).
+    difference with the vanilla layer (the authors' Penn Treebank code instead uses orthogonal weights,
+    a forget-gate bias of 1, learned initial states and a statistics momentum of 0.05). The interface
+    is that of a one-layer ``nn.LSTM`` (time-major). In a language model trained with truncated
+    backpropagation, step t is the position within a segment (the hidden state carries over), so the
+    statistics of step 0 mix segment starts with the start of the text.
 
     Parameters
     ----------

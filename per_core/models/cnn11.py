@@ -38,6 +38,7 @@ What could be confirmed, and from where:
   ("~350K").
 - not confirmed: the text of [1]_ itself (not available here), its initialization and the LeakyReLU
   slope (PyTorch's default 0.01 is used).
+- not followed: the VCL code's BN epsilon of 1e-3; ``norm='bn'`` uses PyTorch's default 1e-5.
 
 ``pre_activations()``: ``layer1``..``layer10``, the output of each layer's norm module (an
 ``nn.Identity`` for ``norm='none'``, i.e. the conv output itself).

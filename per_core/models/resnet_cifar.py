@@ -6,7 +6,10 @@ pooling and a linear classifier. Shortcuts are option A: the identity, subsample
 padded with zero channels where the width doubles (no parameters).
 
 ``norm='bn'`` (or ``'dbn'``): every conv is followed by BatchNorm2d (or
-:class:`~per_core.baselines.DecorrelatedBatchNorm2d`); convs have no bias; He (fan-out) init.
+:class:`~per_core.baselines.DecorrelatedBatchNorm2d`); convs have no bias; He (fan-out) init. The DBN
+authors' residual networks (github.com/princeton-vl/DecorrelatedBN, ``models/Conv/wr_DBN_scale_L1.lua``)
+whiten only after the stem conv and keep BN elsewhere; ``'dbn'`` here whitens after every conv (DBN is
+not in the paper's tables).
 
 ``norm='none'``: Fixup (Zhang, Dauphin & Ma [2]_), the setting of the paper's vanilla and PER rows [3]_:
 no normalization; a learnable scalar bias (init 0) before each conv, before each ReLU and before the

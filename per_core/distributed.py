@@ -150,15 +150,18 @@ class _AllReduceSum(torch.autograd.Function):
 class CrossRankBatchNorm2d(nn.BatchNorm2d):
     r"""BatchNorm2d whose training statistics are summed over all ranks (works with gloo on the CPU).
 
-    With per-channel sums over the local batch and locations, all-reduced (differentiably, through
-    ``torch.distributed.nn.functional.all_reduce``):
+    Each rank r reduces its local batch and locations to per-channel :math:`n_r`, :math:`S^{(r)} = \sum x`
+    and :math:`Q^{(r)} = \sum (x - \bar x_r)^2 + n_r \bar x_r^2` (centred on its own mean
+    :math:`\bar x_r`, accumulated in float64); these are all-reduced, differentiably, and
 
     .. math::
-        \mu = \frac{\sum_r S_1^{(r)}}{\sum_r n_r}, \qquad
-        \sigma^2 = \frac{\sum_r S_2^{(r)}}{\sum_r n_r} - \mu^2, \qquad
-        y = \gamma \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} + \beta
+        \mu = \frac{\sum_r S^{(r)}}{n}, \qquad
+        \sigma^2 = \max\Big(0, \frac{\sum_r Q^{(r)}}{n} - \mu^2\Big), \qquad
+        y = \gamma \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} + \beta, \qquad n = \sum_r n_r,
 
-    exactly what one process would compute on the whole batch. ``torch.nn.SyncBatchNorm`` does the
+    what one process computes on the whole batch. Centring and float64 keep the difference from
+    cancelling: raw float32 sums of :math:`x` and :math:`x^2` gave an error of 0.26 at mean 10 and NaN
+    at mean 100 for values of std 0.01. ``torch.nn.SyncBatchNorm`` does the
     same but accepts only GPU tensors; :func:`convert_sync_batchnorm` picks the right one.
     Communication: one all-reduce of 2C + 1 numbers per layer in forward, and one in backward.
     """
@@ -168,10 +171,17 @@ class CrossRankBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         c = x.shape[1]
         n_local = x.numel() // c
-        local = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), x.new_tensor([float(n_local)])])
-        total = _AllReduceSum.apply(local)  # (2C + 1,) summed over ranks
+        f64 = torch.float64
+        s1 = x.sum((0, 2, 3), dtype=f64)
+        centre = (s1 / n_local).to(x.dtype)  # the local mean, as x's dtype holds it
+        d = x - centre[None, :, None, None]
+        m = centre.to(f64)
+        q = (d * d).sum((0, 2, 3), dtype=f64) + 2 * m * d.sum((0, 2, 3), dtype=f64) + n_local * m * m  # = sum x^2
+        total = _AllReduceSum.apply(torch.cat([s1, q, q.new_tensor([float(n_local)])]))
         n = total[-1]
-        mean, var = total[:c] / n, total[c : 2 * c] / n - (total[:c] / n) ** 2
+        mean64 = total[:c] / n
+        mean = mean64.to(x.dtype)
+        var = (total[c : 2 * c] / n - mean64 * mean64).clamp_min(0).to(x.dtype)
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)

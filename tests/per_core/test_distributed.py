@@ -243,3 +243,47 @@ def test_vcl_betas_stay_equal_on_every_rank(tmp_path):
     rank0, rank1 = torch.load(out)
     assert len(rank0) == 4 and all(torch.equal(a, b) for a, b in zip(rank0, rank1, strict=True))
     assert any((a != 1.0).any() for a in rank0)  # they did train
+
+
+def far_from_zero(mean: float) -> torch.Tensor:
+    """(8, 3, 4, 4) float32 values of std 0.01 around ``mean``."""
+    return mean + 0.01 * torch.randn(8, 3, 4, 4, generator=torch.Generator().manual_seed(int(mean)))
+
+
+#: A loss that weighs every output of a half batch differently, the same on both ranks.
+WEIGHTS = torch.linspace(-1.0, 1.0, 4 * 3 * 16).view(4, 3, 4, 4)
+
+
+def bn_worker(rank, world, rendezvous, out):
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    results = {}
+    for mean in (0.0, 10.0, 100.0, 1000.0):
+        x = far_from_zero(mean).requires_grad_()
+        bn = CrossRankBatchNorm2d(3).train()
+        y = bn(x[rank * 4 : (rank + 1) * 4])
+        (y * WEIGHTS).sum().backward()
+        grad = x.grad.clone()
+        dist.all_reduce(grad)  # each rank's gradient is nonzero on its own half only
+        ys = [torch.empty_like(y) for _ in range(world)]
+        dist.all_gather(ys, y.detach().contiguous())
+        results[mean] = (torch.cat(ys), grad, bn.running_mean.clone(), bn.running_var.clone())
+    if rank == 0:
+        torch.save(results, out)
+    leave()
+
+
+def test_cross_rank_batchnorm_matches_one_process_for_activations_far_from_zero(tmp_path):
+    # before: E[x^2] - E[x]^2 from raw float32 sums: error 0.26 at mean 10 and NaN at mean 100 (std 0.01)
+    out = tmp_path / "bn.pt"
+    mp.spawn(bn_worker, args=(2, str(tmp_path / "rendezvous-bn"), str(out)), nprocs=2, join=True)
+    for mean, (y, grad, running_mean, running_var) in torch.load(out).items():
+        x = far_from_zero(mean).double().requires_grad_()  # the reference in float64 on the same values
+        bn = nn.BatchNorm2d(3).double().train()
+        ref = bn(x)
+        (ref * WEIGHTS.double().repeat(2, 1, 1, 1)).sum().backward()
+        tol = {"rtol": 0, "atol": 1e-3 * max(1.0, mean / 100)}  # float32 holds x to ~6e-8 x mean, std 0.01
+        torch.testing.assert_close(y.double(), ref.detach(), **tol, msg=f"outputs at mean {mean}")
+        torch.testing.assert_close(grad.double(), x.grad, rtol=1e-2, atol=1e-2 * float(x.grad.abs().max()))
+        torch.testing.assert_close(running_mean.double(), bn.running_mean, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(running_var.double(), bn.running_var, rtol=1e-2, atol=1e-9)

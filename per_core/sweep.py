@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -296,6 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         if args.table is None:
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # train() would start and end a process group per run
+                raise ValueError(
+                    "a sweep runs in one process: start it with python -m per_core.sweep, or data-parallel "
+                    "runs one at a time with torchrun ... -m per_core.train --out SWEEP/METHOD-lamL/seedS"
+                )
             if args.out is None:
                 raise ValueError("--out is required to run a sweep (or use --table SWEEP_DIR)")
             methods = _csv(args.methods, _method, "--methods", f"a comma-separated list of {', '.join(METHODS)}")

@@ -166,3 +166,13 @@ def test_loss_penalties_sweep_at_their_own_strengths_and_grids(tmp_path, capsys)
     want = [f"l1-lam{x:g}" for x in PENALTY_GRIDS["l1"]] + [f"per-lam{x:g}" for x in LAMBDA_GRIDS["demo"]]
     assert names == sorted(want)
     assert lambda_grid("table2-relu-cifar10", "per") == LAMBDA_GRIDS["table2-relu-cifar10"]
+
+
+def test_a_sweep_under_torchrun_is_refused_with_how_to_run_it(tmp_path, capsys, monkeypatch):
+    # before: train() started and ended a process group per run; the second run hung or gloo failed to connect
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["--methods", "vanilla", "--smoke", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a sweep runs in one process" in err[0] and not (tmp_path / "s").exists()
+    assert main(["--table", str(tmp_path / "missing")]) == 2  # printing a table is not refused for that reason
+    assert "one process" not in capsys.readouterr().err

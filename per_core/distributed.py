@@ -70,6 +70,17 @@ class DistEnv:
         dist.all_reduce(out)
         return out
 
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Rank 0's buffers (e.g. running statistics) into every rank's ``module``, in place.
+
+        DDP broadcasts them only at the start of a training forward, so after an epoch's last step the
+        ranks' unsynchronized statistics (recurrent BN, DBN) differ; evaluating then would give each
+        rank its own validation loss, and each rank's plateau schedule its own learning rate.
+        """
+        if self.distributed:
+            for b in module.buffers():
+                dist.broadcast(b, 0)
+
     def all_gather_object(self, obj: object) -> list[object]:
         if not self.distributed:
             return [obj]

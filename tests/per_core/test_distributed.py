@@ -287,3 +287,29 @@ def test_cross_rank_batchnorm_matches_one_process_for_activations_far_from_zero(
         torch.testing.assert_close(grad.double(), x.grad, rtol=1e-2, atol=1e-2 * float(x.grad.abs().max()))
         torch.testing.assert_close(running_mean.double(), bn.running_mean, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(running_var.double(), bn.running_var, rtol=1e-2, atol=1e-9)
+
+
+def rbn_worker(rank, world, rendezvous, run_dir, out):
+    import per_core.train as train_module
+    from per_core.configs import get_preset
+    from per_core.distributed import DistEnv
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    cfg = get_preset("corpus-lstm").as_smoke().replace(method="rbn", record=None, epochs=2)
+    cfg = cfg.replace(model_args={**cfg.model_args, "hidden": 16})
+    s = train_module.build(cfg, DistEnv(rank, world))
+    metrics = train_module._train(RunDir(run_dir), s, False, False)
+    seen = s.env.all_gather_object([(m["val_loss"], m["lr"]) for m in metrics])
+    if rank == 0:
+        torch.save(seen, out)
+    leave()
+
+
+def test_every_rank_evaluates_the_same_model_so_plateau_schedules_agree(tmp_path):
+    # before: each rank evaluated with its own recurrent-BN statistics (DDP syncs buffers only at the start
+    # of a training forward), so each rank had its own val_loss and its own plateau decision
+    out = tmp_path / "val.pt"
+    mp.spawn(rbn_worker, args=(2, str(tmp_path / "rendezvous-rbn"), str(tmp_path / "run"), str(out)), nprocs=2)
+    rank0, rank1 = torch.load(out)
+    assert rank0 == rank1

@@ -111,8 +111,14 @@ class PER:
         of equal shape in one batched matmul-erf-matmul (fewer small ops; the same values as layer
         by layer). None (default) uses all locations, Algorithm 1 exactly. 4 is recommended
         for training conv nets: it keeps ~90 % of the gradient quality of all locations at a small
-        fraction of the cost (numbers in :func:`as_samples`). With data parallelism each rank draws
-        its own locations: unbiased, but not bit-identical to one process.
+        fraction of the cost (numbers in :func:`as_samples`). With data parallelism give each rank
+        its own ``locations_seed``, so that the ranks draw independent locations: unbiased, but not
+        bit-identical to one process.
+    locations_seed : int, optional
+        Seed of the location draws, in [0, 2**64), from generators of their own. None (default):
+        locations come from the slice generators (``seed``), as in one process. With the same
+        ``seed`` on every rank and no ``locations_seed``, image i of every rank would get the same
+        positions (still unbiased, but correlated across ranks).
     track_penalty : bool
         When True, each backward also stores :math:`L_{per}` per layer (cheap: it reuses the
         projections and erf); read it with :meth:`penalty`. Can be switched at any time.
@@ -139,6 +145,7 @@ class PER:
         *,
         seed: int = 0,
         locations: int | None = None,
+        locations_seed: int | None = None,
         track_penalty: bool = False,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     ) -> None:
@@ -152,7 +159,9 @@ class PER:
         self.track_penalty = track_penalty
         self.chunk_elements = check_positive_int(chunk_elements, "chunk_elements")
         self.modules = named
+        self.locations_seed = None if locations_seed is None else check_seed(locations_seed)
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._location_generators: dict[torch.device, torch.Generator] = {}
         self._penalties: dict[str, Tensor] = {}
         self._penalty_task = -1  # the backward pass (autograd graph task) the penalties belong to
         self._strata_cache: dict[tuple[int, int, torch.device], tuple[Tensor, Tensor]] = {}
@@ -160,10 +169,13 @@ class PER:
         self._handles = [m.register_forward_hook(self._make_forward_hook(n, m)) for n, m in named.items()]
 
     # -- randomness -----------------------------------------------------------------------------
-    def _generator(self, device: torch.device) -> torch.Generator:
-        if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generators[device]
+    def _generator(self, device: torch.device, locations: bool = False) -> torch.Generator:
+        """The generator of the slices on ``device`` (or of the locations, when they have a seed of their own)."""
+        own = locations and self.locations_seed is not None
+        gens, seed = (self._location_generators, self.locations_seed) if own else (self._generators, self.seed)
+        if device not in gens:
+            gens[device] = torch.Generator(device=device).manual_seed(seed)
+        return gens[device]
 
     def state_dict(self) -> dict[str, object]:
         """Generator states (for exact resume) and settings."""
@@ -172,6 +184,7 @@ class PER:
             "n_slices": self.n_slices,
             "seed": self.seed,
             "generators": {str(d): g.get_state() for d, g in self._generators.items()},
+            "location_generators": {str(d): g.get_state() for d, g in self._location_generators.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
@@ -180,11 +193,14 @@ class PER:
         States of devices this process does not have are left out: a run moved from a GPU to a
         CPU-only machine draws its slices afresh from ``seed`` on the new device.
         """
-        gens = state["generators"]
-        assert isinstance(gens, Mapping)
-        for dev, st in gens.items():
-            if device_available(dev):
-                self._generator(torch.device(dev)).set_state(st)
+        for key, locations in (("generators", False), ("location_generators", True)):
+            if locations and self.locations_seed is None:
+                continue  # the locations come from the slice generators
+            gens = state.get(key, {})  # location generators: absent from states saved before they existed
+            assert isinstance(gens, Mapping)
+            for dev, st in gens.items():
+                if device_available(dev):
+                    self._generator(torch.device(dev), locations).set_state(st)
 
     # -- hooks ----------------------------------------------------------------------------------
     def _make_forward_hook(self, name: str, module: nn.Module):
@@ -208,7 +224,7 @@ class PER:
             sole_owner_counts(str(h.device))  # settled in a forward pass, not inside the first backward
             if lay == "channels_first":
                 flat = v.flatten(2)  # (N, C, *S) -> (N, C, L): a view for contiguous and channels-last
-                index = self._pick_locations(flat, gen)
+                index = self._pick_locations(flat, self._generator(h.device, locations=True))
                 if index is not None:  # keep only the chosen locations: (N, C, m), a small copy
                     index = index.unsqueeze(1).expand(-1, flat.shape[1], -1)
                     entry = _Sampled(name, flat.gather(2, index), index)

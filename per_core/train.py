@@ -195,7 +195,15 @@ def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
         scheduler = _multistep(optimizer, cfg)
     lam = cfg.lam if cfg.method == "per" else 0.0
     # the same PER seed on every rank: all ranks use the same slices
-    per = PER(module.pre_activations(), lam, cfg.n_slices, seed=cfg.seed, locations=cfg.per_locations)
+    per = PER(
+        module.pre_activations(),
+        lam,
+        cfg.n_slices,
+        seed=cfg.seed,
+        locations=cfg.per_locations,
+        # ranks draw their own locations (one process: from the slice generator, as always)
+        locations_seed=_derived_seed(cfg.seed, 1000 * env.rank + 2) if env.distributed else None,
+    )
     recorder = None
     if cfg.record:
         from analysis.recorder import ActivationRecorder
@@ -260,8 +268,11 @@ def _build_penalty(cfg: TrainConfig, module: nn.Module, task: Task, device: torc
 
 
 def _rng_state(s: Setup) -> dict[str, Any]:
-    """This rank's RNG states (dropout, data order, augmentation)."""
+    """This rank's RNG states (dropout, data order, augmentation, PER's and the recorder's generators)."""
     state = {"torch": torch.get_rng_state(), "data": s.data_generator.get_state(), "aug": s.aug_generator.get_state()}
+    state["per"] = s.per.state_dict()  # the slices are shared, the locations (data parallel) are per rank
+    if s.recorder is not None:
+        state["recorder"] = s.recorder.state_dict()  # reservoir keys: per rank
     if s.device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(s.device)
     return state
@@ -271,6 +282,10 @@ def _set_rng_state(s: Setup, state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     s.data_generator.set_state(state["data"])
     s.aug_generator.set_state(state["aug"])
+    if "per" in state:  # checkpoints before per-rank states held rank 0's only (loaded by load_checkpoint)
+        s.per.load_state_dict(state["per"])
+    if s.recorder is not None and state.get("recorder") is not None:
+        s.recorder.load_state_dict(state["recorder"])
     if "cuda" in state and s.device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], s.device)
 
@@ -302,14 +317,15 @@ def load_checkpoint(run: RunDir, s: Setup) -> tuple[int, list[dict[str, Any]]]:
     s.module.load_state_dict(ckpt["model"])
     s.optimizer.load_state_dict(ckpt["optimizer"])
     s.scheduler.load_state_dict(ckpt["scheduler"])
-    s.per.load_state_dict(ckpt["per"])
+    s.per.load_state_dict({**ckpt["per"], "location_generators": {}})  # rank 0's slices; per-rank parts below
     if isinstance(s.penalty, VCL) and ckpt.get("penalty") is not None:
         s.penalty.load_state_dict(ckpt["penalty"])  # into the betas the optimizer holds
-    if s.recorder is not None and ckpt["recorder"] is not None and s.env.world_size == len(ckpt["rng_ranks"]):
-        s.recorder.load_state_dict(ckpt["recorder"])
     ranks = ckpt["rng_ranks"]
     if len(ranks) == s.env.world_size:
-        _set_rng_state(s, ranks[s.env.rank])
+        own = ranks[s.env.rank]
+        if s.recorder is not None and "recorder" not in own and ckpt["recorder"] is not None:
+            s.recorder.load_state_dict(ckpt["recorder"])  # a checkpoint from before per-rank states
+        _set_rng_state(s, own)
     else:  # resumed on another number of ranks: the shared data order continues, per-rank streams restart
         s.data_generator.set_state(ranks[0]["data"])
         if s.env.is_main:

@@ -313,3 +313,18 @@ def test_every_rank_evaluates_the_same_model_so_plateau_schedules_agree(tmp_path
     mp.spawn(rbn_worker, args=(2, str(tmp_path / "rendezvous-rbn"), str(tmp_path / "run"), str(out)), nprocs=2)
     rank0, rank1 = torch.load(out)
     assert rank0 == rank1
+
+
+def test_torchrun_resume_continues_every_ranks_own_random_streams(tmp_path):
+    # before: the checkpoint held rank 0's recorder and PER generators only and every rank loaded them, so
+    # after a resume both ranks drew the same reservoir keys (128 distinct of 256 merged rows) and locations
+    args = ["--method", "per", "--smoke"]  # 4 PER locations per image, every layer recorded with reservoirs
+    torchrun(tmp_path / "full", 2, *args, "--epochs", "2")
+    torchrun(tmp_path / "part", 2, *args, "--epochs", "1")
+    torchrun(tmp_path / "part", 2, "--resume", "--epochs", "2")
+    a, b = RunDir(tmp_path / "full"), RunDir(tmp_path / "part")
+    assert strip(a.read_metrics()) == strip(b.read_metrics())
+    x, y = a.read_npz(a.activation_path(2)), b.read_npz(b.activation_path(2))
+    assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x if k != "format_version")
+    keys = [k for k in y if k.startswith("train/") and k.endswith("reservoir_keys")]
+    assert keys and all(len(np.unique(y[k])) == len(y[k]) for k in keys)  # no key drawn twice

@@ -775,3 +775,32 @@ def test_numpy_scalars_are_accepted_where_numbers_are():
     theta = sample_slices(np.int64(8), np.int64(3), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert theta.shape == (8, 3)
     assert per_loss(h, np.int64(8), torch.Generator().manual_seed(0)) == per_loss(h, theta=theta)
+
+
+def test_a_locations_seed_gives_a_rank_its_own_locations_and_resumes_them():
+    # data parallel: every rank uses the same slices (same seed) but must draw its own locations; before,
+    # the shared generator gave image i of every rank the same positions
+    conv = nn.Conv2d(2, 3, 3, padding=1).double()
+    x = torch.randn(4, 2, 6, 6, generator=gen(41), dtype=F64)
+
+    def run(rank, state=None):
+        per = PER(conv, 0.5, 8, seed=3, locations=2, locations_seed=100 + rank)
+        if state is not None:
+            per.load_state_dict(state)
+        picked = per._pick_locations(x.flatten(2), per._generator(x.device, locations=True))
+        return per, picked, per._generator(x.device).get_state()
+
+    per0, loc0, slices0 = run(0)
+    _, loc1, slices1 = run(1)
+    assert not torch.equal(loc0, loc1) and torch.equal(slices0, slices1)  # own locations, shared slices
+    state = per0.state_dict()
+    assert state["location_generators"] and state["generators"]
+    _, again, _ = run(0, state)
+    assert not torch.equal(again, loc0)  # resumed: the stream goes on from where it was saved
+    _, fresh, _ = run(0)
+    assert torch.equal(fresh, loc0)
+    # no locations_seed: the locations come from the slice generator, as in one process (unchanged)
+    plain = PER(conv, 0.5, 8, seed=3, locations=2)
+    assert plain._generator(x.device, locations=True) is plain._generator(x.device)
+    with pytest.raises(ValueError, match="seed"):
+        PER(conv, 0.5, locations_seed=-1)

@@ -393,10 +393,14 @@ def _average_across_ranks(s: Setup, params: list[nn.Parameter]) -> None:
 
 
 def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
-    """One pass over the training data: mean loss, error (%) and ``per_penalty``.
+    """One pass over the training data: mean loss, error (%), ``per_penalty`` and, for vcl/l1/l2, ``penalty_loss``.
 
-    ``per_penalty`` is L_per averaged over the regularized layers and over the steps where it was
-    measured (every ``log_every`` steps), for every method (a lam=0 monitor for non-PER runs).
+    ``train_loss`` is the task's loss alone, averaged over the epoch's steps as the model changes (in
+    training mode). ``penalty_loss`` is the loss term a vcl/l1/l2 penalty added (lam x penalty), averaged
+    the same way; their sum is what was minimized. ``per_penalty`` is L_per (without lambda) averaged
+    over the regularized layers and over the steps where it was measured (every ``log_every`` steps),
+    for every method (a lam=0 monitor for non-PER runs). PER adds lam x its gradient inside backward,
+    so gradient clipping (``grad_clip``) bounds the sum of the task's and PER's gradients.
     Reference values: sqrt(2/pi) = 0.798 (its floor, a point mass at 0), 2/sqrt(pi) = 1.128 at N(0, I).
     """
     cfg, model = s.cfg, s.model
@@ -404,6 +408,7 @@ def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
     loss_sum = torch.zeros((), device=s.device, dtype=torch.float64)
     wrong = torch.zeros((), device=s.device, dtype=torch.int64)
     count, penalties = 0, []
+    penalty_sum = torch.zeros((), device=s.device, dtype=torch.float64)  # vcl/l1/l2: their loss term, per sample
     batches = s.task.train_batches(s.data_generator, s.aug_generator, s.env.rank, s.env.world_size)
     total = min(SMOKE_STEPS, s.task.steps_per_epoch(1)) if cfg.smoke else s.task.steps_per_epoch(1)
     desc = f"{cfg.method} epoch {epoch}/{cfg.epochs}"
@@ -418,7 +423,11 @@ def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
         s.per.track_penalty = track
         s.optimizer.zero_grad(set_to_none=True)
         out = s.task.step(model, batch)
-        loss = out.loss if s.penalty is None else out.loss + s.penalty.loss()
+        loss = out.loss
+        if s.penalty is not None:  # vcl, l1, l2: lam x the penalty, added to the task loss
+            term = s.penalty.loss()
+            penalty_sum += term.detach().double() * out.count
+            loss = loss + term
         loss.backward()
         if s.env.distributed and isinstance(s.penalty, VCL):
             _average_across_ranks(s, list(s.penalty.parameters()))  # DDP averages only the model's gradients
@@ -449,17 +458,20 @@ def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
     s.per.track_penalty = False
     if count == 0:
         raise TrainingError("the training split yielded no batch; check --batch-size against the data size")
-    totals = s.env.all_reduce_sum(torch.stack([loss_sum, wrong.double(), loss_sum.new_tensor(count)]))
+    totals = s.env.all_reduce_sum(torch.stack([loss_sum, wrong.double(), loss_sum.new_tensor(count), penalty_sum]))
     if not math.isfinite(float(totals[0])):  # between the last checked step and the end of the epoch
         where = (
             f"non-finite training loss at epoch {epoch}, after step {checked} (the last step checked; the loss is "
             f"checked every {cfg.log_every} steps and at the end of the epoch, after step {done})"
         )
         raise TrainingError(_divergence(s, epoch, where, [], last_batch))
-    return {
+    row = {
         **s.task.summarize(float(totals[0]), int(totals[1]), int(totals[2])),
         "per_penalty": float(np.mean(penalties)) if penalties else float("nan"),
     }
+    if s.penalty is not None:  # the loss term the penalty added (train_loss is the task's alone)
+        row["penalty_loss"] = float(totals[3]) / float(totals[2])
+    return row
 
 
 def _non_finite_layers(s: Setup, batch: Any) -> list[str]:

@@ -485,3 +485,13 @@ def test_table1_uses_fixups_optimizer_groups():
         scalar = name.rsplit(".", 1)[-1] in ("bias", "scale")
         assert (g["lr"], g["weight_decay"]) == ((0.01 if scalar else 0.1), 1e-4), name
     assert sum(name.endswith(".scale") for name, _ in s.module.named_parameters()) == 27  # one per block
+
+
+def test_a_loss_penalty_logs_the_term_it_adds_apart_from_the_task_loss(tmp_path):
+    # before: train_loss held the task loss alone and the penalty's term was logged nowhere
+    rows = train(small("l2", lam=0.5, epochs=1), tmp_path / "l2", progress=False)
+    half = train(small("l2", lam=0.25, epochs=1), tmp_path / "l2h", progress=False)
+    assert rows[0]["penalty_loss"] > 0 and half[0]["penalty_loss"] > 0
+    assert half[0]["penalty_loss"] < rows[0]["penalty_loss"] < 4 * half[0]["penalty_loss"]  # ~ lam (weights move)
+    zero = train(small("l2", lam=0.0, epochs=1), tmp_path / "l20", progress=False)
+    assert zero[0]["penalty_loss"] == 0.0 and "penalty_loss" not in train(small("vanilla", epochs=1), tmp_path / "v")[0]

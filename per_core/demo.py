@@ -63,6 +63,7 @@ def _distances(out: Path, epoch: int) -> tuple[dict[str, dict[str, object]], int
     from analysis.plot import sw1_table
 
     table = sw1_table(load_run(out), "eval", epochs=[epoch])
+    table = table[table["run"].isin(DEMO_METHODS)]  # other runs that --out may hold are not the demo's
     per_method = {
         str(method): {
             "sw1": float(rows["sw1"].mean()),

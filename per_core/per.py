@@ -344,3 +344,17 @@ def per_grad(
     theta = _slices_for(x, n_slices, generator, theta)
     grad, _ = grad_and_loss(x, theta, False, chunk_elements)
     return grad.to(h.dtype)
+
+
+def __getattr__(name: str) -> object:
+    """``per_core.per.PER``, ``as_samples`` and ``from_samples``, which lived here before the split (lazily:
+    :mod:`per_core.regularizer` imports this module)."""
+    if name == "PER":
+        from per_core.regularizer import PER
+
+        return PER
+    if name in ("as_samples", "from_samples"):
+        from per_core import samples
+
+        return getattr(samples, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -163,7 +163,7 @@ class PER:
         self._generators: dict[torch.device, torch.Generator] = {}
         self._location_generators: dict[torch.device, torch.Generator] = {}
         self._penalties: dict[str, Tensor] = {}
-        self._penalty_task = -1  # the backward pass (autograd graph task) the penalties belong to
+        self._new_pass = True  # a forward ran since the penalties were last tracked
         self._strata_cache: dict[tuple[int, int, torch.device], tuple[Tensor, Tensor]] = {}
         self._pending: list[weakref.ref[_Sampled]] = []  # sampled-location forwards awaiting their backward
         self._handles = [m.register_forward_hook(self._make_forward_hook(n, m)) for n, m in named.items()]
@@ -212,6 +212,8 @@ class PER:
                 h = h.data  # (sum of lengths, H): already rows
             if not isinstance(h, Tensor) or not h.requires_grad or not h.is_floating_point():
                 return
+            if torch._C._current_graph_task_id() == -1:  # a forward outside backward (not a checkpoint's recomputation)
+                self._new_pass = True  # the next tracked penalty starts a new record
             if self.lam == 0.0 and not self.track_penalty:
                 return
             if h.numel() == 0:  # an empty batch (or empty feature maps): no rows, nothing to regularize
@@ -339,10 +341,13 @@ class PER:
                         self._track(e.name, loss[k])
 
     def _track(self, name: str, loss: Tensor) -> None:
-        """Add one call's L_per to its layer's penalty of the running backward pass (a new pass starts over)."""
-        task = torch._C._current_graph_task_id()
-        if task != self._penalty_task:
-            self._penalties, self._penalty_task = {}, task
+        """Add one call's L_per to its layer's penalty of this backward pass (the first after a forward starts over).
+
+        Keyed on forwards rather than on autograd's graph task: a reentrant checkpoint runs its recomputation
+        and backward as a nested task, inside the same backward pass.
+        """
+        if self._new_pass:
+            self._penalties, self._new_pass = {}, False
         loss = loss.detach()
         self._penalties[name] = self._penalties[name] + loss if name in self._penalties else loss
 

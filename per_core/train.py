@@ -67,6 +67,8 @@ def param_groups(model: nn.Module, weight_decay: float, kind: str = "default", l
     """
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if kind == "fixup":
+        if not lr > 0:
+            raise ValueError(f"param_groups(kind='fixup') needs the learning rate lr > 0, got {lr!r}")
         scalar = [p for n, p in trained if n.rsplit(".", 1)[-1] in ("bias", "scale")]
         rest = [p for n, p in trained if n.rsplit(".", 1)[-1] not in ("bias", "scale")]
         return [
@@ -318,7 +320,12 @@ def load_checkpoint(run: RunDir, s: Setup) -> tuple[int, list[dict[str, Any]]]:
     s.optimizer.load_state_dict(ckpt["optimizer"])
     s.scheduler.load_state_dict(ckpt["scheduler"])
     s.per.load_state_dict({**ckpt["per"], "location_generators": {}})  # rank 0's slices; per-rank parts below
-    if isinstance(s.penalty, VCL) and ckpt.get("penalty") is not None:
+    if isinstance(s.penalty, VCL):
+        if ckpt.get("penalty") is None:
+            raise ValueError(
+                f"{run.root}: this vcl run was trained with a constant beta, before VCL learned its betas; it "
+                "cannot continue as the paper's VCL: train it again with --overwrite"
+            )
         s.penalty.load_state_dict(ckpt["penalty"])  # into the betas the optimizer holds
     ranks = ckpt["rng_ranks"]
     if len(ranks) == s.env.world_size:
@@ -377,6 +384,11 @@ def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool
     return occupied and not resume
 
 
+def _trained_parameters(s: Setup) -> list[nn.Parameter]:
+    """The model's parameters in model order (the order the global norm is summed in), then VCL's betas."""
+    return [*s.module.parameters(), *(s.penalty.parameters() if isinstance(s.penalty, VCL) else [])]
+
+
 def clip_gradients(s: Setup, params: list[nn.Parameter]) -> None:
     """Scale the gradients so that their norm, or each tensor's (``clip_per_tensor``), is at most ``grad_clip``."""
     assert s.cfg.grad_clip is not None
@@ -432,7 +444,7 @@ def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
         if s.env.distributed and isinstance(s.penalty, VCL):
             _average_across_ranks(s, list(s.penalty.parameters()))  # DDP averages only the model's gradients
         if cfg.grad_clip is not None:
-            clip_gradients(s, [p for g in s.optimizer.param_groups for p in g["params"]])
+            clip_gradients(s, _trained_parameters(s))
         s.optimizer.step()
         loss_sum += out.loss.detach().double() * out.count
         wrong += out.errors
@@ -656,7 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-locations", help="conv layers: spatial locations per image used by PER, or 'all' (default 4)")
     p.add_argument("--lr", type=float, help="initial learning rate")
     p.add_argument("--batch-size", type=int, help="training batch size")
-    p.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
+    p.add_argument(
+        "--grad-clip", type=float, help="clip the gradient norm to this value (each tensor's on Table 2 presets)"
+    )
     p.add_argument("--data-dir", help="folder with the real data files")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--record", help="layers to record: all, none, or comma-separated labels (layer3,layer6)")
@@ -703,8 +717,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         changes["per_locations"] = parse_per_locations(args.per_locations)
     if args.resume:
         get_preset(args.preset).replace(**changes).validate()  # the flags' ranges, before reading the run
-    if args.resume:
-        return TrainConfig.from_dict(RunDir(args.out).read_config()).replace(**changes)
+    if args.resume:  # --smoke on a saved real run differs from it: the resume check refuses it
+        saved = TrainConfig.from_dict(RunDir(args.out).read_config())
+        return (saved.as_smoke() if args.smoke else saved).replace(**changes)
     cfg = get_preset(args.preset)
     cfg = (cfg.as_smoke() if args.smoke else cfg).replace(**changes)
     return cfg if args.lam is not None else cfg.for_method(cfg.method)  # a loss penalty's own default strength

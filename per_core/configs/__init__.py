@@ -98,10 +98,16 @@ class TrainConfig:
             ("schedule", self.schedule in ("multistep", "plateau"), "'multistep' or 'plateau'"),
             (
                 "gammas",
-                self.gammas is None or (len(self.gammas) == len(self.milestones) and all(g > 0 for g in self.gammas)),
+                self.gammas is None
+                or (
+                    len(self.gammas) == len(self.milestones)
+                    and all(isinstance(g, int | float) and not isinstance(g, bool) and g > 0 for g in self.gammas)
+                ),
                 "None or one factor > 0 per milestone",
             ),
             ("optimizer_groups", self.optimizer_groups in ("default", "fixup"), "'default' or 'fixup'"),
+            ("gammas", self.gammas is None or self.schedule == "multistep", "None with schedule 'plateau'"),
+            ("clip_per_tensor", not self.clip_per_tensor or self.grad_clip is not None, "False without grad_clip"),
             ("bptt", self.bptt >= 1, ">= 1"),
             ("record", self.record is None or any(x.strip() for x in self.record.split(",")), "None, 'all' or labels"),
         ]

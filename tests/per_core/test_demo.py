@@ -35,12 +35,18 @@ def test_the_table_shows_the_true_sw1_next_to_the_bound_measured_on_the_same_row
     # the bound alone ranks PER first; the table must show the distance it bounds, as analysis measures it
     from analysis import load_run
     from analysis.plot import sw1_table
+    from per_core.configs import get_preset
+    from per_core.train import train
 
+    # another run in the folder (before: KeyError after all three trainings); it is not in the table
+    train(get_preset("demo").for_method("l2").replace(epochs=2), tmp_path / "l2", progress=False)
     assert main(["--out", str(tmp_path), "--epochs", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("method"))
     assert header.split() == ["method", "val", "error", "%", "val", "loss", "SW1", "L_per", "s/epoch"]
     table = sw1_table(load_run(tmp_path), "eval", epochs=[2])
+    table = table[table["run"] != "l2"]
+    assert not any(line.startswith("l2 ") for line in out.splitlines())
     assert set(table["epoch"]) == {2} and len(table) == 3 * 6  # three runs x six layers, the last epoch only
     for method, rows in table.groupby("method"):
         line = next(line for line in out.splitlines() if line.startswith(f"{method} "))

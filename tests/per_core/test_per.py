@@ -804,3 +804,26 @@ def test_a_locations_seed_gives_a_rank_its_own_locations_and_resumes_them():
     assert plain._generator(x.device, locations=True) is plain._generator(x.device)
     with pytest.raises(ValueError, match="seed"):
         PER(conv, 0.5, locations_seed=-1)
+
+
+def test_penalty_under_reentrant_checkpointing_keeps_every_layer():
+    # a reentrant checkpoint runs its recomputation and backward as a nested autograd task: keyed on the
+    # task, the record was restarted inside the pass and kept only the last layers' penalties
+    from torch.utils.checkpoint import checkpoint
+
+    a, b, c = (nn.Linear(3, 3).double() for _ in range(3))
+    x = torch.randn(8, 3, generator=gen(50), dtype=F64, requires_grad=True)
+    with PER({"a": a, "b": b, "c": c}, 0.5, 8, seed=1, track_penalty=True) as per:
+        c(checkpoint(b, a(x), use_reentrant=True)).sum().backward()
+        got = per.penalty(per_layer=True)
+        c(b(a(x))).sum().backward()
+        plain = per.penalty(per_layer=True)
+    assert sorted(got) == sorted(plain) == ["a", "b", "c"]
+
+
+def test_the_names_that_lived_in_per_core_per_still_import_from_there():
+    from per_core import per as per_module
+
+    assert per_module.PER is PER and per_module.as_samples is as_samples and per_module.from_samples is from_samples
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        per_module.nope  # noqa: B018

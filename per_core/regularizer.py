@@ -86,10 +86,11 @@ class PER:
     output) is regularized, each time step a sample. An empty output (a batch of N = 0) has no rows
     and is skipped: nothing is added, no penalty is tracked. An unbatched call (a conv on (C, *S), a
     Linear on (d,)) is a batch of one. Gradient checkpointing: with ``use_reentrant=True`` PER attaches
-    during the recomputation (the first forward runs without grad) and matches an unchecked run
-    exactly; with ``use_reentrant=False`` the recomputation draws slices (and locations) again that are
-    never used, so the gradient is as valid but the random stream, hence the run, differs from an
-    unchecked one.
+    during the recomputation (the first forward runs without grad), which runs inside backward, so the
+    checkpointed layers draw their slices after the layers above them; with ``use_reentrant=False``
+    the recomputation draws slices (and locations) again that are never used. Either way every
+    layer's gradient is as valid, and :meth:`penalty` covers every layer, but the random stream,
+    hence the run, differs from an unchecked one.
 
     Parameters
     ----------

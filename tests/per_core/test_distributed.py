@@ -53,6 +53,24 @@ def leave() -> None:
     os._exit(0)
 
 
+def _rank_main(rank, world, rendezvous, out, body, args):
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    result = body(rank, world, *args)
+    gathered = [None] * world
+    dist.all_gather_object(gathered, result)
+    if rank == 0:
+        torch.save(gathered, out)
+    leave()
+
+
+def on_two_ranks(tmp_path, body, *args) -> list:
+    """``body(rank, world, *args)`` run on two gloo ranks (a module-level function); what each returned, by rank."""
+    out, rendezvous = tmp_path / f"{body.__name__}.pt", tmp_path / f"rendezvous-{body.__name__}"
+    mp.spawn(_rank_main, args=(2, str(rendezvous), str(out), body, args), nprocs=2, join=True)
+    return torch.load(out)
+
+
 def worker(rank, world, rendezvous, case, out):
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     torch.set_num_threads(1)
@@ -219,28 +237,20 @@ def test_recorder_reduced_across_two_ranks_equals_one_recorder_over_all_rows(tmp
     np.testing.assert_array_equal(merged["reservoir"][order], rows[best])
 
 
-def vcl_worker(rank, world, rendezvous, out):
+def vcl_betas_after_an_epoch(rank, world):
     import per_core.train as train_module
     from per_core.configs import get_preset
     from per_core.distributed import DistEnv
 
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
     cfg = get_preset("demo").as_smoke().for_method("vcl").replace(record=None, model_args={"width": 8, "depth": 4})
     s = train_module.build(cfg, DistEnv(rank, world))
     train_module.train_epoch(s, 1, progress=False)
-    betas = [b.detach().clone() for b in s.penalty.parameters()]
-    gathered = s.env.all_gather_object(betas)
-    if rank == 0:
-        torch.save(gathered, out)
-    leave()
+    return [b.detach().clone() for b in s.penalty.parameters()]
 
 
 def test_vcl_betas_stay_equal_on_every_rank(tmp_path):
     # the betas live outside the DDP module: without averaging their gradients, each rank learns its own
-    out = tmp_path / "betas.pt"
-    mp.spawn(vcl_worker, args=(2, str(tmp_path / "rendezvous-vcl"), str(out)), nprocs=2, join=True)
-    rank0, rank1 = torch.load(out)
+    rank0, rank1 = on_two_ranks(tmp_path, vcl_betas_after_an_epoch)
     assert len(rank0) == 4 and all(torch.equal(a, b) for a, b in zip(rank0, rank1, strict=True))
     assert any((a != 1.0).any() for a in rank0)  # they did train
 
@@ -254,30 +264,23 @@ def far_from_zero(mean: float) -> torch.Tensor:
 WEIGHTS = torch.linspace(-1.0, 1.0, 4 * 3 * 16).view(4, 3, 4, 4)
 
 
-def bn_worker(rank, world, rendezvous, out):
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
+def cross_rank_bn_of_half_batches(rank, world):
     results = {}
     for mean in (0.0, 10.0, 100.0, 1000.0):
         x = far_from_zero(mean).requires_grad_()
         bn = CrossRankBatchNorm2d(3).train()
         y = bn(x[rank * 4 : (rank + 1) * 4])
         (y * WEIGHTS).sum().backward()
-        grad = x.grad.clone()
-        dist.all_reduce(grad)  # each rank's gradient is nonzero on its own half only
-        ys = [torch.empty_like(y) for _ in range(world)]
-        dist.all_gather(ys, y.detach().contiguous())
-        results[mean] = (torch.cat(ys), grad, bn.running_mean.clone(), bn.running_var.clone())
-    if rank == 0:
-        torch.save(results, out)
-    leave()
+        results[mean] = (y.detach(), x.grad, bn.running_mean.clone(), bn.running_var.clone())
+    return results
 
 
 def test_cross_rank_batchnorm_matches_one_process_for_activations_far_from_zero(tmp_path):
     # before: E[x^2] - E[x]^2 from raw float32 sums: error 0.26 at mean 10 and NaN at mean 100 (std 0.01)
-    out = tmp_path / "bn.pt"
-    mp.spawn(bn_worker, args=(2, str(tmp_path / "rendezvous-bn"), str(out)), nprocs=2, join=True)
-    for mean, (y, grad, running_mean, running_var) in torch.load(out).items():
+    rank0, rank1 = on_two_ranks(tmp_path, cross_rank_bn_of_half_batches)
+    for mean, (y0, grad0, running_mean, running_var) in rank0.items():
+        y1, grad1, _, _ = rank1[mean]
+        y, grad = torch.cat([y0, y1]), grad0 + grad1  # each rank's gradient is nonzero on its own half only
         x = far_from_zero(mean).double().requires_grad_()  # the reference in float64 on the same values
         bn = nn.BatchNorm2d(3).double().train()
         ref = bn(x)
@@ -289,29 +292,21 @@ def test_cross_rank_batchnorm_matches_one_process_for_activations_far_from_zero(
         torch.testing.assert_close(running_var.double(), bn.running_var, rtol=1e-2, atol=1e-9)
 
 
-def rbn_worker(rank, world, rendezvous, run_dir, out):
+def rbn_validation_and_lr(rank, world, run_dir):
     import per_core.train as train_module
     from per_core.configs import get_preset
     from per_core.distributed import DistEnv
 
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
     cfg = get_preset("corpus-lstm").as_smoke().replace(method="rbn", record=None, epochs=2)
     cfg = cfg.replace(model_args={**cfg.model_args, "hidden": 16})
     s = train_module.build(cfg, DistEnv(rank, world))
-    metrics = train_module._train(RunDir(run_dir), s, False, False)
-    seen = s.env.all_gather_object([(m["val_loss"], m["lr"]) for m in metrics])
-    if rank == 0:
-        torch.save(seen, out)
-    leave()
+    return [(m["val_loss"], m["lr"]) for m in train_module._train(RunDir(run_dir), s, False, False)]
 
 
 def test_every_rank_evaluates_the_same_model_so_plateau_schedules_agree(tmp_path):
     # before: each rank evaluated with its own recurrent-BN statistics (DDP syncs buffers only at the start
     # of a training forward), so each rank had its own val_loss and its own plateau decision
-    out = tmp_path / "val.pt"
-    mp.spawn(rbn_worker, args=(2, str(tmp_path / "rendezvous-rbn"), str(tmp_path / "run"), str(out)), nprocs=2)
-    rank0, rank1 = torch.load(out)
+    rank0, rank1 = on_two_ranks(tmp_path, rbn_validation_and_lr, str(tmp_path / "run"))
     assert rank0 == rank1
 
 

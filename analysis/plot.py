@@ -796,9 +796,10 @@ def figure2(
                     widths.update(_bin_width(e) for e in h["edges"][:1])
                     drawn = qs[np.isfinite(qs)]
                     lo, hi = h["edges"][:, 0].min(), h["edges"][:, -1].max()
-                    for edge in [lo] * bool((drawn < lo).any()) + [hi] * bool((drawn > hi).any()):
-                        axes[row, col].axhline(edge, color=_GREY, ls=":", lw=0.8)  # bands beyond it: a model
-                        outside = True
+                    for edge, beyond in ((lo, (drawn < lo).any()), (hi, (drawn > hi).any())):
+                        if beyond:  # a band crosses the range's edge: beyond it, a model
+                            axes[row, col].axhline(edge, color=_GREY, ls=":", lw=0.8)
+                            outside = True
     for row in range(len(pairs)):  # one activation scale per row, so methods compare at a glance
         lims = np.array([axes[row, c].get_ylim() for c in range(len(methods))])
         for c in range(len(methods)):

@@ -188,7 +188,7 @@ def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
         )
     penalty = _build_penalty(cfg, module, task, device)
     groups = param_groups(module, cfg.weight_decay, cfg.optimizer_groups, cfg.lr)
-    if cfg.method == "vcl":  # its learned betas train with the model, with weight decay as in the reference code
+    if isinstance(penalty, VCL):  # its learned betas train with the model, with weight decay as in the reference code
         groups.append({"params": list(penalty.parameters()), "weight_decay": cfg.weight_decay})
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.schedule == "plateau":
@@ -284,7 +284,7 @@ def _set_rng_state(s: Setup, state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     s.data_generator.set_state(state["data"])
     s.aug_generator.set_state(state["aug"])
-    if "per" in state:  # checkpoints before per-rank states held rank 0's only (loaded by load_checkpoint)
+    if "per" in state:  # absent from checkpoints before per-rank states (load_checkpoint loads rank 0's then)
         s.per.load_state_dict(state["per"])
     if s.recorder is not None and state.get("recorder") is not None:
         s.recorder.load_state_dict(state["recorder"])
@@ -319,7 +319,6 @@ def load_checkpoint(run: RunDir, s: Setup) -> tuple[int, list[dict[str, Any]]]:
     s.module.load_state_dict(ckpt["model"])
     s.optimizer.load_state_dict(ckpt["optimizer"])
     s.scheduler.load_state_dict(ckpt["scheduler"])
-    s.per.load_state_dict({**ckpt["per"], "location_generators": {}})  # rank 0's slices; per-rank parts below
     if isinstance(s.penalty, VCL):
         if ckpt.get("penalty") is None:
             raise ValueError(
@@ -328,10 +327,14 @@ def load_checkpoint(run: RunDir, s: Setup) -> tuple[int, list[dict[str, Any]]]:
             )
         s.penalty.load_state_dict(ckpt["penalty"])  # into the betas the optimizer holds
     ranks = ckpt["rng_ranks"]
-    if len(ranks) == s.env.world_size:
-        own = ranks[s.env.rank]
-        if s.recorder is not None and "recorder" not in own and ckpt["recorder"] is not None:
-            s.recorder.load_state_dict(ckpt["recorder"])  # a checkpoint from before per-rank states
+    own = ranks[s.env.rank] if len(ranks) == s.env.world_size else {}
+    # rank 0's PER and recorder states: all that checkpoints before per-rank states hold; with another number
+    # of ranks, only the shared slices are kept (each rank's locations and reservoir keys restart)
+    if "per" not in own:
+        s.per.load_state_dict({**ckpt["per"], "location_generators": {}})
+    if own and "recorder" not in own and s.recorder is not None and ckpt["recorder"] is not None:
+        s.recorder.load_state_dict(ckpt["recorder"])
+    if own:
         _set_rng_state(s, own)
     else:  # resumed on another number of ranks: the shared data order continues, per-rank streams restart
         s.data_generator.set_state(ranks[0]["data"])
@@ -717,12 +720,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         changes["per_locations"] = parse_per_locations(args.per_locations)
     if args.resume:
         get_preset(args.preset).replace(**changes).validate()  # the flags' ranges, before reading the run
-    if args.resume:  # --smoke on a saved real run differs from it: the resume check refuses it
-        saved = TrainConfig.from_dict(RunDir(args.out).read_config())
-        return (saved.as_smoke() if args.smoke else saved).replace(**changes)
-    cfg = get_preset(args.preset)
+    # resumed: the saved config (--smoke on a saved real run differs from it, and the resume check refuses it)
+    cfg = TrainConfig.from_dict(RunDir(args.out).read_config()) if args.resume else get_preset(args.preset)
     cfg = (cfg.as_smoke() if args.smoke else cfg).replace(**changes)
-    return cfg if args.lam is not None else cfg.for_method(cfg.method)  # a loss penalty's own default strength
+    if args.resume or args.lam is not None:
+        return cfg
+    return cfg.for_method(cfg.method)  # a loss penalty's own default strength
 
 
 def flag_notes(

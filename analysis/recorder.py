@@ -113,6 +113,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from per_core.checks import check_seed, device_available, is_integer
+from per_core.inplace import in_backward
 from per_core.rundir import RunDir
 from per_core.samples import layout_of, resolve_layout, with_batch_axis  # conv modules are channels-first
 
@@ -523,7 +524,7 @@ class ActivationRecorder:
         layout = layout_of(module)
 
         def forward_hook(mod: nn.Module, args: tuple, out: object) -> None:
-            if torch._C._current_graph_task_id() != -1:
+            if in_backward():
                 return  # a forward inside backward: gradient checkpointing recomputing rows already recorded
             if self._eval:
                 split = "eval"

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from per_core.checks import check_nonnegative, check_positive_int, check_seed, device_available, is_integer
-from per_core.inplace import owns, sole_owner_counts
+from per_core.inplace import in_backward, owns, sole_owner_counts
 from per_core.per import DEFAULT_CHUNK_ELEMENTS, compute_dtype, grad_and_loss, sample_slices
 from per_core.samples import Layout, as_samples, from_samples, layout_of, resolve_layout, with_batch_axis
 
@@ -213,7 +213,7 @@ class PER:
                 h = h.data  # (sum of lengths, H): already rows
             if not isinstance(h, Tensor) or not h.requires_grad or not h.is_floating_point():
                 return
-            if torch._C._current_graph_task_id() == -1:  # a forward outside backward (not a checkpoint's recomputation)
+            if not in_backward():  # a forward outside backward (not a checkpoint's recomputation)
                 self._new_pass = True  # the next tracked penalty starts a new record
             if self.lam == 0.0 and not self.track_penalty:
                 return

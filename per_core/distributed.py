@@ -5,14 +5,16 @@ variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER
 :func:`init_from_env` reads them and joins the process group (``nccl`` when CUDA is available,
 ``gloo`` on the CPU). Without them everything runs as one process and nothing here communicates.
 
-Seeds under data parallelism (the trainer's convention):
+Seeds under data parallelism (the trainer's convention; each stream's seed comes from
+:func:`per_core.seeds.stream_seed`):
 
 - the data order comes from one generator with the same seed on every rank: every rank walks the
   same permutation and takes its contiguous share of each global batch (what
   ``torch.utils.data.DistributedSampler`` does with a shared seed, on in-memory tensors);
 - PER's slices come from one seed shared by all ranks, so all ranks use the same directions and
   the averaged gradient equals the single-process gradient of the whole batch;
-- augmentation, dropout and the recorder's reservoir draw from per-rank seeds (independent).
+- augmentation, dropout, PER's spatial locations and the recorder's reservoir draw from per-rank
+  seeds (independent).
 
 Why PER needs no synchronization: with slices shared, rank r's PER gradient for its rows is
 :math:`\frac{1}{N_r} \sum_{i \in r} g(h_i)`; DDP averages gradients over R ranks, so with equal

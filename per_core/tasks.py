@@ -200,11 +200,14 @@ SYNTHETIC_IMAGE_SHAPES = {"digits": (1, 8, 8, 10), "cifar10": (3, 32, 32, 10), "
 
 
 def build_task(cfg: TrainConfig, device: torch.device) -> Task:
-    """The task for ``cfg.data``; with ``cfg.smoke``, synthetic data of the same shape (nothing is read)."""
+    """The task for ``cfg.data``; with ``cfg.smoke``, synthetic data of the same shape (nothing is read).
+
+    Synthetic data is a fixed data set, the same for every run seed, like the real data it stands in for.
+    """
     if cfg.data in SYNTHETIC_IMAGE_SHAPES or cfg.data == "synthetic_images":
         if cfg.smoke or cfg.data == "synthetic_images":
             c, h, w, k = SYNTHETIC_IMAGE_SHAPES.get(cfg.data, (3, 32, 32, 10))
-            data = synthetic_images(n=4 * cfg.batch_size, shape=(c, h, w), num_classes=k, seed=cfg.seed)
+            data = synthetic_images(n=4 * cfg.batch_size, shape=(c, h, w), num_classes=k)
         elif cfg.data == "digits":
             data = load_digits()
         else:
@@ -214,7 +217,7 @@ def build_task(cfg: TrainConfig, device: torch.device) -> Task:
         return ImageClassification(data, cfg, device)
     if cfg.data in ("corpus", "ptb", "wikitext2", "synthetic_text"):
         if cfg.smoke or cfg.data == "synthetic_text":
-            text = synthetic_text(n_tokens=cfg.batch_size * (4 * cfg.bptt + 2) * 10 // 8, seed=cfg.seed)
+            text = synthetic_text(n_tokens=cfg.batch_size * (4 * cfg.bptt + 2) * 10 // 8)
         elif cfg.data == "corpus":
             text = load_corpus()
         else:

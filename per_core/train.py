@@ -37,6 +37,7 @@ from per_core.distributed import DistEnv, convert_sync_batchnorm, init_from_env,
 from per_core.models import MODELS, build_model
 from per_core.regularizer import PER
 from per_core.rundir import RunDir, RunDirError
+from per_core.seeds import stream_seed
 from per_core.tasks import Task, build_task
 
 __all__ = ["TrainingError", "check_method", "flag_notes", "main", "methods_for", "train", "validate_config"]
@@ -150,17 +151,12 @@ class Setup:
     aug_generator: torch.Generator  # augmentation: a seed per rank
 
 
-def _derived_seed(seed: int, offset: int) -> int:
-    """``seed + offset`` wrapped into [0, 2**64), what generators accept (a seed near 2**64 - 1 stays valid)."""
-    return (seed + offset) % (1 << 64)
-
-
 def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
     """Seed, then build task, model, optimizer, schedule, PER and recorder from ``cfg``.
 
     Under data parallelism (``env.world_size > 1``) the model is wrapped in DistributedDataParallel,
-    BatchNorm is synchronized across ranks when ``cfg.sync_bn``, and the per-rank seeds follow
-    :mod:`per_core.distributed`.
+    BatchNorm is synchronized across ranks when ``cfg.sync_bn``. Every random stream has its own
+    seed, derived from ``cfg.seed`` (and the rank, for per-rank streams) by :mod:`per_core.seeds`.
     """
     validate_config(cfg)
     env = env or DistEnv(device=resolve_device(cfg.device))
@@ -175,12 +171,13 @@ def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
             f"note: {cfg.method} normalizes with each rank's own batch statistics (only BatchNorm2d is synchronized "
             "across ranks); results differ from one process at the full batch"
         )
-    torch.manual_seed(cfg.seed)  # the trainer owns the process: model init (identical on every rank)
+    rank = env.rank
+    torch.manual_seed(stream_seed(cfg.seed, "init"))  # the trainer owns the process: identical init on every rank
     task = build_task(cfg, device)
     module = build_model(cfg.model, **task.model_kwargs(), norm=norm_for(cfg.method), **cfg.model_args).to(device)
     model: nn.Module = module
+    torch.manual_seed(stream_seed(cfg.seed, "dropout", rank))  # dropout and the rest: independent per rank
     if env.distributed:
-        torch.manual_seed(_derived_seed(cfg.seed, 1000 * env.rank))  # dropout: independent per rank
         if cfg.sync_bn:
             module = convert_sync_batchnorm(module, device)
         model = nn.parallel.DistributedDataParallel(
@@ -196,15 +193,13 @@ def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
     else:
         scheduler = _multistep(optimizer, cfg)
     lam = cfg.lam if cfg.method == "per" else 0.0
-    # the same PER seed on every rank: all ranks use the same slices
     per = PER(
         module.pre_activations(),
         lam,
         cfg.n_slices,
-        seed=cfg.seed,
+        seed=stream_seed(cfg.seed, "slices"),  # the same slices on every rank
         locations=cfg.per_locations,
-        # ranks draw their own locations (one process: from the slice generator, as always)
-        locations_seed=_derived_seed(cfg.seed, 1000 * env.rank + 2) if env.distributed else None,
+        locations_seed=stream_seed(cfg.seed, "locations", rank),
     )
     recorder = None
     if cfg.record:
@@ -216,15 +211,15 @@ def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
             recorder = ActivationRecorder(
                 module,
                 layers,
-                seed=_derived_seed(cfg.seed, 1000 * env.rank),  # independent reservoir keys per rank
+                seed=stream_seed(cfg.seed, "recorder", rank),  # independent reservoir keys per rank
                 train_every=cfg.record_train_every,
                 reservoir_every=cfg.record_reservoir_every,
                 reservoir_splits=("train", "eval"),
             )
         except ValueError as err:  # the settings are validated with the config: this is about the layers
             raise ValueError(f"--record {cfg.record}: {err}") from None
-    data_generator = torch.Generator().manual_seed(cfg.seed)
-    aug_generator = torch.Generator().manual_seed(_derived_seed(cfg.seed, 1000 * env.rank + 1))
+    data_generator = torch.Generator().manual_seed(stream_seed(cfg.seed, "data"))
+    aug_generator = torch.Generator().manual_seed(stream_seed(cfg.seed, "augment", rank))
     return Setup(
         cfg,
         env,
@@ -332,6 +327,8 @@ def load_checkpoint(run: RunDir, s: Setup) -> tuple[int, list[dict[str, Any]]]:
     # of ranks, only the shared slices are kept (each rank's locations and reservoir keys restart)
     if "per" not in own:
         s.per.load_state_dict({**ckpt["per"], "location_generators": {}})
+    if s.env.world_size == 1 and not own.get("per", ckpt["per"]).get("location_generators"):
+        s.per.locations_seed = None  # saved before the locations had a stream of their own: they drew from the slices'
     if own and "recorder" not in own and s.recorder is not None and ckpt["recorder"] is not None:
         s.recorder.load_state_dict(ckpt["recorder"])
     if own:
@@ -661,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, help="run directory to write (default: runs/PRESET-METHOD-seedS)")
     p.add_argument("--epochs", type=int, help="number of epochs")
-    p.add_argument("--seed", type=int, help="seed of init, data order, PER slices and recorder")
+    p.add_argument("--seed", type=int, help="the run's seed: each random stream (init, data, PER, ...) derives its own")
     p.add_argument(
         "--lam",
         type=float,

@@ -446,7 +446,6 @@ def test_flags_are_checked_before_the_run_directory(tmp_path, capsys):
 
 
 def test_the_largest_seed_trains(tmp_path):
-    # the augmentation generator is seeded with seed + 1: it must wrap, not overflow
     metrics = train(small(epochs=1, seed=2**64 - 1), tmp_path / "r", progress=False)
     assert len(metrics) == 1
 

@@ -151,7 +151,9 @@ def per_bound(X: Any, n_projections: int = 256, seed: int = 0, *, projections: A
 
     computed by :func:`per_core.per.per_loss` in float64 (paper [1]_, Eq. 6). When its sum of n s
     terms would overflow (values near the float64 maximum), the mean of :func:`per_bound_slices` is
-    taken instead, without overflow; a bound beyond the float64 maximum raises ValueError.
+    taken instead, without overflow; a bound beyond the float64 maximum raises ValueError, and so
+    does a projection :math:`\langle x_i, \theta_j \rangle` beyond it, even where the mean would
+    be finite (rows of norm above ~1e308).
 
     Parameters
     ----------

@@ -25,10 +25,11 @@ module always passes its projections in. ``ot`` is imported lazily
 (it adds about half a second to ``import analysis``).
 
 Extreme magnitudes: means are taken without overflow (rows near the float64 maximum give their
-true distance, not ``inf``), and :func:`sliced_w1`, :func:`max_sliced_w1` and :func:`w1`, which are
-positively homogeneous, work on inputs divided by a power of two (exact) when the largest
-:math:`|x|` is above :math:`2^{300}` or below :math:`2^{-300}`. A result beyond the float64
-maximum raises ValueError.
+true distance, not ``inf``, as long as their projections are finite: a projection beyond the float64
+maximum raises ValueError even where the mean would be finite), and :func:`sliced_w1`,
+:func:`max_sliced_w1` and :func:`w1`, which are positively homogeneous, work on inputs divided by
+a power of two (exact) when the largest :math:`|x|` is above :math:`2^{300}` or below
+:math:`2^{-300}`. A result beyond the float64 maximum raises ValueError.
 
 References
 ----------

@@ -12,7 +12,8 @@ so its arrows (orange) are the same field in every panel, a pull towards 0, even
 mass. The descent direction of the exact sliced distance
 (:func:`analysis.distances.sliced_w1_to_normal_grad`, purple) depends on the whole sample and
 moves samples towards where the Gaussian has mass; in (a) it only corrects the sample's own noise.
-Its size does not shrink with the distance (on each slice a sample's gradient is :math:`\pm 1/n`),
+Its size does not shrink with the distance (on each slice a sample's gradient is :math:`\pm 1/n`
+except within its own quantile step, where it lies in between),
 so the purple arrows in (a) are not ~0: they are shorter on average than in (c) and (d), and their
 net push (the mean arrow) is small.
 

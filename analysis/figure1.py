@@ -105,7 +105,8 @@ def figure1(n: int = 2000, seed: int = 0, n_projections: int = 256, arrows: int 
     P = _projections(2, n_projections, seed)
     picked, fields = {}, {"per": {}, "exact": {}}
     for key, X in samples.items():
-        pick = np.random.default_rng(seed).choice(len(X), size=min(arrows, len(X)), replace=False)
+        # a stream apart from the one that drew the samples, so the picked rows are a plain random subset
+        pick = np.random.default_rng([seed, 1]).choice(len(X), size=min(arrows, len(X)), replace=False)
         picked[key] = X[pick]
         fields["exact"][key] = sliced_w1_to_normal_grad(X, projections=P)[pick]
         fields["per"][key] = per_grad(torch.from_numpy(X[pick]), theta=torch.from_numpy(P)).numpy()

@@ -60,12 +60,12 @@ def parse_per_locations(text: str) -> int | None:
     return int(text)
 
 
-def _discard_stdout() -> None:
-    """Send stdout to the null device, so that later writes (and the flush at exit) succeed unseen."""
+def _discard(name: str = "stdout") -> None:
+    """Send ``sys.<name>`` to the null device, so that later writes (and the flush at exit) succeed unseen."""
     try:
-        fd = sys.stdout.fileno()
+        fd = getattr(sys, name).fileno()
     except (AttributeError, OSError, ValueError):  # a stream without a descriptor: replace the object
-        sys.stdout = open(os.devnull, "w")  # lives as long as the process
+        setattr(sys, name, open(os.devnull, "w"))  # lives as long as the process
         return
     null = os.open(os.devnull, os.O_WRONLY)
     try:
@@ -86,8 +86,12 @@ def say(line: str, write: Callable[[str], object] = print) -> None:
         write(line)
         sys.stdout.flush()
     except BrokenPipeError:
-        _discard_stdout()
-        print("note: stdout was closed; the job goes on without printing (its results go to disk)", file=sys.stderr)
+        _discard("stdout")
+        try:
+            print("note: stdout was closed; the job goes on without printing (its results go to disk)", file=sys.stderr)
+            sys.stderr.flush()
+        except BrokenPipeError:  # stderr went to the same reader (2>&1 | head)
+            _discard("stderr")
 
 
 def run_command(
@@ -123,7 +127,7 @@ def run_command(
     except BrokenPipeError:  # an OSError, but not the user's mistake: the reader has gone
         if debug:
             raise
-        _discard_stdout()  # the interpreter's own flush at exit must not fail again
+        _discard("stdout")  # the interpreter's own flush at exit must not fail again
         return EXIT_PIPE
     except errors as err:
         if debug:

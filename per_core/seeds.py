@@ -7,6 +7,8 @@ seeded with :func:`stream_seed`. The seed of a stream is a 64-bit hash of (strea
   PER's slices and the recorder were all seeded with ``seed`` itself);
 - two runs never share a stream (before, the augmentation of seed s, ``seed + 1``, was the data
   order of seed s + 1);
+- seeds s and s + 2**32 are different runs (torch's CPU generator keeps only the low 32 bits of a
+  seed, so seeding it with the run's seed directly repeated every run 2**32 apart);
 - data-parallel ranks share the streams that must agree (``rank=0`` for all of them) and get
   independent ones where they must differ.
 

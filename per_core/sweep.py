@@ -27,15 +27,21 @@ import numpy as np
 from per_core.cli import OneLineArgumentParser, parse_per_locations, run_command, say
 from per_core.configs import METHODS, PAPER_RESULTS, PRESETS, TrainConfig, get_preset, lambda_grid
 from per_core.rundir import FAILED, RunDir, RunDirError, atomic_write, find_runs
-from per_core.train import LAM_METHODS, TrainingError, flag_notes, train, validate_config
+from per_core.train import LAM_METHODS, TrainingError, config_differences, flag_notes, train, validate_config
 
 __all__ = ["best_lambdas", "main", "results_table", "run_sweep"]
 
 REGULARIZERS = LAM_METHODS  # the methods with a lambda: per, l1, l2, vcl
 
 
+def _lam_text(lam: float) -> str:
+    """``lam`` as folders and tables name it: short (``1e-05``, ``0.001``) yet never two lambdas alike."""
+    short = f"{lam:g}"
+    return short if float(short) == lam else repr(float(lam))
+
+
 def _run_name(method: str, lam: float | None) -> str:
-    return method if lam is None else f"{method}-lam{lam:g}"
+    return method if lam is None else f"{method}-lam{_lam_text(lam)}"
 
 
 def run_sweep(
@@ -61,6 +67,11 @@ def run_sweep(
                 done = RunDir(path).read_metrics() if RunDir(path).is_run() else []
                 if (path / FAILED).is_file():
                     say(f"== {path}: failed earlier, skipped (delete {path / FAILED} to retry)")
+                elif done and (lines := config_differences(RunDir(path).read_config(), cfg)):
+                    raise RunDirError(
+                        f"{path} holds a run of another config ({lines}); choose another --out, or delete {path} "
+                        "to train it again"
+                    )
                 elif len(done) > cfg.epochs:
                     say(
                         f"== {path}: finished, skipped (it trained {len(done)} epochs, more than --epochs {cfg.epochs})"
@@ -148,11 +159,15 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
     groups: dict[tuple[str, float | None], list[dict[str, float]]] = {}
     failed: dict[tuple[str, float | None], int] = {}
     presets, smoke, ends = set(), False, set()
+    seen: dict[tuple[str, float | None, int], Path] = {}  # (method, lam, seed) -> the run counted for it
+    twice = []
     for run in find_runs(sweep):
         cfg, rows = run.read_config(), run.read_metrics()
         key = (cfg["method"], cfg["lam"] if cfg["method"] in REGULARIZERS else None)
         groups.setdefault(key, [])
-        if (run.root / FAILED).is_file():
+        if (first := seen.setdefault((*key, cfg["seed"]), run.root)) != run.root:
+            twice.append(f"{run.root} repeats seed {cfg['seed']} of {first}")  # e.g. per/ and per-lam0.01/
+        elif (run.root / FAILED).is_file():
             failed[key] = failed.get(key, 0) + 1
         elif rows and len(rows) >= cfg["epochs"]:  # finished
             groups[key].append(_final_metrics(rows))
@@ -182,7 +197,7 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
     for e in entries:
         several = sum(x["method"] == e["method"] for x in entries) > 1
         mark = " *" if e["lam"] is not None and several and best.get(e["method"]) is e else ""
-        lam = "-" if e["lam"] is None else f"{e['lam']:g}"
+        lam = "-" if e["lam"] is None else _lam_text(e["lam"])
         note = f"  ({e['failed']} diverged)" if e["failed"] else ""
         test = f" {_pm(e.get('test_mean', math.nan), e.get('test_std', math.nan)):>22}" if test_metric else ""
         lines.append(f"{e['method']:<8} {lam:>8} {_pm(e['mean'], e['std'], unit):>26}{test} {e['n']:>6}{mark}{note}")
@@ -194,6 +209,7 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
             f"note: the runs end at different epochs ({', '.join(map(str, sorted(ends)))}), so rows compare unequal "
             f"training; run the sweep again with --epochs {max(ends)} to extend the shorter ones"
         )
+    lines += [f"note: {t}; counted once" for t in twice]
     if len(presets) == 1 and (preset := presets.pop()) in PAPER_RESULTS:
         lines += ["", *_paper_layout(preset, best, smoke)]
     return "\n".join(lines), entries

@@ -6,7 +6,8 @@
 One epoch: train on shuffled batches (optionally with gradient clipping), evaluate on the
 validation split, record activations (when asked), then write metrics.jsonl, the activation file
 and checkpoints/last.pt, each atomically. A killed run continues with ``--resume`` from the last
-finished epoch and reaches bit-identical results on the CPU (every RNG state is checkpointed).
+finished epoch and reaches bit-identical results on the CPU with the same number of threads
+(every RNG state is checkpointed; the order of float sums depends on the thread count).
 """
 
 from __future__ import annotations
@@ -356,6 +357,13 @@ def _changes(saved: dict[str, Any], cfg: TrainConfig) -> dict[str, tuple[Any, An
     return {k: (before.get(k), v) for k, v in cfg.to_dict().items() if before.get(k) != v}
 
 
+def config_differences(saved: dict[str, Any], cfg: TrainConfig) -> str:
+    """What differs between a saved config.json and ``cfg`` beyond :data:`RESUMABLE_CHANGES`, as
+    ``"name: saved X vs now Y, ..."``; an empty string when the two describe the same run."""
+    diff = {k: d for k, d in _changes(saved, cfg).items() if k not in RESUMABLE_CHANGES}
+    return ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
+
+
 def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool) -> bool:
     """Refuse to mix runs: a non-empty directory needs --resume (same config) or --overwrite.
 
@@ -369,9 +377,7 @@ def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool
     occupied = run.root.exists() and any(run.root.iterdir())
     if resume:
         run.remove_stale_temporaries()
-        diff = {k: d for k, d in _changes(run.read_config(), cfg).items() if k not in RESUMABLE_CHANGES}
-        if diff:
-            lines = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
+        if lines := config_differences(run.read_config(), cfg):
             raise RunDirError(f"{run.config_path}: cannot resume with a different config ({lines})")
     elif occupied and not overwrite:
         raise RunDirError(f"{run.root} is not empty; pass --resume to continue that run or --overwrite to replace it")
@@ -570,19 +576,19 @@ def _say(line: str) -> None:
 
 
 def _config_record(run: RunDir, cfg: TrainConfig, resume: bool, start: int) -> dict[str, Any]:
-    """What config.json holds: the config, and the command and package versions of the run's first launch.
+    """What config.json holds: the config, and the command, package versions and CPU threads of the first launch.
 
     A resume keeps those and appends ``{"from_epoch", "command", "versions", "changed"}`` to the
     list ``"resumed"``; ``changed`` maps each field that differs from the saved config (only
     :data:`RESUMABLE_CHANGES`) to ``[saved, now]``.
     """
-    now = {"command": sys.argv, "versions": package_versions()}
+    now = {"command": sys.argv, "versions": package_versions(), "threads": torch.get_num_threads()}
     if not resume:  # a resumed run has its config.json: prepare_run_dir read it
         return {**cfg.to_dict(), **now}
     saved = run.read_config()
     entry = {"from_epoch": start, **now, "changed": _changes(saved, cfg)}  # (saved, now) pairs, lists in JSON
-    first = {k: saved[k] for k in now if k in saved}
-    return {**cfg.to_dict(), **now, **first, "resumed": [*saved.get("resumed", []), entry]}
+    first = {k: saved[k] for k in now if k in saved}  # a run saved before "threads" existed does not know its own
+    return {**cfg.to_dict(), **first, "resumed": [*saved.get("resumed", []), entry]}
 
 
 def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str, Any]]:
@@ -599,6 +605,13 @@ def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str
                 return metrics
             if main:
                 _say(f"resuming {run.root} at epoch {start + 1}/{cfg.epochs}")
+                threads, first = torch.get_num_threads(), run.read_config().get("threads")
+                if s.device.type == "cpu" and first not in (None, threads):
+                    _say(
+                        f"note: this run started with {first} CPU threads and goes on with {threads}: float sums "
+                        f"run in another order, so it will differ slightly from an uninterrupted run "
+                        f"(OMP_NUM_THREADS={first} would match it)"
+                    )
         elif resume and main:  # killed before its first epoch finished: nothing to continue from
             _say(f"{run.root}: no checkpoint yet, starting from epoch 1")
         if main:

@@ -27,8 +27,18 @@ def test_stream_seeds_are_stable_across_versions():
 def test_no_two_streams_of_two_runs_or_ranks_share_a_seed(a, b):
     keys = [(s, name, r) for s in {a, b} for name in STREAMS for r in ((0, 1, 2) if name in PER_RANK else (0,))]
     seeds = [stream_seed(*k) for k in keys]
-    assert len(set(seeds)) == len(keys)
     assert all(0 <= x < 2**64 for x in seeds)
+    assert len({x % 2**32 for x in seeds}) == len(keys)  # torch's CPU generator keeps only the low 32 bits
+
+
+def test_seeds_2_to_the_32_apart_are_different_runs():
+    # torch.Generator().manual_seed(s) and manual_seed(s + 2**32) draw alike: a run seeded directly repeated itself
+    assert torch.equal(
+        torch.randn(4, generator=torch.Generator().manual_seed(5)),
+        torch.randn(4, generator=torch.Generator().manual_seed(5 + 2**32)),
+    )
+    for stream in STREAMS:
+        assert stream_seed(5, stream) % 2**32 != stream_seed(5 + 2**32, stream) % 2**32
 
 
 @pytest.mark.parametrize(

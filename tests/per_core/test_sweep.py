@@ -176,3 +176,26 @@ def test_a_sweep_under_torchrun_is_refused_with_how_to_run_it(tmp_path, capsys, 
     assert len(err) == 1 and "a sweep runs in one process" in err[0] and not (tmp_path / "s").exists()
     assert main(["--table", str(tmp_path / "missing")]) == 2  # printing a table is not refused for that reason
     assert "one process" not in capsys.readouterr().err
+
+
+def test_a_finished_run_of_another_config_is_refused_not_reported(tmp_path, capsys):
+    argv = ["--methods", "per", "--seeds", "0", "--smoke", "--no-record", "--no-progress", "--out", str(tmp_path)]
+    assert main([*argv, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    # the same folder asked with other settings: before, "finished, skipped" and the old run's numbers in the table
+    assert main([*argv, "--epochs", "1", "--per-locations", "all"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run of another config (per_locations: saved 4 vs now None)" in err and "--out" in err
+    assert main([*argv, "--epochs", "1"]) == 0  # the same settings still skip it
+
+
+def test_a_seed_in_two_folders_counts_once_and_close_lambdas_keep_their_own_folders(tmp_path, capsys):
+    argv = ["--seeds", "0", "--smoke", "--no-record", "--no-progress", "--epochs", "1", "--out", str(tmp_path)]
+    assert main(["--methods", "per", *argv]) == 0  # per/seed0 at per's default lambda
+    default = get_preset("demo").for_method("per").lam
+    assert main(["--methods", "per", "--lams", f"{default},0.0010000001,0.001", *argv]) == 0
+    assert (tmp_path / "per-lam0.0010000001").is_dir() and (tmp_path / "per-lam0.001").is_dir()
+    text, entries = results_table(tmp_path)
+    assert sorted(e["lam"] for e in entries) == sorted([default, 0.0010000001, 0.001])
+    assert all(e["n"] == 1 for e in entries)  # per/seed0 and per-lam<default>/seed0 are one seed, not two
+    assert f"repeats seed 0 of {tmp_path / 'per' / 'seed0'}; counted once" in text

@@ -167,6 +167,23 @@ def test_resume_keeps_the_first_command_and_records_each_resume(tmp_path, monkey
     assert all({"torch", "python"} <= set(r["versions"]) for r in resumed)
 
 
+def test_a_resume_with_another_thread_count_says_it_will_not_match(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        train(small(epochs=1), tmp_path / "r", progress=False)
+        assert RunDir(tmp_path / "r").read_config()["threads"] == 1
+        capsys.readouterr()
+        torch.set_num_threads(2)
+        train(small(epochs=2), tmp_path / "r", resume=True, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "started with 1 CPU threads and goes on with 2" in out and "OMP_NUM_THREADS=1" in out
+    config = RunDir(tmp_path / "r").read_config()
+    assert config["threads"] == 1 and config["resumed"][0]["threads"] == 2
+
+
 def test_divergence_stops_with_the_epoch_step_and_layers_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     # one good epoch, then the SAME run diverges in epoch 2 (resumed with a learning rate that blows up)
     run = RunDir(tmp_path / "r")

@@ -35,8 +35,8 @@ VARIANTS: dict[str, dict[str, object]] = {
 def graphed(step: Callable[[], None], per: PER | None, device: str) -> Callable[[], None]:
     """``step`` (no synchronization inside) captured in a CUDA graph; the returned call replays it and syncs.
 
-    PER's CUDA generators (made by its first forward, in the warm-up) are registered with the graph
-    so that replays advance them.
+    PER's CUDA generators (slices and locations, made by its first forward, in the warm-up) are
+    registered with the graph so that replays advance them.
     """
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
@@ -45,7 +45,8 @@ def graphed(step: Callable[[], None], per: PER | None, device: str) -> Callable[
             step()
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    for dev, gen in (per._generators if per is not None else {}).items():
+    gens = [*per._generators.items(), *per._location_generators.items()] if per is not None else []
+    for dev, gen in gens:  # the slices' and, with a locations_seed, the locations' own
         if dev.type == "cuda":
             graph.register_generator_state(gen)
     with torch.cuda.graph(graph):

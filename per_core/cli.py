@@ -87,11 +87,15 @@ def say(line: str, write: Callable[[str], object] = print) -> None:
         sys.stdout.flush()
     except BrokenPipeError:
         _discard("stdout")
-        try:
-            print("note: stdout was closed; the job goes on without printing (its results go to disk)", file=sys.stderr)
-            sys.stderr.flush()
-        except BrokenPipeError:  # stderr went to the same reader (2>&1 | head)
-            _discard("stderr")
+        note("note: stdout was closed; the job goes on without printing (its results go to disk)")
+
+
+def note(line: str) -> None:
+    """Print one ``note:`` line on stderr; a closed stderr (``2>&1 | head``) does not stop the job."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        _discard("stderr")
 
 
 def run_command(

@@ -116,10 +116,11 @@ class PER:
         its own ``locations_seed``, so that the ranks draw independent locations: unbiased, but not
         bit-identical to one process.
     locations_seed : int, optional
-        Seed of the location draws, in [0, 2**64), from generators of their own. None (default):
-        locations come from the slice generators (``seed``), as in one process. With the same
-        ``seed`` on every rank and no ``locations_seed``, image i of every rank would get the same
-        positions (still unbiased, but correlated across ranks).
+        Seed of the location draws, in [0, 2**64), from generators of their own (the trainer always
+        gives one: :func:`per_core.seeds.stream_seed`). None (default): locations come from the
+        slice generators (``seed``). With the same ``seed`` on every rank and no ``locations_seed``,
+        image i of every rank would get the same positions (still unbiased, but correlated across
+        ranks).
     track_penalty : bool
         When True, each backward also stores :math:`L_{per}` per layer (cheap: it reuses the
         projections and erf); read it with :meth:`penalty`. Can be switched at any time.

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from per_core.cli import OneLineArgumentParser, parse_per_locations, run_command, say
+from per_core.cli import OneLineArgumentParser, note, parse_per_locations, run_command, say
 from per_core.configs import METHODS, PAPER_RESULTS, PRESETS, TrainConfig, get_preset, lambda_grid
 from per_core.rundir import FAILED, RunDir, RunDirError, atomic_write, find_runs
 from per_core.train import LAM_METHODS, TrainingError, config_differences, flag_notes, train, validate_config
@@ -44,6 +44,32 @@ def _run_name(method: str, lam: float | None) -> str:
     return method if lam is None else f"{method}-lam{_lam_text(lam)}"
 
 
+#: Settings that change what a run records or logs, never its training: a finished run of other values of
+#: these still answers the sweep (one it resumes must match them all). log_every: when L_per is logged.
+_RECORDING = {
+    "record",
+    "record_every",
+    "record_eval_samples",
+    "record_train_every",
+    "record_reservoir_every",
+    "log_every",
+}
+
+
+def _other_settings(run: RunDir, cfg: TrainConfig) -> str:
+    """How the run in ``run`` differs from ``cfg`` in what the sweep reports (empty: the same run).
+
+    A run the sweep will not train again (finished, or failed) is compared without :data:`_RECORDING`,
+    and for methods other than per without PER's settings (there PER only monitors L_per, at lambda 0);
+    a run it will resume or extend must match as ``--resume`` requires.
+    """
+    saved = run.read_config()
+    if not (run.root / FAILED).is_file() and len(run.read_metrics()) < cfg.epochs:
+        return config_differences(saved, cfg)
+    ignored = _RECORDING | (set() if cfg.method == "per" else {"per_locations", "n_slices"})
+    return config_differences(saved, cfg, ignore=ignored)
+
+
 def run_sweep(
     base: TrainConfig,
     out: Path,
@@ -57,35 +83,36 @@ def run_sweep(
     ``lams``: the lambdas of every regularizer (per, vcl, l1, l2), or a grid per method; None trains
     each at its default strength (:meth:`TrainConfig.for_method`).
     """
-    runs = []
+    plan = []
     for method in methods:
         grid = lams.get(method) if isinstance(lams, Mapping) else lams
         for lam in grid if (grid and method in REGULARIZERS) else [None]:
             for seed in seeds:
                 cfg = base.for_method(method).replace(seed=seed, **({} if lam is None else {"lam": lam}))
                 path = out / _run_name(method, lam) / f"seed{seed}"
-                done = RunDir(path).read_metrics() if RunDir(path).is_run() else []
-                if (path / FAILED).is_file():
-                    say(f"== {path}: failed earlier, skipped (delete {path / FAILED} to retry)")
-                elif done and (lines := config_differences(RunDir(path).read_config(), cfg)):
-                    raise RunDirError(
+                if RunDir(path).is_run() and (lines := _other_settings(RunDir(path), cfg)):
+                    raise RunDirError(  # before anything trains: a sweep either runs whole or not at all
                         f"{path} holds a run of another config ({lines}); choose another --out, or delete {path} "
                         "to train it again"
                     )
-                elif len(done) > cfg.epochs:
-                    say(
-                        f"== {path}: finished, skipped (it trained {len(done)} epochs, more than --epochs {cfg.epochs})"
-                    )
-                elif len(done) == cfg.epochs:
-                    say(f"== {path}: finished, skipped")
-                else:
-                    say(f"== {path}: {'resuming' if done else 'training'}")
-                    try:
-                        train(cfg, path, resume=bool(done), overwrite=not done, progress=progress)
-                    except TrainingError as err:  # e.g. divergence: report it in the table, go on with the rest
-                        say(f"== {path}: FAILED: {err}")
-                        atomic_write(path / FAILED, lambda f, e=err: f.write(f"{e}\n".encode()))
-                runs.append(path)
+                plan.append((cfg, path))
+    runs = []
+    for cfg, path in plan:
+        done = RunDir(path).read_metrics() if RunDir(path).is_run() else []
+        if (path / FAILED).is_file():
+            say(f"== {path}: failed earlier, skipped (delete {path / FAILED} to retry)")
+        elif len(done) > cfg.epochs:
+            say(f"== {path}: finished, skipped (it trained {len(done)} epochs, more than --epochs {cfg.epochs})")
+        elif len(done) == cfg.epochs:
+            say(f"== {path}: finished, skipped")
+        else:
+            say(f"== {path}: {'resuming' if done else 'training'}")
+            try:
+                train(cfg, path, resume=bool(done), overwrite=not done, progress=progress)
+            except TrainingError as err:  # e.g. divergence: report it in the table, go on with the rest
+                say(f"== {path}: FAILED: {err}")
+                atomic_write(path / FAILED, lambda f, e=err: f.write(f"{e}\n".encode()))
+        runs.append(path)
     return runs
 
 
@@ -159,17 +186,28 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
     groups: dict[tuple[str, float | None], list[dict[str, float]]] = {}
     failed: dict[tuple[str, float | None], int] = {}
     presets, smoke, ends = set(), False, set()
-    seen: dict[tuple[str, float | None, int], Path] = {}  # (method, lam, seed) -> the run counted for it
-    twice = []
+    # one run per (method, lambda, seed): a seed can sit in two folders (per/ and per-lam0.01/); the
+    # table counts the first finished one (else the first failed one) and names the others
+    seeds: dict[tuple[str, float | None, int], list[tuple[int, RunDir, dict, list]]] = {}
     for run in find_runs(sweep):
         cfg, rows = run.read_config(), run.read_metrics()
-        key = (cfg["method"], cfg["lam"] if cfg["method"] in REGULARIZERS else None)
+        status = 0 if rows and len(rows) >= cfg["epochs"] else 2  # finished, else unfinished
+        status = 1 if (run.root / FAILED).is_file() else status
+        key = (cfg["method"], cfg["lam"] if cfg["method"] in REGULARIZERS else None, cfg["seed"])
+        seeds.setdefault(key, []).append((status, run, cfg, rows))
+    twice = []
+    for (*key, seed), found in seeds.items():
+        key = tuple(key)
         groups.setdefault(key, [])
-        if (first := seen.setdefault((*key, cfg["seed"]), run.root)) != run.root:
-            twice.append(f"{run.root} repeats seed {cfg['seed']} of {first}")  # e.g. per/ and per-lam0.01/
-        elif (run.root / FAILED).is_file():
+        status, run, cfg, rows = min(found, key=lambda f: f[0])  # stable: the first of equal status
+        for _, other, other_cfg, _ in found:
+            if other is not run:
+                diff = config_differences(other_cfg, TrainConfig.from_dict(cfg), ignore=_RECORDING)
+                how = f"holds seed {seed} with other settings ({diff})" if diff else f"repeats seed {seed}"
+                twice.append(f"{other.root} {how}; counted: {run.root}")
+        if status == 1:
             failed[key] = failed.get(key, 0) + 1
-        elif rows and len(rows) >= cfg["epochs"]:  # finished
+        elif status == 0:
             groups[key].append(_final_metrics(rows))
             ends.add(len(rows))
             presets.add(cfg.get("preset"))
@@ -209,7 +247,7 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
             f"note: the runs end at different epochs ({', '.join(map(str, sorted(ends)))}), so rows compare unequal "
             f"training; run the sweep again with --epochs {max(ends)} to extend the shorter ones"
         )
-    lines += [f"note: {t}; counted once" for t in twice]
+    lines += [f"note: {t}" for t in twice]
     if len(presets) == 1 and (preset := presets.pop()) in PAPER_RESULTS:
         lines += ["", *_paper_layout(preset, best, smoke)]
     return "\n".join(lines), entries
@@ -286,8 +324,8 @@ def _check_methods(base: TrainConfig, methods: Sequence[str], args: argparse.Nam
         validate_config(base.replace(method=method))
     lam_flag = "--lams" if args.lams is not None else None
     per_locations = args.per_locations is not None
-    for note in flag_notes(base, methods, lam_flag=lam_flag, per_locations=per_locations, method_flag="--methods"):
-        print(note, file=sys.stderr)
+    for line in flag_notes(base, methods, lam_flag=lam_flag, per_locations=per_locations, method_flag="--methods"):
+        note(line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 import typing
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 import per_core
 from per_core.baselines import VCL, L1Penalty, L2Penalty
-from per_core.cli import OneLineArgumentParser, parse_per_locations, run_command, say
+from per_core.cli import OneLineArgumentParser, note, parse_per_locations, run_command, say
 from per_core.configs import METHODS, PRESETS, SMOKE_STEPS, TrainConfig, get_preset
 from per_core.distributed import DistEnv, convert_sync_batchnorm, init_from_env, resolve_device, shutdown
 from per_core.models import MODELS, build_model
@@ -168,7 +168,7 @@ def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
             f"equal share of each batch; use a multiple of {env.world_size}"
         )
     if env.distributed and cfg.method in ("dbn", "rbn") and env.is_main:
-        tqdm.write(
+        _say(
             f"note: {cfg.method} normalizes with each rank's own batch statistics (only BatchNorm2d is synchronized "
             "across ranks); results differ from one process at the full batch"
         )
@@ -337,7 +337,7 @@ def load_checkpoint(run: RunDir, s: Setup) -> tuple[int, list[dict[str, Any]]]:
     else:  # resumed on another number of ranks: the shared data order continues, per-rank streams restart
         s.data_generator.set_state(ranks[0]["data"])
         if s.env.is_main:
-            tqdm.write(f"resuming a {len(ranks)}-rank run on {s.env.world_size} ranks: per-rank RNG streams restart")
+            _say(f"resuming a {len(ranks)}-rank run on {s.env.world_size} ranks: per-rank RNG streams restart")
     return int(ckpt["epoch"]), list(ckpt["metrics"])
 
 
@@ -357,10 +357,10 @@ def _changes(saved: dict[str, Any], cfg: TrainConfig) -> dict[str, tuple[Any, An
     return {k: (before.get(k), v) for k, v in cfg.to_dict().items() if before.get(k) != v}
 
 
-def config_differences(saved: dict[str, Any], cfg: TrainConfig) -> str:
-    """What differs between a saved config.json and ``cfg`` beyond :data:`RESUMABLE_CHANGES`, as
-    ``"name: saved X vs now Y, ..."``; an empty string when the two describe the same run."""
-    diff = {k: d for k, d in _changes(saved, cfg).items() if k not in RESUMABLE_CHANGES}
+def config_differences(saved: dict[str, Any], cfg: TrainConfig, ignore: Set[str] = frozenset()) -> str:
+    """What differs between a saved config.json and ``cfg`` beyond :data:`RESUMABLE_CHANGES` and ``ignore``,
+    as ``"name: saved X vs now Y, ..."``; an empty string when the two describe the same run."""
+    diff = {k: d for k, d in _changes(saved, cfg).items() if k not in RESUMABLE_CHANGES | ignore}
     return ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
 
 
@@ -588,6 +588,8 @@ def _config_record(run: RunDir, cfg: TrainConfig, resume: bool, start: int) -> d
     saved = run.read_config()
     entry = {"from_epoch": start, **now, "changed": _changes(saved, cfg)}  # (saved, now) pairs, lists in JSON
     first = {k: saved[k] for k in now if k in saved}  # a run saved before "threads" existed does not know its own
+    if start == 0:  # no checkpoint: the run starts over, with this launch's threads
+        first["threads"] = now["threads"]
     return {**cfg.to_dict(), **first, "resumed": [*saved.get("resumed", []), entry]}
 
 
@@ -778,8 +780,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         validate_config(cfg)
         if int(os.environ.get("RANK", "0")) == 0:
             lam_flag = "--lam" if args.lam is not None else None
-            for note in flag_notes(cfg, [cfg.method], lam_flag=lam_flag, per_locations=args.per_locations is not None):
-                print(note, file=sys.stderr)
+            for line in flag_notes(cfg, [cfg.method], lam_flag=lam_flag, per_locations=args.per_locations is not None):
+                note(line)
         if args.out is None:
             args.out = Path("runs") / f"{cfg.preset}-{cfg.method}-seed{cfg.seed}{'-smoke' if cfg.smoke else ''}"
         metrics = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)

@@ -67,7 +67,7 @@ class TrainConfig:
     optimizer_groups: str = "default"  # default: decay on weights (ndim > 1); fixup: Fixup's (train.param_groups)
     bptt: int = 35  # language models: tokens per truncated-backpropagation segment
     # --- bookkeeping
-    seed: int = 0  # seeds model init, data order, augmentation, PER slices and the recorder
+    seed: int = 0  # the run's seed: every random stream derives its own from it (per_core.seeds)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: auto/cuda means cuda:LOCAL_RANK)
     sync_bn: bool = True  # under data parallelism, synchronize BatchNorm statistics across ranks
     log_every: int = 10  # steps between progress updates and PER penalty measurements

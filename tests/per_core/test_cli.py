@@ -72,8 +72,9 @@ def test_closed_stdout_does_not_stop_training_and_ends_analysis_quietly(tmp_path
 def test_a_closed_pipe_carrying_stdout_and_stderr_does_not_stop_training(tmp_path):
     out = tmp_path / "run"
     argv = ["per_core.train", "--smoke", "--epochs", "3", "--record", "none", "--out", str(out), "--no-progress"]
+    argv += ["--method", "bn", "--lam", "0.1"]  # a flag without effect: a note on stderr before training
     proc = subprocess.Popen([sys.executable, "-m", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    proc.stdout.close()  # 2>&1 | head -0: the note about stdout has nowhere to go either
+    proc.stdout.close()  # 2>&1 | head -0: the notes have nowhere to go either
     assert proc.wait(timeout=300) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
 

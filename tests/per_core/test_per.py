@@ -799,7 +799,7 @@ def test_a_locations_seed_gives_a_rank_its_own_locations_and_resumes_them():
     assert not torch.equal(again, loc0)  # resumed: the stream goes on from where it was saved
     _, fresh, _ = run(0)
     assert torch.equal(fresh, loc0)
-    # no locations_seed: the locations come from the slice generator, as in one process (unchanged)
+    # no locations_seed: the locations come from the slice generator (unchanged)
     plain = PER(conv, 0.5, 8, seed=3, locations=2)
     assert plain._generator(x.device, locations=True) is plain._generator(x.device)
     with pytest.raises(ValueError, match="seed"):

@@ -187,6 +187,14 @@ def test_a_finished_run_of_another_config_is_refused_not_reported(tmp_path, caps
     err = capsys.readouterr().err
     assert "holds a run of another config (per_locations: saved 4 vs now None)" in err and "--out" in err
     assert main([*argv, "--epochs", "1"]) == 0  # the same settings still skip it
+    # refused before anything trains (vanilla comes first); then vanilla, finished, answers a rerun that asks
+    # for recording and for PER settings, which change neither its training nor what the table reports
+    assert main([*argv, "--epochs", "1", "--methods", "vanilla,per", "--per-locations", "all"]) == 2
+    assert not (tmp_path / "vanilla").exists()
+    assert main([*argv, "--epochs", "1", "--methods", "vanilla"]) == 0
+    recording = [a for a in argv if a != "--no-record"]
+    assert main([*recording, "--epochs", "1", "--methods", "vanilla", "--per-locations", "all"]) == 0
+    assert "vanilla/seed0: finished, skipped" in capsys.readouterr().out
 
 
 def test_a_seed_in_two_folders_counts_once_and_close_lambdas_keep_their_own_folders(tmp_path, capsys):
@@ -198,4 +206,9 @@ def test_a_seed_in_two_folders_counts_once_and_close_lambdas_keep_their_own_fold
     text, entries = results_table(tmp_path)
     assert sorted(e["lam"] for e in entries) == sorted([default, 0.0010000001, 0.001])
     assert all(e["n"] == 1 for e in entries)  # per/seed0 and per-lam<default>/seed0 are one seed, not two
-    assert f"repeats seed 0 of {tmp_path / 'per' / 'seed0'}; counted once" in text
+    assert f"{tmp_path / f'per-lam{default:g}' / 'seed0'} repeats seed 0; counted: {tmp_path / 'per' / 'seed0'}" in text
+    (tmp_path / "per" / "seed0" / sweep.FAILED).write_text("diverged\n")  # the first folder's copy failed:
+    text, entries = results_table(tmp_path)  # the finished copy counts, and the row shows no divergence
+    row = next(e for e in entries if e["lam"] == default)
+    assert (row["n"], row["failed"]) == (1, 0)
+    assert f"counted: {tmp_path / f'per-lam{default:g}' / 'seed0'}" in text

@@ -546,3 +546,16 @@ def test_resume_refuses_smoke_on_a_real_run_and_a_vcl_run_without_learned_betas(
     assert main(["--out", str(out), "--resume", "--epochs", "2", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "trained with a constant beta" in err[0] and "--overwrite" in err[0]
+
+
+def test_a_resume_without_a_checkpoint_starts_over_with_its_own_threads(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        train(small(epochs=1), tmp_path / "r", progress=False)
+        (tmp_path / "r" / "checkpoints" / "last.pt").unlink()  # killed before its first checkpoint
+        torch.set_num_threads(2)
+        train(small(epochs=1), tmp_path / "r", resume=True, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert RunDir(tmp_path / "r").read_config()["threads"] == 2  # every epoch ran with 2: no false note later

@@ -56,15 +56,14 @@ _RECORDING = {
 }
 
 
-def _other_settings(run: RunDir, cfg: TrainConfig) -> str:
-    """How the run in ``run`` differs from ``cfg`` in what the sweep reports (empty: the same run).
+def _other_settings(saved: dict[str, Any], cfg: TrainConfig, resumes: bool) -> str:
+    """How a run's saved config differs from ``cfg`` in what the sweep reports (empty: the same run).
 
     A run the sweep will not train again (finished, or failed) is compared without :data:`_RECORDING`,
     and for methods other than per without PER's settings (there PER only monitors L_per, at lambda 0);
-    a run it will resume or extend must match as ``--resume`` requires.
+    a run it ``resumes`` or extends must match as ``--resume`` requires.
     """
-    saved = run.read_config()
-    if not (run.root / FAILED).is_file() and len(run.read_metrics()) < cfg.epochs:
+    if resumes:
         return config_differences(saved, cfg)
     ignored = _RECORDING | (set() if cfg.method == "per" else {"per_locations", "n_slices"})
     return config_differences(saved, cfg, ignore=ignored)
@@ -90,16 +89,18 @@ def run_sweep(
             for seed in seeds:
                 cfg = base.for_method(method).replace(seed=seed, **({} if lam is None else {"lam": lam}))
                 path = out / _run_name(method, lam) / f"seed{seed}"
-                if RunDir(path).is_run() and (lines := _other_settings(RunDir(path), cfg)):
+                run, failed = RunDir(path), (path / FAILED).is_file()
+                done = run.read_metrics() if run.is_run() else []
+                resumes = not failed and len(done) < cfg.epochs
+                if run.is_run() and (lines := _other_settings(run.read_config(), cfg, resumes)):
                     raise RunDirError(  # before anything trains: a sweep either runs whole or not at all
                         f"{path} holds a run of another config ({lines}); choose another --out, or delete {path} "
                         "to train it again"
                     )
-                plan.append((cfg, path))
+                plan.append((cfg, path, done, failed))
     runs = []
-    for cfg, path in plan:
-        done = RunDir(path).read_metrics() if RunDir(path).is_run() else []
-        if (path / FAILED).is_file():
+    for cfg, path, done, failed in plan:
+        if failed:
             say(f"== {path}: failed earlier, skipped (delete {path / FAILED} to retry)")
         elif len(done) > cfg.epochs:
             say(f"== {path}: finished, skipped (it trained {len(done)} epochs, more than --epochs {cfg.epochs})")
@@ -196,8 +197,8 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
         key = (cfg["method"], cfg["lam"] if cfg["method"] in REGULARIZERS else None, cfg["seed"])
         seeds.setdefault(key, []).append((status, run, cfg, rows))
     twice = []
-    for (*key, seed), found in seeds.items():
-        key = tuple(key)
+    for (method, lam, seed), found in seeds.items():
+        key = (method, lam)
         groups.setdefault(key, [])
         status, run, cfg, rows = min(found, key=lambda f: f[0])  # stable: the first of equal status
         for _, other, other_cfg, _ in found:

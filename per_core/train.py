@@ -578,9 +578,10 @@ def _say(line: str) -> None:
 def _config_record(run: RunDir, cfg: TrainConfig, resume: bool, start: int) -> dict[str, Any]:
     """What config.json holds: the config, and the command, package versions and CPU threads of the first launch.
 
-    A resume keeps those and appends ``{"from_epoch", "command", "versions", "changed"}`` to the
-    list ``"resumed"``; ``changed`` maps each field that differs from the saved config (only
-    :data:`RESUMABLE_CHANGES`) to ``[saved, now]``.
+    A resume keeps those (the threads of the launch that trains from epoch 1) and appends
+    ``{"from_epoch", "command", "versions", "threads", "changed"}`` to the list ``"resumed"``;
+    ``changed`` maps each field that differs from the saved config (only :data:`RESUMABLE_CHANGES`)
+    to ``[saved, now]``.
     """
     now = {"command": sys.argv, "versions": package_versions(), "threads": torch.get_num_threads()}
     if not resume:  # a resumed run has its config.json: prepare_run_dir read it

@@ -22,6 +22,11 @@ shares :math:`N_r = N / R` the result is :math:`\frac{1}{N} \sum_i g(h_i)`, the 
 with no communication beyond DDP's gradient all-reduce. BatchNorm's normalization uses batch
 statistics, so without synchronization each rank normalizes with its own half-batch statistics;
 :func:`convert_sync_batchnorm` makes it exact at the cost of collectives in every BN layer.
+
+Evaluation is shared too: after rank 0's buffers are broadcast (:meth:`DistEnv.broadcast_buffers`),
+each rank evaluates its share of the validation split (every R-th batch of images, or its columns
+of a language model's evaluation streams) and one all-reduce sums the losses, so every rank reports
+the same metrics for 1/R of the work (:meth:`per_core.tasks.ImageClassification.evaluate`).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from per_core.data import (
     synthetic_images,
     synthetic_text,
 )
+from per_core.distributed import DistEnv
 
 __all__ = ["ImageClassification", "LanguageModeling", "StepResult", "Task", "build_task"]
 
@@ -53,7 +54,7 @@ class Task(Protocol):
 
     def step(self, model: nn.Module, batch: Any) -> StepResult: ...
 
-    def evaluate(self, model: nn.Module, final: bool = False) -> dict[str, float]: ...
+    def evaluate(self, model: nn.Module, final: bool = False, env: DistEnv | None = None) -> dict[str, float]: ...
 
     def summarize(self, loss_sum: float, errors: int, count: int) -> dict[str, float]: ...
 
@@ -104,15 +105,25 @@ class ImageClassification:
         return {"train_loss": loss_sum / count, "train_error": 100.0 * errors / count}
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, final: bool = False) -> dict[str, float]:
-        """Validation loss and error (%); the CIFAR validation split is its test batch, as in the paper's tables."""
+    def evaluate(self, model: nn.Module, final: bool = False, env: DistEnv | None = None) -> dict[str, float]:
+        """Validation loss and error (%); the CIFAR validation split is its test batch, as in the paper's tables.
+
+        Under data parallelism (``env``) the ranks share the work: rank r evaluates batches r, r + R,
+        r + 2R, ... of ``eval_batch_size`` images and one all-reduce sums the loss and the errors (every
+        rank must call it). The batches are those of one process, so the metrics are one process's
+        (the float64 sum of the batch losses is the same in any order, to rounding).
+        """
+        env = env or DistEnv(device=self.device)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        wrong = torch.zeros((), device=self.device, dtype=torch.int64)
-        for x, y in image_batches(self.data.val_x, self.data.val_y, self.cfg.eval_batch_size):
-            x, y = x.to(self.device), y.to(self.device)
+        wrong = torch.zeros((), device=self.device, dtype=torch.float64)
+        size = self.cfg.eval_batch_size
+        for start in range(env.rank * size, len(self.data.val_y), env.world_size * size):
+            x = self.data.val_x[start : start + size].to(self.device)
+            y = self.data.val_y[start : start + size].to(self.device)
             logits = model(x)
             loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
             wrong += (logits.argmax(1) != y).sum()
+        loss_sum, wrong = env.all_reduce_sum(torch.stack([loss_sum, wrong]))
         n = len(self.data.val_y)
         return {"val_loss": float(loss_sum) / n, "val_error": 100.0 * float(wrong) / n}
 
@@ -171,20 +182,31 @@ class LanguageModeling:
         loss = loss_sum / count
         return {"train_loss": loss, "train_ppl": math.exp(min(loss, 50.0))}
 
-    def _perplexity(self, model: nn.Module, stream: Tensor, split: str) -> dict[str, float]:
-        total, count, hidden = 0.0, 0, None
-        for x, y in self._segments(stream):
-            loss, hidden = self._loss(model, x, y, hidden)
-            total += float(loss) * y.numel()
-            count += y.numel()
+    def _perplexity(self, model: nn.Module, stream: Tensor, split: str, env: DistEnv) -> dict[str, float]:
+        """Loss (nats/token) and perplexity of ``stream`` (L, B); rank r of R takes its contiguous share of columns."""
+        cols = torch.arange(stream.shape[1]).tensor_split(env.world_size)[env.rank]
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        count, hidden = 0, None
+        if len(cols):  # more ranks than columns: this rank only joins the sum
+            for x, y in self._segments(stream[:, int(cols[0]) : int(cols[-1]) + 1]):
+                loss, hidden = self._loss(model, x, y, hidden)
+                total += loss.double() * y.numel()
+                count += y.numel()
+        total, count = env.all_reduce_sum(torch.stack([total, total.new_tensor(count)])).tolist()
         return {f"{split}_loss": total / count, f"{split}_ppl": math.exp(min(total / count, 50.0))}
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, final: bool = False) -> dict[str, float]:
-        """Validation loss and perplexity; at the final epoch also the test split's (Table 3 reports both)."""
-        out = self._perplexity(model, self.valid, "val")
+    def evaluate(self, model: nn.Module, final: bool = False, env: DistEnv | None = None) -> dict[str, float]:
+        """Validation loss and perplexity; at the final epoch also the test split's (Table 3 reports both).
+
+        Under data parallelism (``env``) each rank evaluates its contiguous share of the evaluation
+        streams (columns) and one all-reduce per split sums the losses (every rank must call it). A
+        narrower batch runs other kernels, so the result matches one process to float rounding, not bits.
+        """
+        env = env or DistEnv(device=self.device)
+        out = self._perplexity(model, self.valid, "val", env)
         if final:
-            out.update(self._perplexity(model, self.test, "test"))
+            out.update(self._perplexity(model, self.test, "test", env))
         return out
 
     def forward(self, model: nn.Module, batch: Any) -> Tensor:

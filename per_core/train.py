@@ -631,7 +631,7 @@ def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str
                 s.recorder.reduce_across_ranks()  # every rank's train statistics into rank 0's
             s.env.broadcast_buffers(s.module)  # rank 0's norm statistics everywhere: one model, as checkpointed
             s.module.eval()
-            row.update(s.task.evaluate(s.module, final=epoch == cfg.epochs))  # same data on every rank: no collective
+            row.update(s.task.evaluate(s.module, final=epoch == cfg.epochs, env=s.env))  # each rank a share
             if isinstance(s.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 s.scheduler.step(row["val_loss"])
             else:

@@ -325,3 +325,37 @@ def test_torchrun_resume_continues_every_ranks_own_random_streams(tmp_path):
     assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x if k != "format_version")
     keys = [k for k in y if k.startswith("train/") and k.endswith("reservoir_keys")]
     assert keys and all(len(np.unique(y[k])) == len(y[k]) for k in keys)  # no key drawn twice
+
+
+# --- evaluation shared by the ranks -------------------------------------------------------------
+
+
+def evaluation(rank, world, preset):
+    """What ``task.evaluate`` returns on this rank, and how many samples (images, or tokens) this rank's model saw."""
+    from per_core.configs import get_preset
+    from per_core.distributed import DistEnv
+    from per_core.tasks import build_task
+
+    cfg = get_preset(preset)
+    cfg = cfg.replace(eval_batch_size=100) if preset == "demo" else cfg.as_smoke().replace(eval_batch_size=5)
+    task = build_task(cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    kwargs = {"width": 8, "depth": 4} if preset == "demo" else {"hidden": 16}
+    model = build_model(cfg.model, **task.model_kwargs(), norm="none", **kwargs).eval()
+    seen = []
+    model.register_forward_hook(lambda m, args, out: seen.append(args[0].numel() // (64 if preset == "demo" else 1)))
+    env = DistEnv(rank, world) if world > 1 else None
+    return task.evaluate(model, final=True, env=env), sum(seen)
+
+
+@pytest.mark.parametrize("preset", ["demo", "corpus-lstm"])
+def test_ranks_share_the_evaluation_and_report_what_one_process_does(tmp_path, preset):
+    # before: every rank evaluated the whole validation (and test) split, R times the work of one process
+    torch.set_num_threads(1)
+    single, total = evaluation(0, 1, preset)
+    (rank0, seen0), (rank1, seen1) = on_two_ranks(tmp_path, evaluation, preset)
+    assert seen0 > 0 and seen1 > 0 and seen0 + seen1 == total  # each rank a share; together the whole split once
+    assert rank0 == rank1  # one all-reduce: every rank reports the same (and steps its plateau schedule alike)
+    assert rank0.keys() == single.keys()
+    for k in single:  # images: the batches of one process, summed in float64 (rounding only); LM: narrower batches
+        assert rank0[k] == pytest.approx(single[k], rel=1e-12 if preset == "demo" else 1e-6), k

@@ -319,10 +319,10 @@ def w1_to_normal(x: Any, weights: Any = None) -> float:
         w = _sample_1d(weights, "weights")
         if w.shape != x.shape:
             raise ValueError(f"weights must have the shape of x {x.shape}, got {w.shape}")
-        if (w < 0).any() or w.sum() <= 0:
+        if (w < 0).any() or not (w > 0).any():
             raise ValueError("weights must be non-negative with a positive sum")
         keep = w > 0
-        x, w = x[keep], w[keep]
+        x, w = x[keep], w[keep] / w.max()  # scaled to max 1 first: the sum of huge finite weights stays finite
         order = np.argsort(x, kind="stable")
         xs, w = x[order][:, None], (w[order] / w.sum())[:, None]
         cum = np.cumsum(w[:, 0])

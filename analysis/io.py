@@ -168,7 +168,17 @@ def _blocks(run: str, epoch: int, path: Path, arrays: dict[str, np.ndarray]) -> 
         units = -1 if fields["counts"] is None else len(fields["counts"])
         if missing or any(v.shape != (units, widths[f]) for f, v in fields.items()):
             raise RunDirError(f"{path}: {split}/{layer} is incomplete or inconsistent (missing {missing})")
-        rows = len(arrays.get(f"{split}/{layer}/reservoir", ()))
+        if not all(np.issubdtype(fields[f].dtype, np.integer) for f in ("hist", "counts")):
+            raise RunDirError(f"{path}: {split}/{layer} holds counts that are not integers (a damaged file)")
+        reservoir = arrays.get(f"{split}/{layer}/reservoir")
+        keys = arrays.get(f"{split}/{layer}/reservoir_keys")
+        if reservoir is not None and (reservoir.ndim != 2 or reservoir.shape[1] != units):
+            raise RunDirError(
+                f"{path}: {split}/{layer}/reservoir has shape {reservoir.shape}, not (rows, {units}) for {units} units"
+            )
+        if (keys is None) != (reservoir is None) or (keys is not None and keys.shape != reservoir.shape[:1]):
+            raise RunDirError(f"{path}: {split}/{layer}: reservoir and reservoir_keys do not match (a damaged file)")
+        rows = 0 if reservoir is None else len(reservoir)
         out.append(_Block(run, epoch, split, layer, path, fields, rows))
     return out
 

@@ -125,7 +125,8 @@ def hist_quantiles(
     and every edge is clipped to the recorded :math:`[\min, \max]` (no value lies outside it), so
     the bins holding the extremes shrink to where the data are. With :math:`C_j` the count below
     edge :math:`j` and :math:`N` the total, the :math:`q`-quantile lies in the bin :math:`j` with
-    :math:`C_j < qN \le C_{j+1}` and is read off assuming values spread evenly in it:
+    :math:`C_j < qN \le C_{j+1}` (for :math:`q = 0`, the first bin that holds a value) and is read off
+    assuming values spread evenly in it:
 
     .. math::
         \hat x_q = e_j + (e_{j+1} - e_j) \frac{qN - C_j}{C_{j+1} - C_j}.
@@ -213,7 +214,8 @@ def hist_quantiles(
     cum = np.concatenate([np.zeros((*lead, 1)), np.cumsum(c, axis=-1)], axis=-1)  # (..., bins + 3)
     total = cum[..., -1:]
     target = q * total  # (..., len(q))
-    j = (cum[..., None, 1:] < target[..., :, None]).sum(-1)  # first bin with C_{j+1} >= qN
+    below = cum[..., None, 1:]
+    j = ((below < target[..., :, None]) | (below <= 0)).sum(-1)  # first bin with C_{j+1} >= qN and C_{j+1} > 0
     j = np.minimum(j, c.shape[-1] - 1)
     c_j = np.take_along_axis(c, j, -1)
     frac = np.clip((target - np.take_along_axis(cum, j, -1)) / np.maximum(c_j, 1e-300), 0.0, 1.0)

@@ -12,7 +12,8 @@ the *units* are the columns. For every epoch, split and layer the recorder keeps
   as float32 (the reservoir's dtype), and it keeps every power sum below finite float64 range;
 - ``count`` (finite values), ``min`` and ``max`` of the finite values;
 - shifted power sums :math:`S_p = \sum (x - c)^p`, p = 1..4, in float64, over the finite values,
-  with a per-unit shift :math:`c` = the unit's mean in the first recorded batch of the epoch. The
+  with a per-unit shift :math:`c` = the mean of the unit's finite values in the first recorded batch
+  of the epoch that has any (0 while it has none). The
   shift removes the cancellation that raw sums suffer when :math:`|\bar x| \gg \sigma`; with
   :math:`|x - c| \le 6.8 \cdot 10^{38}`, :math:`S_4` stays finite for up to :math:`10^{150}` rows.
   With :math:`a_p = S_p / n` (:func:`moments_from_sums`):
@@ -227,6 +228,7 @@ class _Stats:
         self.counts = torch.zeros(units * (bins + 5), dtype=torch.int64, device=device)
         self.shift = torch.zeros(units, dtype=torch.float64, device=device)
         self.shifted = False  # set by the first batch (a Python flag: no device sync)
+        self.unset: Tensor | None = None  # (U,) bool: units that have seen no finite value yet, if any may have
         self.sums = torch.zeros(4, units, dtype=torch.float64, device=device)  # S_1..S_4
         self.min = torch.full((units,), math.inf, dtype=torch.float64, device=device)
         self.max = torch.full((units,), -math.inf, dtype=torch.float64, device=device)
@@ -257,6 +259,8 @@ class _Stats:
         self.sums = self.reshifted(shift) + other.reshifted(shift)
         self.shift, self.shifted = shift, self.shifted or other.shifted
         self.counts += other.counts
+        if self.unset is not None or other.unset is not None:
+            self.unset = self._n() == 0
         self.min, self.max = torch.minimum(self.min, other.min), torch.maximum(self.max, other.max)
         self.keep_smallest(other.keys, other.rows, k)
 
@@ -299,8 +303,9 @@ class _BucketTable:
     - ``scale``/``offset``: the guess :math:`\lfloor x s + o \rfloor` with :math:`s = 1/w`,
       :math:`o = 3/2 - e_0/w`, clamped to [0, bins+2] (NaN: bins+4), is the true bucket or the one
       below it when its rounding plus the edges' distance from a uniform grid stays under half a
-      bucket on the range (checked here; None otherwise). The guess is monotone in x, so this then
-      holds for every x, and one comparison with ``upper[guess]`` makes it exact;
+      bucket on the range and the under/overflow buckets are at least a bin wide (a range ending
+      within a bin of :math:`\pm\max_{f32}` is not; checked here; None otherwise). The guess is monotone
+      in x, so this then holds for every x, and one comparison with ``upper[guess]`` makes it exact;
     - otherwise ``bucketize`` (a binary search, ~10x slower).
     """
 
@@ -326,7 +331,9 @@ class _BucketTable:
         eps, big = torch.finfo(dtype).eps, max(abs(lo), abs(hi)) + w
         rounding = big * abs(s_d - s) + abs(o_d - o) + 2 * eps * (2 * big * s + abs(o) + 1)
         off_grid = max(abs(v - (lo + j * w)) for j, v in enumerate(e64)) / w + 1e-9
-        self.scale: float | None = s_d if rounding + off_grid < 0.25 else None  # < 0.5 needed
+        # the guess is at most one bucket low only if the under/overflow buckets are a bin wide or more
+        wide_ends = -_FLT_MAX <= lo - w and hi + w <= _FLT_MAX
+        self.scale: float | None = s_d if rounding + off_grid < 0.25 and wide_ends else None  # < 0.5 needed
         self.offset = o_d
 
 
@@ -661,9 +668,17 @@ class ActivationRecorder:
         d = p[0].copy_(x)
         if outside is not None:
             d.masked_fill_(outside, 0.0)
-        if not st.shifted:  # shift = this batch's mean per unit (0 where no finite value)
-            count = n if outside is None else _per_unit(~outside, "sum").clamp_min(1)
-            st.shift, st.shifted = _per_unit(d, "sum") / count, True
+        if not st.shifted or st.unset is not None:  # shift = the unit's mean in its first batch with a finite value
+            finite = None if outside is None else _per_unit(~outside, "sum")
+            mean = _per_unit(d, "sum") / (n if finite is None else finite.clamp_min(1))
+            if not st.shifted:
+                st.shift, st.shifted = mean, True
+                st.unset = None if finite is None else finite == 0
+            else:  # the sums of a unit without finite values are 0: its shift can change freely
+                st.shift = torch.where(st.unset, mean, st.shift)
+                st.unset = None if finite is None else st.unset & (finite == 0)
+            if st.unset is not None and cpu and not bool(st.unset.any()):  # a free sync on the CPU
+                st.unset = None
         d -= st.shift[:, None]
         if outside is not None:
             d.masked_fill_(outside, 0.0)

@@ -31,10 +31,15 @@ def batch_norm(X: np.ndarray, eps: float = 0.0) -> np.ndarray:
     .. math::
         \hat x_{ij} = (x_{ij} - \bar x_j) / \sqrt{s_j^2 + \epsilon}
 
-    X : ndarray, shape (n, d). Returns an array of the same shape.
+    X : ndarray, shape (n, d). Returns an array of the same shape. A constant column has no
+    standardization unless ``eps > 0`` (a ValueError otherwise).
     """
-    X = np.asarray(X, dtype=np.float64)
-    return (X - X.mean(0)) / np.sqrt(X.var(0) + eps)
+    X = _sample_matrix(X, eps)
+    var = X.var(0)
+    if eps == 0 and np.any(np.ptp(X, 0) == 0):
+        cols = np.flatnonzero(np.ptp(X, 0) == 0).tolist()
+        raise ValueError(f"column(s) {cols} of X are constant: dividing by their std 0 is undefined; pass eps > 0")
+    return (X - X.mean(0)) / np.sqrt(var + eps)
 
 
 def whiten(X: np.ndarray, eps: float = 0.0) -> np.ndarray:
@@ -44,12 +49,32 @@ def whiten(X: np.ndarray, eps: float = 0.0) -> np.ndarray:
         \hat X = (X - \bar x)\, \Sigma^{-1/2}, \qquad \Sigma = \mathrm{cov}(X) + \epsilon I
 
     X : ndarray, shape (n, d). Returns an array of the same shape with identity sample covariance.
+    A singular covariance (n <= d, a constant column, collinear columns) has no inverse square
+    root unless ``eps > 0`` (a ValueError otherwise).
     """
-    X = np.asarray(X, dtype=np.float64)
+    X = _sample_matrix(X, eps)
     Xc = X - X.mean(0)
     cov = Xc.T @ Xc / len(X) + eps * np.eye(X.shape[1])
     vals, vecs = np.linalg.eigh(cov)
+    if vals[0] <= X.shape[1] * np.finfo(np.float64).eps * max(vals[-1], np.finfo(np.float64).tiny):
+        rank = int(np.sum(vals > X.shape[1] * np.finfo(np.float64).eps * vals[-1]))
+        raise ValueError(
+            f"the covariance of X ({X.shape[0]} rows, {X.shape[1]} columns) is singular (rank {rank}): "
+            "it cannot be whitened; pass eps > 0"
+        )
     return Xc @ (vecs / np.sqrt(vals)) @ vecs.T
+
+
+def _sample_matrix(X: np.ndarray, eps: float) -> np.ndarray:
+    """``X`` as a finite float64 (n, d) array with n >= 1, checked with ``eps >= 0``."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
+        raise ValueError(f"X must have shape (n, d) with n, d >= 1, got shape {X.shape}")
+    if not np.isfinite(X).all():
+        raise ValueError("X must be finite, got NaN or inf values")
+    if not (np.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+    return X
 
 
 def figure1_distributions(n: int = 2000, seed: int = 0, rho: float = 0.8) -> dict[str, np.ndarray]:

@@ -122,13 +122,16 @@ class RunDir:
         return self.activations_dir / f"epoch_{epoch:04d}.npz"
 
     def activation_epochs(self) -> list[int]:
-        """Epochs with a recorded activation file, sorted."""
+        """Epochs with a recorded activation file, sorted; only names :meth:`activation_path` writes count.
+
+        Other names (``epoch_7.npz``, ``epoch_0007 (copy).npz``) are not the recorder's files and are left out.
+        """
         if not self.activations_dir.is_dir():
             return []
         out = []
         for p in self.activations_dir.glob("epoch_*.npz"):
             stem = p.stem.removeprefix("epoch_")
-            if stem.isdigit():
+            if stem.isascii() and stem.isdigit() and p.name == self.activation_path(int(stem)).name:
                 out.append(int(stem))
         return sorted(out)
 

@@ -132,6 +132,14 @@ def test_matches_mpmath_in_the_tails(x, weights):
     assert w1_to_normal(x, weights=weights) == pytest.approx(mpmath_w1(x, weights), rel=1e-10, abs=1e-15)
 
 
+@pytest.mark.parametrize("scale", [1e308, 1e-310])
+def test_weights_at_the_ends_of_float64_give_the_same_distance(scale):
+    # before: at 1e308 the weights' sum overflowed to inf, every normalized weight became 0 and the last point got
+    # all the mass (1.1666 = E|Z - 1| instead of 0.6666)
+    x, w = np.array([0.0, 1.0, -0.5]), np.array([1.0, 1.0, 0.5])
+    assert w1_to_normal(x, weights=w * scale) == pytest.approx(w1_to_normal(x, weights=w), rel=1e-12)
+
+
 @pytest.mark.parametrize(("m", "s"), [(0.0, 1.0), (0.5, 2.0), (-1.0, 0.3), (3.0, 1.0), (0.0, 5.0), (0.2, 0.0)])
 def test_gaussian_samples_match_the_two_gaussian_closed_form(m, s, big_gaussian):
     z = big_gaussian[:200_000]

@@ -1,6 +1,7 @@
 """Figure 1: the four distributions share their moments, and the figure has its panels and table."""
 
 import numpy as np
+import pytest
 
 from analysis.figure1 import figure1, figure1_table
 from analysis.style import METHOD_COLORS, method_color
@@ -23,6 +24,24 @@ def test_bn_and_whitening_definitions():
     np.testing.assert_allclose(batch_norm(X).std(0), 1)
     W = whiten(X)
     np.testing.assert_allclose(np.cov(W.T, bias=True), np.eye(3), atol=1e-10)
+
+
+def test_bn_and_whitening_of_degenerate_samples_raise_unless_eps_regularizes_them():
+    # before: NaN columns (batch_norm) or an all-NaN array (whiten) with only a RuntimeWarning
+    rng = np.random.default_rng(1)
+    X = np.c_[rng.normal(size=50), np.full(50, 2.0)]
+    with pytest.raises(ValueError, match=r"column\(s\) \[1\] of X are constant.*eps > 0"):
+        batch_norm(X)
+    for degenerate in (X, X[:1] + 0.0, np.c_[X[:, 0], 3 * X[:, 0]]):  # constant, one row, collinear
+        with pytest.raises(ValueError, match="singular.*eps > 0"):
+            whiten(degenerate)
+    assert np.isfinite(batch_norm(X, eps=1e-5)).all() and np.isfinite(whiten(X, eps=1e-5)).all()
+    reference = (X[:, 0] - X[:, 0].mean()) / np.sqrt(X[:, 0].var() + 1e-5)
+    np.testing.assert_allclose(batch_norm(X, eps=1e-5)[:, 0], reference)
+    with pytest.raises(ValueError, match="finite"):
+        batch_norm(np.array([[1.0], [np.nan]]))
+    with pytest.raises(ValueError, match=r"shape \(n, d\)"):
+        whiten(np.ones(4))
 
 
 def test_table_bn_sees_nothing_dbn_only_b_distances_tell_all_apart():

@@ -157,6 +157,26 @@ def test_inconsistent_files_are_errors_naming_them(tmp_path):
     assert sorted(out.stats["epoch"].unique()) == [1] and "epoch_0002.npz" in out.skipped[0]
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("reservoir", lambda a: a[:, :2], r"reservoir has shape \(\d+, 2\), not \(rows, 3\)"),
+        ("reservoir_keys", lambda a: a[:-1], "reservoir and reservoir_keys do not match"),
+        ("counts", lambda a: np.where(a == a.max(), np.nan, a.astype(np.float64)), "counts that are not integers"),
+        ("hist", lambda a: a.astype(np.float32), "counts that are not integers"),
+    ],
+)
+def test_damaged_fields_of_the_right_width_are_errors_naming_them(tmp_path, field, value, message):
+    # before: a 2-column reservoir of a 3-unit layer gave SW1 rows over 2 units marked passed; float counts with
+    # NaN were cast to garbage integers with only a numpy warning
+    rd, _ = make_run(tmp_path / "run", epochs=(2,))  # a reservoir epoch
+    arrays = rd.read_npz(rd.activation_path(2))
+    key = f"train/a/{field}"  # layer a has 3 units
+    rd.write_npz(rd.activation_path(2), {**arrays, key: value(arrays[key])})
+    with pytest.raises(RunDirError, match="epoch_0002.npz: train/a.*" + message):
+        load_run(rd.root)
+
+
 def test_bad_metrics_and_config(tmp_path):
     rd, _ = make_run(tmp_path / "sweep" / "a", epochs=(1,))
     rd_b, _ = make_run(tmp_path / "sweep" / "b", epochs=(1,))

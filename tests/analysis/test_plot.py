@@ -145,6 +145,16 @@ def test_hist_quantiles_edge_cases_and_batches():
     assert np.isnan(empty_unit).all()
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=12).filter(any))
+def test_hist_quantiles_stay_within_the_bins_that_hold_values(counts):
+    # before: q = 0 without data_min read edges[0], however many empty bins lay between it and the data
+    edges = np.arange(len(counts) + 1, dtype=np.float64)
+    full = np.flatnonzero(counts)
+    est = hist_quantiles(counts, edges, [0.0, 1e-9, 0.5, 1.0])
+    assert np.all((edges[full[0]] <= est) & (est <= edges[full[-1] + 1])), (counts, est)
+
+
 @pytest.mark.parametrize("mu", [0.0, 4.0, -15.0])
 def test_hist_quantiles_normal_tails_recover_a_wide_normal_units_quantiles(mu):
     # std 20 against edges at +-10: most values lie in the under/overflow. The even spread read the

@@ -201,6 +201,22 @@ def test_binning_at_and_next_to_every_edge_matches_numpy(lo, hi, bins, paths, dt
             np.testing.assert_array_equal(got[f], ref, err_msg=f)
 
 
+@pytest.mark.parametrize(("lo", "hi", "bins"), [(-2e38, 2e38, 1), (-3e38, 3e38, 7)])
+def test_a_range_ending_within_a_bin_of_the_float32_maximum_counts_beyond_it_as_infinite(lo, hi, bins):
+    # before: the guess was two buckets low there, so float64 values beyond 3.4028e38 counted as finite overflow
+    beyond = math.nextafter(FLT_MAX, math.inf)
+    v = [3.41e38, beyond, FLT_MAX, 3e38, 1.0, 0.0, 2.5e38, 1e38]
+    x = torch.tensor([v, [-a for a in v], v[::-1]], dtype=torch.float64).T.contiguous()  # (8, 3)
+    tap, rec = tap_recorder(bins=bins, range=(lo, hi))
+    rec.start_epoch(0)
+    tap(x)
+    got = layer(rec.snapshot())
+    for f, ref in reference(x.numpy(), rec.edges.numpy().astype(np.float64)).items():
+        if f in STAT_FIELDS:
+            np.testing.assert_array_equal(got[f], ref, err_msg=f)
+    assert got["posinf"].tolist() == [2, 0, 2] and got["neginf"].tolist() == [0, 2, 0]
+
+
 def test_two_batches_add_up_exactly_to_one_concatenated_batch():
     x = torch.randn(300, 4, generator=gen(2)) * 3 + 1
     x[5, 0], x[17, 2], x[40, 3] = math.nan, math.inf, 1e30
@@ -221,6 +237,30 @@ def test_shifted_sums_keep_precision_far_from_zero():
     np.testing.assert_allclose(got["kurt"], ref["kurt"], rtol=1e-5, atol=1e-5)
     raw = moments_from_sums(np.full(2, 4000), np.zeros(2), *(((x.numpy()) ** p).sum(0) for p in range(1, 5)))
     assert np.abs(raw["kurt"] - ref["kurt"]).max() > 0.1  # unshifted float64 sums would fail this test
+
+
+def first_finite_batches() -> list[torch.Tensor]:
+    """Three batches of 3 units around 1e8 (std 1): unit 0 has no finite value in the first, unit 1 in the first two."""
+    x = 1e8 + torch.randn(3, 200, 3, generator=gen(11), dtype=torch.float64)
+    x[0, :, :2] = math.nan
+    x[1, :, 1] = math.inf
+    return list(x)
+
+
+def test_a_unit_takes_its_shift_from_its_first_batch_with_a_finite_value():
+    # before: the shift was set once, by the first batch, to 0 for a unit without finite values there; its later
+    # sums were raw power sums at mean 1e8: variance 0 instead of 1, skew and kurtosis NaN
+    batches = first_finite_batches()
+    ref = reference(torch.cat(batches).numpy(), np.linspace(-10, 10, 41))
+    assert_matches_reference(layer(record(batches)), ref, scale=1.0)
+    (tap_a, a), (tap_b, b) = tap_recorder(), tap_recorder()  # merged: a saw the first batch only, b the others
+    a.start_epoch(0)
+    b.start_epoch(0)
+    tap_a(batches[0])
+    tap_b(batches[1])
+    a += b
+    tap_a(batches[2])  # a goes on after the merge: unit 1 gets its shift here
+    assert_matches_reference(layer(a.snapshot()), ref, scale=1.0)
 
 
 def test_huge_values_give_finite_moments_without_warnings():

@@ -62,3 +62,14 @@ def test_find_runs_in_a_sweep_and_a_clear_error_elsewhere(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunDirError, match="neither a run directory nor a sweep"):
         find_runs(tmp_path / "empty")
+
+
+def test_activation_epochs_lists_only_the_names_the_recorder_writes(tmp_path):
+    # before: epoch_7.npz was listed as epoch 7, and reading it then failed on epoch_0007.npz, a file not there
+    rd = RunDir(tmp_path)
+    for name in ("epoch_0003.npz", "epoch_12345.npz", "epoch_7.npz", "epoch_00004.npz", "epoch_0005 (copy).npz"):
+        rd.activations_dir.mkdir(exist_ok=True)
+        (rd.activations_dir / name).write_bytes(b"")
+    (rd.activations_dir / "epoch_\u00b2.npz").write_bytes(b"")  # a digit to str.isdigit, not to int()
+    assert rd.activation_epochs() == [3, 12345]
+    assert all(rd.activation_path(e).is_file() for e in rd.activation_epochs())

@@ -183,6 +183,11 @@ def _blocks(run: str, epoch: int, path: Path, arrays: dict[str, np.ndarray]) -> 
     return out
 
 
+def no_activations(path: str | os.PathLike[str]) -> str:
+    """What the analysis commands say when ``path`` recorded no activations, and what to do."""
+    return f"no activations recorded in {path}: train with --record all (or a list of layers, e.g. --record layer3)"
+
+
 def _run_label(rd: RunDir, root: Path) -> str:
     rel = rd.root.relative_to(root).as_posix()
     return rd.root.name if rel == "." else rel

@@ -66,7 +66,7 @@ from analysis.bounds import (
     per_bound_slices,
 )
 from analysis.distances import GAUSSIAN_SAMPLE_W1, _projections, sliced_w1_to_normal_slices
-from analysis.io import RunData, load_run
+from analysis.io import RunData, load_run, no_activations
 from analysis.recorder import layer_stats
 from analysis.style import METHOD_COLORS, method_color, use_style
 from per_core.checks import is_integer
@@ -266,7 +266,7 @@ def _bin_width(edges: np.ndarray) -> float:
 
 def _recorded(data: RunData) -> pd.DataFrame:
     if data.index.empty:
-        raise PlotError(f"no activations recorded in {data.root}: train with --record")
+        raise PlotError(no_activations(data.root))
     return data.index
 
 
@@ -1113,6 +1113,10 @@ def metrics_curves(data: RunData) -> Figure:
 
 def _load(paths: Sequence[str | os.PathLike[str]], skip_bad: bool) -> RunData:
     """One RunData for all runs under ``paths``; runs are labelled by their path below the common parent."""
+    first: dict[Path, str | os.PathLike[str]] = {}
+    for p in paths:  # each folder once (as first named): the same run twice is not two runs
+        first.setdefault(Path(p).resolve(), p)
+    paths = list(first.values())
     if len(paths) == 1:
         return load_run(paths[0], skip_bad=skip_bad)
     loaded = [load_run(p, skip_bad=skip_bad) for p in paths]
@@ -1224,6 +1228,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = _load(args.paths, args.skip_bad)
         for msg in data.skipped:
             print(f"skipped: {msg}", file=sys.stderr)
+        out = args.out if args.out is not None else Path(data.root) / "figures"
+        fmt = args.format
+        if data.index.empty:  # e.g. a --no-record sweep: its metrics are still worth a figure
+            try:
+                path = _save(metrics_curves(data), out / f"metrics.{fmt}", fmt)
+            except PlotError as err:
+                raise PlotError(f"{no_activations(data.root)}; and {err}") from None
+            print(f"note: {no_activations(data.root)}; only the metrics are drawn", file=sys.stderr)
+            print(path, flush=True)
+            return 0
         index = _recorded(data)
         for run in data.runs_list:
             if not (index["run"] == run).any():
@@ -1233,8 +1247,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         units = _resolve_units(data, split, layers, args.units)
         for note in _coverage_notes(data, split):
             print(f"note: {note}", file=sys.stderr)
-        out = args.out if args.out is not None else Path(data.root) / "figures"
-        fmt = args.format
         written = [_save(figure2(data, layers, units, split), out / f"figure2.{fmt}", fmt)]
         print(written[-1], flush=True)
         for layer in layers:

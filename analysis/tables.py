@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from analysis.bounds import check_bounds
 from analysis.distances import w1_to_normal, w1_to_normal_hist
-from analysis.io import RunData, load_run
+from analysis.io import RunData, load_run, no_activations
+from per_core.cli import bar_shown
 from per_core.rundir import RunDirError
 
 __all__ = ["BOUNDS_COLUMNS", "layer_bounds", "unit_distances", "write_tables"]
@@ -57,8 +58,10 @@ BOUNDS_COLUMNS = [
 
 
 def _bar(items: Iterable[Any], total: int, desc: str, progress: bool) -> Iterator[Any]:
-    """``items`` with a transient progress bar on stderr, like the trainer's (none unless ``progress``)."""
-    return iter(tqdm(items, total=total, desc=desc, unit="layer-epoch", leave=False, disable=not progress))
+    """``items`` with a transient progress bar on stderr, like the trainer's: with ``progress``, in a terminal or a
+    notebook (a log file or a pipe gets none)."""
+    shown = bar_shown(progress)
+    return iter(tqdm(items, total=total, desc=desc, unit="layer-epoch", leave=False, disable=not shown))
 
 
 def layer_bounds(data: RunData, *, n_projections: int = 256, seed: int = 0, progress: bool = False) -> pd.DataFrame:
@@ -161,9 +164,7 @@ def write_tables(
     """
     data = load_run(path, skip_bad=skip_bad, metrics=False)  # activations only: a damaged metrics.jsonl is not ours
     if data.index.empty:
-        raise RunDirError(
-            f"no activations recorded in {path}: train with --record all (or a list of layers, e.g. --record layer3)"
-        )
+        raise RunDirError(no_activations(path))
     recorded = set(data.index["run"].astype(str))
     skipped = data.skipped + [
         f"run {label}: no activations recorded (trained with --record none?); no tables written for it"

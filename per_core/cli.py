@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-__all__ = ["EXIT_PIPE", "OneLineArgumentParser", "parse_per_locations", "run_command", "say"]
+__all__ = ["EXIT_PIPE", "OneLineArgumentParser", "bar_shown", "parse_per_locations", "run_command", "say"]
 
 #: Exit status of a command whose reader closed stdout (``| head``): a shell's 128 + SIGPIPE.
 EXIT_PIPE = 141
@@ -60,6 +60,11 @@ def parse_per_locations(text: str) -> int | None:
     return int(text)
 
 
+def bar_shown(progress: bool) -> bool:
+    """Whether a progress bar is drawn: asked for, and stderr is a terminal or a notebook (never a log or a pipe)."""
+    return progress and (sys.stderr.isatty() or "ipykernel" in sys.modules)
+
+
 def _discard(name: str = "stdout") -> None:
     """Send ``sys.<name>`` to the null device, so that later writes (and the flush at exit) succeed unseen."""
     try:
@@ -87,7 +92,7 @@ def say(line: str, write: Callable[[str], object] = print) -> None:
         sys.stdout.flush()
     except BrokenPipeError:
         _discard("stdout")
-        note("note: stdout was closed; the job goes on without printing (its results go to disk)")
+        note("note: stdout was closed; nothing more is printed (what the command writes to disk is still written)")
 
 
 def note(line: str) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from per_core.cli import OneLineArgumentParser, run_command, say
 from per_core.configs import get_preset
+from per_core.rundir import RunDir, RunDirError
 from per_core.train import TrainingError, train
 
 __all__ = ["main"]
@@ -87,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {}
 
     def body() -> int:
+        if RunDir(args.out).is_run():  # its runs would nest inside another run and mix with it
+            raise RunDirError(
+                f"{args.out} is a run directory; the demo writes its three runs below --out: choose another folder"
+            )
         for method in DEMO_METHODS:
             cfg = get_preset("demo").replace(method=method, seed=args.seed)
             if args.epochs is not None:

@@ -196,6 +196,9 @@ class RunDir:
             config = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise RunDirError(f"{path}: unreadable JSON ({err}); the file is damaged") from err
+        if not isinstance(config, dict):
+            kind = type(config).__name__
+            raise RunDirError(f"{path}: holds a JSON {kind}, not an object of settings; the file is damaged")
         version = config.get("format_version")
         if version != FORMAT_VERSION:
             raise RunDirError(f"{path}: run-directory format version {version!r}, this toolkit reads {FORMAT_VERSION}")
@@ -245,7 +248,10 @@ class RunDir:
         except FileNotFoundError as err:
             raise RunDirError(f"{path}: no checkpoint to resume from") from err
         except Exception as err:
-            raise RunDirError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from err
+            raise RunDirError(
+                f"{path}: unreadable checkpoint ({type(err).__name__}: {err}); the file is damaged: restore it, or "
+                "train the run again with --overwrite"
+            ) from err
 
 
 def find_runs(path: str | os.PathLike[str]) -> list[RunDir]:

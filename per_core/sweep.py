@@ -26,8 +26,18 @@ import numpy as np
 
 from per_core.cli import OneLineArgumentParser, note, parse_per_locations, run_command, say
 from per_core.configs import METHODS, PAPER_RESULTS, PRESETS, TrainConfig, get_preset, lambda_grid
+from per_core.models import MODELS
 from per_core.rundir import FAILED, RunDir, RunDirError, atomic_write, find_runs
-from per_core.train import LAM_METHODS, TrainingError, config_differences, flag_notes, train, validate_config
+from per_core.train import (
+    LAM_METHODS,
+    TrainingError,
+    config_differences,
+    flag_notes,
+    is_recurrent,
+    read_trained_config,
+    train,
+    validate_config,
+)
 
 __all__ = ["best_lambdas", "main", "results_table", "run_sweep"]
 
@@ -90,18 +100,24 @@ def run_sweep(
                 cfg = base.for_method(method).replace(seed=seed, **({} if lam is None else {"lam": lam}))
                 path = out / _run_name(method, lam) / f"seed{seed}"
                 run, failed = RunDir(path), (path / FAILED).is_file()
-                done = run.read_metrics() if run.is_run() else []
+                saved = read_trained_config(run) if run.is_run() else None
+                done = run.read_metrics() if saved is not None else []
                 resumes = not failed and len(done) < cfg.epochs
-                if run.is_run() and (lines := _other_settings(run.read_config(), cfg, resumes)):
+                if saved is not None and (lines := _other_settings(saved, cfg, resumes)):
                     raise RunDirError(  # before anything trains: a sweep either runs whole or not at all
                         f"{path} holds a run of another config ({lines}); choose another --out, or delete {path} "
                         "to train it again"
                     )
-                plan.append((cfg, path, done, failed))
+                plan.append((cfg, path, done, failed, cfg.epochs if saved is None else saved["epochs"]))
     runs = []
-    for cfg, path, done, failed in plan:
+    for cfg, path, done, failed, own_epochs in plan:
         if failed:
             say(f"== {path}: failed earlier, skipped (delete {path / FAILED} to retry)")
+        elif cfg.epochs <= len(done) < own_epochs:  # extended beyond --epochs, then stopped
+            say(
+                f"== {path}: unfinished, skipped: it was extended to {own_epochs} epochs and stopped after "
+                f"{len(done)}; the table leaves it out until it finishes (per_core.train --out {path} --resume)"
+            )
         elif len(done) > cfg.epochs:
             say(f"== {path}: finished, skipped (it trained {len(done)} epochs, more than --epochs {cfg.epochs})")
         elif len(done) == cfg.epochs:
@@ -186,12 +202,19 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
     """
     groups: dict[tuple[str, float | None], list[dict[str, float]]] = {}
     failed: dict[tuple[str, float | None], int] = {}
+    kinds: dict[tuple[str, float | None], str] = {}  # the metric of a group without a finished run
     presets, smoke, ends = set(), False, set()
+    unfinished, left_out = [], []
     # one run per (method, lambda, seed): a seed can sit in two folders (per/ and per-lam0.01/); the
     # table counts the first finished one (else the first failed one) and names the others
     seeds: dict[tuple[str, float | None, int], list[tuple[int, RunDir, dict, list]]] = {}
     for run in find_runs(sweep):
-        cfg, rows = run.read_config(), run.read_metrics()
+        try:
+            cfg = read_trained_config(run)
+        except RunDirError as err:  # a damaged or hand-written config.json: named under the table
+            left_out.append(str(err))
+            continue
+        rows = run.read_metrics()
         status = 0 if rows and len(rows) >= cfg["epochs"] else 2  # finished, else unfinished
         status = 1 if (run.root / FAILED).is_file() else status
         key = (cfg["method"], cfg["lam"] if cfg["method"] in REGULARIZERS else None, cfg["seed"])
@@ -206,6 +229,8 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
                 diff = config_differences(other_cfg, TrainConfig.from_dict(cfg), ignore=_RECORDING)
                 how = f"holds seed {seed} with other settings ({diff})" if diff else f"repeats seed {seed}"
                 twice.append(f"{other.root} {how}; counted: {run.root}")
+        recurrent = cfg["model"] in MODELS and is_recurrent(cfg["model"])
+        kinds.setdefault(key, "val_ppl" if recurrent else "val_error")
         if status == 1:
             failed[key] = failed.get(key, 0) + 1
         elif status == 0:
@@ -213,10 +238,12 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
             ends.add(len(rows))
             presets.add(cfg.get("preset"))
             smoke = smoke or bool(cfg.get("smoke"))
+        else:
+            unfinished.append(f"{run.root} (epoch {len(rows)} of {cfg['epochs']})")
     order = {m: i for i, m in enumerate(METHODS)}
     entries = []
     for (method, lam), finals in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1] or 0)):
-        metric = next((k for k in _METRICS if finals and k in finals[0]), "val_error")
+        metric = next((k for k in _METRICS if finals and k in finals[0]), kinds[method, lam])
         mean, std = _mean_std([f[metric] for f in finals if metric in f])
         e = {"method": method, "lam": lam, "metric": metric, "mean": mean, "std": std, "n": len(finals)}
         e["failed"] = failed.get((method, lam), 0)
@@ -225,8 +252,37 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
             e["test_metric"] = test
             e["test_mean"], e["test_std"] = _mean_std([f[test] for f in finals])
         entries.append(e)
+    lines: list[str] = []
+    starred = False
+    for metric in dict.fromkeys(e["metric"] for e in entries):  # one table per metric (image and LM runs apart)
+        part = [e for e in entries if e["metric"] == metric]
+        lines += [""] if lines else []
+        part_lines, part_starred = _metric_table(part, metric)
+        lines += part_lines
+        starred = starred or part_starred
+    if starred:
+        lines.append(f"* best lambda of the grid ({BEST_RULE}), as the paper reports")
+    if len(ends) > 1:
+        lines.append(
+            f"note: the runs end at different epochs ({', '.join(map(str, sorted(ends)))}), so rows compare unequal "
+            f"training; run the sweep again with --epochs {max(ends)} to extend the shorter ones"
+        )
+    lines += [f"note: {t}" for t in twice]
+    if unfinished:
+        shown = ", ".join(unfinished[:5]) + (f" and {len(unfinished) - 5} more" if len(unfinished) > 5 else "")
+        lines.append(
+            f"note: {len(unfinished)} unfinished run(s) left out: {shown}; continue each with "
+            "python -m per_core.train --out RUN --resume (or run the sweep again)"
+        )
+    lines += [f"note: left out: {t}" for t in left_out]
+    if len(presets) == 1 and (preset := presets.pop()) in PAPER_RESULTS:
+        lines += ["", *_paper_layout(preset, best_lambdas(entries), smoke)]
+    return "\n".join(lines), entries
+
+
+def _metric_table(entries: list[dict], metric: str) -> tuple[list[str], bool]:
+    """The table rows of the entries of one metric, each method's best lambda marked; and whether one was."""
     best = best_lambdas(entries)
-    metric = next((e["metric"] for e in entries if e["n"]), "val_error")
     unit = "%" if metric == "val_error" else ""
     test_metric = next((e["test_metric"] for e in entries if "test_metric" in e), None)
     head = f"{'method':<8} {'lambda':>8} {_label(metric) + ' (mean +- std)':>26}"
@@ -241,17 +297,7 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
         test = f" {_pm(e.get('test_mean', math.nan), e.get('test_std', math.nan)):>22}" if test_metric else ""
         lines.append(f"{e['method']:<8} {lam:>8} {_pm(e['mean'], e['std'], unit):>26}{test} {e['n']:>6}{mark}{note}")
         starred = starred or bool(mark)
-    if starred:
-        lines.append(f"* best lambda of the grid ({BEST_RULE}), as the paper reports")
-    if len(ends) > 1:
-        lines.append(
-            f"note: the runs end at different epochs ({', '.join(map(str, sorted(ends)))}), so rows compare unequal "
-            f"training; run the sweep again with --epochs {max(ends)} to extend the shorter ones"
-        )
-    lines += [f"note: {t}" for t in twice]
-    if len(presets) == 1 and (preset := presets.pop()) in PAPER_RESULTS:
-        lines += ["", *_paper_layout(preset, best, smoke)]
-    return "\n".join(lines), entries
+    return lines, starred
 
 
 def _paper_layout(preset: str, best: dict[str, dict], smoke: bool = False) -> list[str]:
@@ -346,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--table", type=Path, help="print the results table of an existing sweep and exit")
     p.add_argument("--smoke", action="store_true", help="synthetic data, a few steps per run")
     p.add_argument("--no-record", action="store_true", help="do not record activations (faster, smaller)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (a log or a pipe never gets them)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = p.parse_args(argv)
 

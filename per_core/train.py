@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 
 import per_core
 from per_core.baselines import VCL, L1Penalty, L2Penalty
-from per_core.cli import OneLineArgumentParser, note, parse_per_locations, run_command, say
-from per_core.configs import METHODS, PRESETS, SMOKE_STEPS, TrainConfig, get_preset
+from per_core.cli import OneLineArgumentParser, bar_shown, note, parse_per_locations, run_command, say
+from per_core.configs import METHODS, PRESETS, SMOKE_STEPS, TRAINER_FIELDS, TrainConfig, get_preset
 from per_core.distributed import DistEnv, convert_sync_batchnorm, init_from_env, resolve_device, shutdown
 from per_core.models import MODELS, build_model
 from per_core.regularizer import PER
@@ -312,6 +312,11 @@ def save_checkpoint(run: RunDir, s: Setup, epoch: int, metrics: list[dict[str, A
 
 def load_checkpoint(run: RunDir, s: Setup) -> tuple[int, list[dict[str, Any]]]:
     ckpt = run.load_checkpoint(map_location=s.device)
+    if "config" in ckpt and (lines := config_differences(ckpt["config"], s.cfg)):
+        raise RunDirError(
+            f"{run.checkpoint_path} was trained with other settings than {run.config_path.name} holds ({lines}); "
+            "one of the two files was replaced: restore it, or train again with --overwrite"
+        )
     s.module.load_state_dict(ckpt["model"])
     s.optimizer.load_state_dict(ckpt["optimizer"])
     s.scheduler.load_state_dict(ckpt["scheduler"])
@@ -361,7 +366,26 @@ def config_differences(saved: dict[str, Any], cfg: TrainConfig, ignore: Set[str]
     """What differs between a saved config.json and ``cfg`` beyond :data:`RESUMABLE_CHANGES` and ``ignore``,
     as ``"name: saved X vs now Y, ..."``; an empty string when the two describe the same run."""
     diff = {k: d for k, d in _changes(saved, cfg).items() if k not in RESUMABLE_CHANGES | ignore}
-    return ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
+
+    def shown(key: str, value: Any) -> str:  # as the flag takes it: --per-locations all
+        return "'all'" if key == "per_locations" and value is None else repr(value)
+
+    return ", ".join(f"{k}: saved {shown(k, a)} vs now {shown(k, b)}" for k, (a, b) in sorted(diff.items()))
+
+
+def read_trained_config(run: RunDir) -> dict[str, Any]:
+    """``run``'s config.json, checked to be one that :func:`train` wrote (it holds :data:`TRAINER_FIELDS`).
+
+    A config.json written by hand (the README's quick start) labels a run for the analysis, but a resume
+    would fill its missing settings with the demo preset's and train that over the user's files.
+    """
+    saved = run.read_config()
+    if missing := [f for f in TRAINER_FIELDS if f not in saved]:
+        raise RunDirError(
+            f"{run.config_path} was not written by per_core.train (it has no {', '.join(missing)}): only the "
+            "trainer's runs can be resumed, swept or tabled; train into another --out"
+        )
+    return saved
 
 
 def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool) -> bool:
@@ -377,7 +401,7 @@ def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool
     occupied = run.root.exists() and any(run.root.iterdir())
     if resume:
         run.remove_stale_temporaries()
-        if lines := config_differences(run.read_config(), cfg):
+        if lines := config_differences(read_trained_config(run), cfg):
             raise RunDirError(f"{run.config_path}: cannot resume with a different config ({lines})")
     elif occupied and not overwrite:
         raise RunDirError(f"{run.root} is not empty; pass --resume to continue that run or --overwrite to replace it")
@@ -431,7 +455,7 @@ def train_epoch(s: Setup, epoch: int, progress: bool) -> dict[str, float]:
     total = min(SMOKE_STEPS, s.task.steps_per_epoch(1)) if cfg.smoke else s.task.steps_per_epoch(1)
     desc = f"{cfg.method} epoch {epoch}/{cfg.epochs}"
     # a bar in a terminal or a notebook, not in a log file (there the epoch lines say it)
-    shown = progress and s.env.is_main and (sys.stderr.isatty() or "ipykernel" in sys.modules)
+    shown = bar_shown(progress and s.env.is_main)
     bar = tqdm(batches, desc=desc, total=total, leave=False, disable=not shown, dynamic_ncols=True)
     done, checked, last_batch = -1, -1, None  # last step run, last step whose loss was checked, its batch
     for step, batch in enumerate(bar):
@@ -666,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m per_core.train",
         description="Train a model with PER or a baseline into a run directory.",
     )
-    p.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="starting configuration")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="starting configuration (default demo)")
     p.add_argument(
         "--method",
         choices=METHODS,
@@ -693,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record-every", type=int, help="record activations every k epochs")
     p.add_argument("--record-train-every", type=int, help="record one in k training batches (default 50; 1: all)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace whatever is in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the run directory in --out (never other files)")
     p.add_argument("--smoke", action="store_true", help="a few steps on synthetic data of the right shape")
     p.add_argument(
         "--no-progress", action="store_true", help="no progress bar (a line per epoch is printed either way)"
@@ -731,10 +755,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         changes["record"] = None if args.record == "none" else args.record
     if args.per_locations is not None:
         changes["per_locations"] = parse_per_locations(args.per_locations)
+    preset = args.preset or "demo"
     if args.resume:
-        get_preset(args.preset).replace(**changes).validate()  # the flags' ranges, before reading the run
+        get_preset(preset).replace(**changes).validate()  # the flags' ranges, before reading the run
     # resumed: the saved config (--smoke on a saved real run differs from it, and the resume check refuses it)
-    cfg = TrainConfig.from_dict(RunDir(args.out).read_config()) if args.resume else get_preset(args.preset)
+    cfg = TrainConfig.from_dict(read_trained_config(RunDir(args.out))) if args.resume else get_preset(preset)
+    if args.resume and args.preset not in (None, cfg.preset):
+        raise ValueError(
+            f"--preset {args.preset}: the run in {args.out} continues with its own settings (preset {cfg.preset}); "
+            "leave --preset out to resume it, or train the other preset into another --out"
+        )
     cfg = (cfg.as_smoke() if args.smoke else cfg).replace(**changes)
     if args.resume or args.lam is not None:
         return cfg
@@ -796,8 +826,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         body,
         debug=args.debug,
         errors=(ValueError, OSError, TrainingError),
-        interrupted=lambda: f"interrupted; finished epochs are saved in {args.out} (continue with --resume)",
+        interrupted=lambda: _interrupted(args.out),
     )
+
+
+def _interrupted(out: Path | None) -> str:
+    """What a Ctrl-C leaves: the finished epochs that ``--resume`` continues from, or none."""
+    run = RunDir(out) if out is not None else None
+    try:
+        done = len(run.read_metrics()) if run is not None and run.is_run() else 0
+    except RunDirError:
+        done = 0
+    if done:
+        return f"interrupted; {done} finished epoch(s) are saved in {out} (continue with --resume)"
+    where = f" in {out}" if out is not None else ""
+    return f"interrupted before an epoch finished: nothing was saved{where} to continue from"
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ __all__ = [
     "PENALTY_LAMS",
     "PRESETS",
     "SMOKE_STEPS",
+    "TRAINER_FIELDS",
     "TrainConfig",
     "get_preset",
     "lambda_grid",
@@ -31,6 +32,25 @@ SMOKE_STEPS = 3
 #: Training methods: no regularization, a normalization layer (bn, dbn, rbn), a gradient-path
 #: regularizer (per) or a loss penalty on the pre-activations (vcl, l1, l2).
 METHODS = ("vanilla", "bn", "dbn", "rbn", "per", "vcl", "l1", "l2")
+
+
+#: Fields that every config.json written by ``per_core.train`` holds, from its first release on (fields added
+#: later read as their defaults). A config.json without them was written by hand or by other code (the README's
+#: quick start writes only method and lam): it labels a run for the analysis, but cannot be resumed or tabled.
+TRAINER_FIELDS = (
+    "preset",
+    "method",
+    "data",
+    "model",
+    "lam",
+    "n_slices",
+    "epochs",
+    "batch_size",
+    "lr",
+    "milestones",
+    "seed",
+    "record",
+)
 
 
 @dataclass

@@ -402,7 +402,7 @@ def test_cli_single_run_pdf_and_several_paths(sweep, tmp_path, capsys):
     ("make", "args", "message"),
     [
         ("empty", [], "neither a run directory nor a sweep"),
-        ("no_activations", [], "no activations recorded in {root}: train with --record"),
+        ("no_activations", [], "no activations recorded in {root}: train with --record all"),
         ("run", ["--layers", "layer9"], "unknown layer 'layer9' in split eval; layers: layer1"),
         ("run", ["--units", "7"], "unit 7 does not exist in layer layer1: it has units 0..2"),
     ],
@@ -418,6 +418,23 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys, make, args, message):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert message.format(root=root) in err
+
+
+def test_runs_without_activations_still_get_their_metrics_figure_and_a_run_named_twice_is_one(sweep, tmp_path, capsys):
+    # before: "error: no activations recorded in ...: train with --record" and no figure at all (every
+    # --no-record sweep); and the same run named twice sent its figures to the parent folder
+    run = RunDir(tmp_path / "norec")
+    run.write_config({"method": "per", "lam": 0.01})
+    run.write_metrics([{"epoch": e, "val_error": 10.0 / e, "train_loss": 1.0 / e} for e in (1, 2, 3)])
+    assert main([str(run.root)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.split() == [str(run.root / "figures" / "metrics.png")]
+    assert captured.err.startswith(f"note: no activations recorded in {run.root}: train with --record all (or a")
+    assert captured.err.endswith("e.g. --record layer3); only the metrics are drawn\n")
+    assert (run.root / "figures" / "metrics.png").stat().st_size > 1000
+    assert main([str(sweep / "per"), str(sweep / "per" / "."), "--layers", "layer2"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed and all(p.startswith(str(sweep / "per" / "figures")) for p in printed)
 
 
 def test_runs_with_different_layers_draw_what_they_have_in_common(tmp_path, capsys):

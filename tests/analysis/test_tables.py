@@ -1,6 +1,7 @@
 """Run-level distance tables and the `python -m analysis.bounds RUN_DIR` command."""
 
 import dataclasses
+import sys
 
 import numpy as np
 import pandas as pd
@@ -71,15 +72,19 @@ def test_unit_distances_from_histograms_bracket_the_exact_value(tmp_path):
     assert err[1] > 0.25  # exponential * 3 overflows past 10: its overflow bin [10, max] is wide
 
 
-def test_bounds_cli_shows_progress_on_stderr_only(tmp_path, capsys):
+def test_bounds_cli_shows_progress_on_a_terminal_stderr_only(tmp_path, capsys, monkeypatch):
     rng = np.random.default_rng(3)
     fake_run(tmp_path / "r", "per", [rng.normal(size=(300, 3)) for _ in range(2)])
+    assert main([str(tmp_path / "r")]) == 0  # stderr is captured, not a terminal: like a log file or a pipe
+    plain = capsys.readouterr()
+    assert plain.err == ""  # before: the bar's carriage-return updates went into logs and pipes
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert main([str(tmp_path / "r")]) == 0
     with_bar = capsys.readouterr()
     assert "bounds: " in with_bar.err and "/2 [" in with_bar.err and "layer-epoch" in with_bar.err  # tqdm's bar
     assert main([str(tmp_path / "r"), "--no-progress"]) == 0
     without = capsys.readouterr()
-    assert without.err == "" and without.out == with_bar.out
+    assert without.err == "" and without.out == with_bar.out == plain.out
 
 
 def test_bounds_help_documents_every_column_of_both_tables(tmp_path, capsys):

@@ -3,6 +3,7 @@
 import pytest
 
 from per_core.demo import main
+from per_core.rundir import RunDir
 
 
 @pytest.mark.parametrize(
@@ -24,6 +25,18 @@ def test_an_out_that_is_a_file_prints_one_error_line(tmp_path, capsys):
     assert main(["--out", str(target), "--no-progress", "--epochs", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and target.read_text() == "keep me"
+
+
+def test_an_out_that_is_a_run_directory_is_refused_and_left_alone(tmp_path, capsys):
+    # before: the three demo runs were written inside it, and the tools then disagreed about what it holds
+    run = RunDir(tmp_path / "per")
+    run.write_config({"method": "per", "lam": 0.01})
+    assert main(["--out", str(run.root), "--no-progress", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: {run.root} is a run directory; the demo writes its three runs below --out: choose another folder"
+    ]
+    assert [p.name for p in run.root.iterdir()] == ["config.json"]
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -1,6 +1,7 @@
 """Sweeps: layout, skip/resume of finished runs, and the mean +- std table."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -185,7 +186,7 @@ def test_a_finished_run_of_another_config_is_refused_not_reported(tmp_path, caps
     # the same folder asked with other settings: before, "finished, skipped" and the old run's numbers in the table
     assert main([*argv, "--epochs", "1", "--per-locations", "all"]) == 2
     err = capsys.readouterr().err
-    assert "holds a run of another config (per_locations: saved 4 vs now None)" in err and "--out" in err
+    assert "holds a run of another config (per_locations: saved 4 vs now 'all')" in err and "--out" in err
     assert main([*argv, "--epochs", "1"]) == 0  # the same settings still skip it
     # refused before anything trains (vanilla comes first); then vanilla, finished, answers a rerun that asks
     # for recording and for PER settings, which change neither its training nor what the table reports
@@ -212,3 +213,40 @@ def test_a_seed_in_two_folders_counts_once_and_close_lambdas_keep_their_own_fold
     row = next(e for e in entries if e["lam"] == default)
     assert (row["n"], row["failed"]) == (1, 0)
     assert f"counted: {tmp_path / f'per-lam{default:g}' / 'seed0'}" in text
+
+
+def test_an_extended_run_that_stopped_is_unfinished_in_the_sweep_and_named_under_the_table(tmp_path, capsys):
+    # before: the sweep called it "finished, skipped (it trained 47 epochs, more than --epochs 4)" while the table
+    # left it out without a word (2 seeds counted of the 3 asked for)
+    cfg = get_preset("demo").for_method("vanilla").replace(epochs=4, record=None)
+    for seed in (0, 1):
+        run = RunDir(tmp_path / "vanilla" / f"seed{seed}")
+        run.write_config(cfg.replace(seed=seed).to_dict())
+        run.write_metrics([{"epoch": e, "val_error": 5.0 + seed, "val_loss": 1.0} for e in range(1, 5)])
+    stopped = RunDir(tmp_path / "vanilla" / "seed2")
+    stopped.write_config(cfg.replace(seed=2, epochs=60).to_dict())
+    stopped.write_metrics([{"epoch": e, "val_error": 9.0, "val_loss": 1.0} for e in range(1, 48)])
+    argv = ["--preset", "demo", "--methods", "vanilla", "--seeds", "0,1,2", "--epochs", "4", "--no-record"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"== {stopped.root}: unfinished, skipped: it was extended to 60 epochs and stopped after 47" in out
+    assert "finished, skipped (it trained 47" not in out
+    assert f"note: 1 unfinished run(s) left out: {stopped.root} (epoch 47 of 60)" in out
+    assert re.search(r"vanilla +- +5\.50% \+- 0\.71 +2\n", out)
+
+
+def test_a_table_keeps_each_metric_under_its_own_heading_and_names_runs_it_cannot_read(tmp_path):
+    # before: an LM run and an image run shared the first one's heading (a val error % under "val ppl"), and a
+    # config.json written by hand stopped the table with KeyError: 'seed'
+    lm = RunDir(tmp_path / "rbn" / "seed0")
+    lm.write_config(get_preset("corpus-lstm").replace(method="rbn", epochs=1).to_dict())
+    lm.write_metrics([{"epoch": 1, "val_loss": 4.0, "val_ppl": 53.83, "test_ppl": 52.59}])
+    fake_run(tmp_path / "per-lam0.01" / "seed0", "per", 0.01, 72.70)
+    quick = RunDir(tmp_path / "quick")
+    quick.write_config({"method": "per", "lam": 0.01})
+    text, entries = results_table(tmp_path)
+    lines = text.splitlines()
+    assert lines[0].split()[:4] == ["method", "lambda", "val", "ppl"] and lines[1].split()[:3] == ["rbn", "-", "53.83"]
+    assert lines[3].split()[2:4] == ["val", "error"] and lines[4].split()[:3] == ["per", "0.01", "72.70%"]
+    assert f"note: left out: {quick.config_path} was not written by per_core.train" in text
+    assert [e["metric"] for e in entries] == ["val_ppl", "val_error"]

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -559,3 +560,50 @@ def test_a_resume_without_a_checkpoint_starts_over_with_its_own_threads(tmp_path
     finally:
         torch.set_num_threads(threads)
     assert RunDir(tmp_path / "r").read_config()["threads"] == 2  # every epoch ran with 2: no false note later
+
+
+def test_resume_refuses_a_run_directory_the_trainer_did_not_write_and_changes_nothing(tmp_path, capsys):
+    # before: the README quick start's config.json ({"method", "lam"}) resumed as the demo preset: 30 epochs
+    # trained from scratch over the user's recorded activations
+    quick = RunDir(tmp_path / "quick")
+    quick.write_config({"method": "per", "lam": 1e-2})
+    quick.write_npz(quick.activation_path(1), {"x": np.zeros(3)})
+    before = {p: p.read_bytes() for p in quick.root.rglob("*") if p.is_file()}
+    assert main(["--out", str(quick.root), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "config.json was not written by per_core.train (it has no preset" in err
+    assert {p: p.read_bytes() for p in quick.root.rglob("*") if p.is_file()} == before
+    # a trained run whose config.json lost its settings: before, it resumed its PER checkpoint as vanilla
+    run = RunDir(tmp_path / "run")
+    train(small("per", epochs=1), run.root, progress=False)
+    run.config_path.write_text(json.dumps({"format_version": FORMAT_VERSION}))
+    assert main(["--out", str(run.root), "--resume", "--epochs", "2", "--no-progress"]) == 2
+    assert "was not written by per_core.train" in capsys.readouterr().err
+    # a config.json of another run: its checkpoint says otherwise
+    other = RunDir(tmp_path / "other")
+    train(small("vanilla", epochs=1), other.root, progress=False)
+    run.config_path.write_bytes(other.config_path.read_bytes())
+    with pytest.raises(RunDirError, match=r"last.pt was trained with other settings .*method: saved 'per'"):
+        train(small("vanilla", epochs=2), run.root, resume=True, progress=False)
+    assert len(run.read_metrics()) == 1
+    run.config_path.write_text("[1, 2]")
+    assert main(["--out", str(run.root), "--resume", "--no-progress"]) == 2
+    assert "config.json: holds a JSON list, not an object of settings" in capsys.readouterr().err
+
+
+def test_resume_messages_name_flags_as_given_and_say_what_to_do(tmp_path, capsys):
+    run = RunDir(tmp_path / "run")
+    assert train_module._interrupted(run.root) == (
+        f"interrupted before an epoch finished: nothing was saved in {run.root} to continue from"
+    )  # before: "finished epochs are saved in ..." when none were
+    train(small("per", epochs=1), run.root, progress=False)
+    assert train_module._interrupted(run.root).startswith(f"interrupted; 1 finished epoch(s) are saved in {run.root}")
+    base = ["--out", str(run.root), "--resume", "--no-progress"]
+    assert main([*base, "--per-locations", "all"]) == 2  # before: "saved 4 vs now None"
+    assert "per_locations: saved 4 vs now 'all'" in capsys.readouterr().err
+    assert main([*base, "--preset", "corpus-lstm"]) == 2  # before: ignored, the saved preset went on silently
+    assert "--preset corpus-lstm: the run in" in (err := capsys.readouterr().err) and "(preset demo)" in err
+    assert main([*base, "--preset", "demo", "--epochs", "2"]) == 0  # its own preset: fine
+    run.checkpoint_path.write_bytes(run.checkpoint_path.read_bytes()[:100])
+    assert main([*base, "--epochs", "3"]) == 2
+    assert "unreadable checkpoint" in (err := capsys.readouterr().err) and "train the run again with --overwrite" in err

@@ -228,7 +228,9 @@ def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False, metrics: b
         skipped.append(str(err))
 
     if root.is_file():  # find_runs would say that no config.json is below it
-        raise RunDirError(f"{root} is a file, not a run directory: give its folder {root.parent}")
+        run = next((p for p in list(root.parents)[:2] if RunDir(p).is_run()), None)  # e.g. its config.json, an npz
+        fix = f"give the run directory it belongs to, {run}" if run else "give a run directory or a sweep of them"
+        raise RunDirError(f"{root} is a file, not a run directory: {fix}")
     for rd in find_runs(root):
         label = _run_label(rd, root)
         try:

@@ -153,8 +153,14 @@ def load_cifar(data_dir: str | Path, num_classes: int = 10) -> ImageData:
             batch = _unpickle(root / name)
             if b"data" not in batch or label_key not in batch:
                 raise DataError(f"{root / name}: missing keys b'data' / {label_key!r}")
-            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(batch[label_key], dtype=np.int64))
+            data, labels = np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[label_key], dtype=np.int64)
+            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != data.shape[:1]:
+                raise DataError(
+                    f"{root / name}: data of shape {data.shape} and {labels.size} labels, not CIFAR's (N, 3072) "
+                    "images with one label each; the file is damaged or of another data set"
+                )
+            xs.append(data.reshape(-1, 3, 32, 32))
+            ys.append(labels)
         return torch.from_numpy(np.concatenate(xs)).float() / 255.0, torch.from_numpy(np.concatenate(ys))
 
     train_x, train_y = read(train_files)
@@ -319,6 +325,9 @@ def load_word_corpus(data_dir: str | Path, name: str) -> TextData:
             f"({', '.join(f.name for f in files)}) in one folder and pass it as --data-dir"
         )
     splits = [_tokenize_lines(f.read_text(encoding="utf-8").splitlines(), lower=False, keep_blank=True) for f in files]
+    for f, lines in zip(files, splits, strict=True):
+        if not lines:
+            raise DataError(f"{f} is empty: the {name} files are damaged or were not fully copied")
     return _build(name, *splits, min_count=1)
 
 

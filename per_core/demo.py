@@ -88,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {}
 
     def body() -> int:
+        if args.out.exists() and not args.out.is_dir():
+            raise RunDirError(f"--out {args.out} is a file, not a folder: choose a folder for the demo's runs")
         if RunDir(args.out).is_run():  # its runs would nest inside another run and mix with it
             raise RunDirError(
                 f"{args.out} is a run directory; the demo writes its three runs below --out: choose another folder"

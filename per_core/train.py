@@ -398,6 +398,8 @@ def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool
     """
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
+    if run.root.exists() and not run.root.is_dir():
+        raise RunDirError(f"--out {run.root} is a file, not a folder: choose a folder for the run")
     occupied = run.root.exists() and any(run.root.iterdir())
     if resume:
         run.remove_stale_temporaries()

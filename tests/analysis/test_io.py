@@ -205,7 +205,18 @@ def test_a_file_is_named_as_a_file_and_its_folder_suggested(tmp_path):
     rd.write_config({"method": "vanilla"})
     with pytest.raises(RunDirError) as err:
         load_run(rd.config_path)
-    assert str(err.value) == f"{rd.config_path} is a file, not a run directory: give its folder {rd.root}"
+    assert (
+        str(err.value)
+        == f"{rd.config_path} is a file, not a run directory: give the run directory it belongs to, {rd.root}"
+    )
+    rd.write_npz(rd.activation_path(1), {"x": np.zeros(1)})
+    with pytest.raises(RunDirError, match=f"belongs to, {rd.root}$"):
+        load_run(rd.activation_path(1))  # two levels down
+    stray = tmp_path / "notes.txt"
+    stray.write_text("x")
+    with pytest.raises(RunDirError) as err:  # before: "give its folder" tmp_path, which is no run directory
+        load_run(stray)
+    assert str(err.value) == f"{stray} is a file, not a run directory: give a run directory or a sweep of them"
 
 
 def test_stats_of_200_epochs_load_in_seconds(tmp_path):

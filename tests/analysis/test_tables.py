@@ -133,7 +133,10 @@ def test_a_file_given_as_run_is_named_a_file_with_its_folder(tmp_path, capsys, m
     rd = fake_run(tmp_path / "r", "per", [np.random.default_rng(6).normal(size=(50, 2))])
     assert importlib.import_module(module).main([str(rd.config_path)]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: {rd.config_path} is a file, not a run directory: give its folder {rd.root}\n"
+    assert (
+        err
+        == f"error: {rd.config_path} is a file, not a run directory: give the run directory it belongs to, {rd.root}\n"
+    )
 
 
 def test_bounds_cli_user_errors(tmp_path, capsys):

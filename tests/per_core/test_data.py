@@ -63,6 +63,21 @@ def test_missing_cifar_names_the_files_and_the_fix(tmp_path):
         load_cifar(tmp_path, 10)
 
 
+def test_damaged_data_files_are_errors_naming_the_file(tmp_path):
+    # before: "cannot reshape array of size 50 into shape (3,32,32)" and "0 tokens are too few for batch size 20",
+    # neither naming the file
+    write_cifar(tmp_path, 10)
+    bad = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    with bad.open("wb") as f:
+        pickle.dump({b"data": np.zeros((1, 50), dtype=np.uint8), b"labels": [0]}, f)
+    with pytest.raises(DataError, match=r"data_batch_3: data of shape \(1, 50\) and 1 labels, not CIFAR's"):
+        load_cifar(tmp_path, 10)
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"ptb.{split}.txt").write_text("" if split == "train" else " a b \n")
+    with pytest.raises(DataError, match=r"ptb\.train\.txt is empty"):
+        load_word_corpus(tmp_path, "ptb")
+
+
 def test_augment_is_a_shifted_window_of_the_padded_image_or_its_mirror():
     x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5) + 1
     out = augment_crop_flip(x, torch.Generator().manual_seed(0), pad=2)

@@ -607,3 +607,11 @@ def test_resume_messages_name_flags_as_given_and_say_what_to_do(tmp_path, capsys
     run.checkpoint_path.write_bytes(run.checkpoint_path.read_bytes()[:100])
     assert main([*base, "--epochs", "3"]) == 2
     assert "unreadable checkpoint" in (err := capsys.readouterr().err) and "train the run again with --overwrite" in err
+
+
+def test_an_out_that_is_a_file_is_named_a_file(tmp_path, capsys):
+    target = tmp_path / "afile"
+    target.write_text("keep me")
+    assert main(["--out", str(target), "--smoke", "--no-progress"]) == 2  # before: "[Errno 20] Not a directory"
+    assert capsys.readouterr().err == f"error: --out {target} is a file, not a folder: choose a folder for the run\n"
+    assert target.read_text() == "keep me"

@@ -113,7 +113,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from per_core.checks import check_seed, device_available, is_integer
+from per_core.checks import check_optional_positive_int, check_seed, device_available, is_integer
 from per_core.inplace import in_backward
 from per_core.rundir import RunDir
 from per_core.samples import layout_of, resolve_layout, with_batch_axis  # conv modules are channels-first
@@ -470,8 +470,7 @@ class ActivationRecorder:
             if not is_integer(value) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         check_seed(seed)
-        if chunk_elements is not None and (not is_integer(chunk_elements) or chunk_elements < 1):
-            raise ValueError(f"chunk_elements must be None or an integer >= 1, got {chunk_elements!r}")
+        chunk_elements = check_optional_positive_int(chunk_elements, "chunk_elements", "the device's default")
         if not set(reservoir_splits) <= set(SPLITS):
             raise ValueError(f"reservoir_splits must be a subset of {SPLITS}, got {reservoir_splits!r}")
         self.bins, self.reservoir, self.reservoir_every = bins, reservoir, reservoir_every

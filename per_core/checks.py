@@ -13,7 +13,15 @@ import numbers
 
 import torch
 
-__all__ = ["SEED_LIMIT", "check_nonnegative", "check_positive_int", "check_seed", "device_available", "is_integer"]
+__all__ = [
+    "SEED_LIMIT",
+    "check_nonnegative",
+    "check_optional_positive_int",
+    "check_positive_int",
+    "check_seed",
+    "device_available",
+    "is_integer",
+]
 
 #: Seeds accepted by ``torch.Generator.manual_seed`` without wrapping around: [0, 2**64).
 SEED_LIMIT = 1 << 64
@@ -28,6 +36,15 @@ def check_positive_int(value: object, name: str) -> int:
     """``value`` as an ``int`` when it is an integer >= 1; else a ValueError naming ``name``."""
     if not is_integer(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_optional_positive_int(value: object, name: str, none: str) -> int | None:
+    """``value`` as an ``int`` when it is an integer >= 1, None when it is None (``none`` says what that means)."""
+    if value is None:
+        return None
+    if not is_integer(value) or value < 1:
+        raise ValueError(f"{name} must be None ({none}) or a positive integer, got {value!r}")
     return int(value)
 
 

@@ -18,7 +18,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from per_core.checks import check_nonnegative, check_positive_int, check_seed, device_available, is_integer
+from per_core.checks import (
+    check_nonnegative,
+    check_optional_positive_int,
+    check_positive_int,
+    check_seed,
+    device_available,
+)
 from per_core.inplace import in_backward, owns, sole_owner_counts
 from per_core.per import DEFAULT_CHUNK_ELEMENTS, compute_dtype, grad_and_loss, sample_slices
 from per_core.samples import Layout, as_samples, from_samples, layout_of, resolve_layout, with_batch_axis
@@ -151,13 +157,12 @@ class PER:
         track_penalty: bool = False,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     ) -> None:
-        if locations is not None and (not is_integer(locations) or locations < 1):
-            raise ValueError(f"locations must be None (all) or a positive integer, got {locations!r}")
+        locations = check_optional_positive_int(locations, "locations", "all")
         named = named_targets(modules, "PER")
         self.lam = check_nonnegative(lam, "lam")  # numpy scalars (a notebook's grid) are stored as float/int
         self.n_slices = check_positive_int(n_slices, "n_slices")
         self.seed = check_seed(seed)
-        self.locations = None if locations is None else int(locations)
+        self.locations = locations
         self.track_penalty = track_penalty
         self.chunk_elements = check_positive_int(chunk_elements, "chunk_elements")
         self.modules = named

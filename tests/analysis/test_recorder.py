@@ -645,7 +645,7 @@ def test_non_float_output_is_an_error():
         ({"train_every": True}, "train_every must be an integer >= 1"),
         ({"seed": "x"}, r"seed must be an integer in \[0, 2\*\*64\)"),
         ({"seed": 2**70}, r"seed must be an integer in \[0, 2\*\*64\)"),
-        ({"chunk_elements": 0}, "chunk_elements must be None or an integer >= 1"),
+        ({"chunk_elements": 0}, "chunk_elements must be None \\(the device's default\\) or a positive integer"),
         ({"range": (1, 2, 3)}, "range must be two finite numbers"),
         ({"range": (2, 1)}, "range must be two finite numbers"),
         ({"range": "ab"}, "range must be two finite numbers"),

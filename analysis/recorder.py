@@ -116,7 +116,7 @@ from torch.nn.utils.rnn import PackedSequence
 from per_core.checks import check_optional_positive_int, check_seed, device_available, is_integer
 from per_core.inplace import in_backward
 from per_core.rundir import RunDir
-from per_core.samples import layout_of, resolve_layout, with_batch_axis  # conv modules are channels-first
+from per_core.samples import Layout, check_layout, layout_of, resolve_layout, with_batch_axis
 
 __all__ = [
     "COUNT_FIELDS",
@@ -424,6 +424,9 @@ class ActivationRecorder:
         about 50 bytes per element; a slice holds at least one sample). None: 2^19 on the CPU, where
         the slice's temporaries stay in cache (3x faster than 2^24) and are kept between batches
         (about 23 MB, until :meth:`remove`), and 2^22 elsewhere.
+    layout : {None, 'auto', 'features_last', 'channels_first'}
+        How each output becomes rows of units, as for :class:`per_core.PER`: None (default) from the
+        module's type (:func:`per_core.samples.layout_of`).
 
     Example
     -------
@@ -452,7 +455,9 @@ class ActivationRecorder:
         train_every: int = 1,
         seed: int = 0,
         chunk_elements: int | None = None,
+        layout: Layout | None = None,
     ) -> None:
+        self.layout = check_layout(layout)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module (the network to record), got {type(model).__name__}")
         try:
@@ -527,8 +532,6 @@ class ActivationRecorder:
 
     # -- hooks ----------------------------------------------------------------------------------
     def _hook(self, label: str, module: nn.Module):
-        layout = layout_of(module)
-
         def forward_hook(mod: nn.Module, args: tuple, out: object) -> None:
             if in_backward():
                 return  # a forward inside backward: gradient checkpointing recomputing rows already recorded
@@ -551,7 +554,8 @@ class ActivationRecorder:
             # not in inference mode even under torch.inference_mode(): the statistics and scratch buffers
             # live across passes and are updated in place, which an inference tensor refuses
             with torch.inference_mode(False), torch.no_grad():
-                self._record(split, label, with_batch_axis(mod, h.detach()), layout)  # unbatched: a batch of one
+                v = with_batch_axis(mod, h.detach())  # unbatched: a batch of one
+                self._record(split, label, v, self.layout or layout_of(mod, v.ndim))
 
         return forward_hook
 

@@ -29,6 +29,8 @@ References
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Literal, Self
 
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from per_core.checks import check_nonnegative, is_integer
+from per_core.checks import check_nonnegative, check_positive_int, is_integer
 from per_core.regularizer import named_targets
 
 __all__ = [
@@ -201,8 +203,8 @@ class VCL(_OutputPenalty):
     Parameters
     ----------
     modules : nn.Module, iterable of nn.Module, or mapping name -> nn.Module
-        Layers whose outputs (batch first: ``(N, *features)``) are regularized. Recurrent modules are
-        rejected (their output is time-major).
+        Layers whose outputs (batch first: ``(N, *features)``) are regularized. Time-major recurrent
+        modules (``nn.LSTM`` without ``batch_first``, :class:`RecurrentBatchNormLSTM`) are rejected.
     lam : float
         Weight :math:`\lambda` of the summed loss (the reference code's ``gamma``, default 0.01 there).
     sample_size : int or None
@@ -238,8 +240,11 @@ class VCL(_OutputPenalty):
             raise ValueError(f"sample_size must be None (halves) or an integer >= 2, got {sample_size!r}")
         beta = check_nonnegative(beta, "beta")
         for name, m in named_targets(modules, "VCL").items():
-            if isinstance(m, nn.RNNBase):
-                raise TypeError(f"VCL needs batch-first outputs; {name!r} is a recurrent module")
+            if isinstance(m, nn.RNNBase | RecurrentBatchNormLSTM) and not getattr(m, "batch_first", False):
+                raise TypeError(
+                    f"VCL needs batch-first outputs (its samples are the batch's); {name!r} is a time-major "
+                    "recurrent module: build it with batch_first=True, or regularize another layer"
+                )
         self.sample_size = None if sample_size is None else int(sample_size)
         self.beta = beta
         self.learn_beta = learn_beta
@@ -389,8 +394,8 @@ class DecorrelatedBatchNorm2d(nn.Module):
         self, num_features: int, group_size: int = 16, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True
     ) -> None:
         super().__init__()
-        if num_features < 1 or group_size < 1:
-            raise ValueError(f"num_features and group_size must be >= 1, got {num_features}, {group_size}")
+        num_features = check_positive_int(num_features, "num_features")
+        group_size = check_positive_int(group_size, "group_size")
         self.num_features = num_features
         self.group_size = m = min(group_size, num_features)
         self.eps = eps
@@ -421,6 +426,17 @@ class DecorrelatedBatchNorm2d(nn.Module):
         x2 = x.transpose(0, 1).reshape(self.num_features, -1)  # (N, C, *S) -> (C, N*prod(S))
         buffers = [self.running_whitening, self.running_whitening_rest]
         if self.training:
+            # m channels from at most m samples: a singular covariance, whose eps eigenvalues would put 1/sqrt(eps)
+            # (316) into the running whitening; the batch is whitened as the reference code does, but not averaged
+            singular = x2.shape[1] <= self.group_size
+            if singular:
+                warnings.warn(
+                    f"DecorrelatedBatchNorm2d: {x2.shape[1]} samples per channel (batch x locations) cannot estimate "
+                    f"the whitening of {self.group_size} channels (it needs more samples than channels), so the "
+                    "running whitening was not updated; use a larger batch or a smaller group_size",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             mean = x2.mean(dim=1)
             xc = x2 - mean.unsqueeze(1)
             outs = []
@@ -431,8 +447,9 @@ class DecorrelatedBatchNorm2d(nn.Module):
                 sigma = g @ g.transpose(1, 2) / g.shape[2] + self.eps * eye  # (G, m, m)
                 w = inverse_sqrt_spd(sigma)
                 outs.append((w @ g).reshape(-1, g.shape[2]))  # (G, m, M) -> (G*m, M)
-                with torch.no_grad():
-                    buf.lerp_(w.detach().to(buf.dtype), self.momentum)
+                if not singular:
+                    with torch.no_grad():
+                        buf.lerp_(w.detach().to(buf.dtype), self.momentum)
             with torch.no_grad():
                 self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
         else:
@@ -506,17 +523,26 @@ class StepwiseBatchNorm1d(nn.Module):
         momentum: float = 0.1,
     ) -> None:
         super().__init__()
-        if max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-        self.max_steps = max_steps
+        num_features = check_positive_int(num_features, "num_features")
+        self.max_steps = check_positive_int(max_steps, "max_steps")
         self.eps = eps
-        self.momentum = momentum
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
+            raise ValueError(
+                f"momentum must be a number in [0, 1], got {momentum!r} (nn.BatchNorm1d's None, a cumulative "
+                "average, is not offered: it would need a count per time step)"
+            )
+        self.momentum = float(momentum)
         self.weight = nn.Parameter(torch.full((num_features,), float(gamma_init)))
         self.bias = nn.Parameter(torch.zeros(num_features)) if shift else None
         self.register_buffer("running_mean", torch.zeros(max_steps, num_features))
         self.register_buffer("running_var", torch.ones(max_steps, num_features))
 
     def forward(self, x: Tensor, t: int) -> Tensor:
+        if self.training and x.shape[0] < 2:
+            raise ValueError(
+                f"recurrent batch normalization in training needs at least 2 sequences per batch (for batch "
+                f"statistics), got {x.shape[0]}: use a larger batch, or eval mode"
+            )
         s = min(t, self.max_steps - 1)
         if self.training and t >= self.max_steps:
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
@@ -595,7 +621,13 @@ class RecurrentBatchNormLSTM(nn.Module):
             h = x.new_zeros(n, self.hidden_size)
             c = x.new_zeros(n, self.hidden_size)
         else:
-            h, c = hx[0].reshape(n, self.hidden_size), hx[1].reshape(n, self.hidden_size)
+            shapes = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in hx]
+            if len(shapes) != 2 or any(sh != (1, n, self.hidden_size) for sh in shapes):
+                raise ValueError(
+                    f"hx must be (h0, c0), each of shape (1, {n}, {self.hidden_size}) as nn.LSTM's for one layer "
+                    f"and batch {n}, got {shapes}"
+                )
+            h, c = hx[0][0], hx[1][0]
         wx = x @ self.weight_ih.T  # (T, N, I) -> (T, N, 4H), all steps at once
         outputs = []
         for t in range(x.shape[0]):

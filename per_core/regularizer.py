@@ -11,6 +11,7 @@ References
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 
@@ -27,7 +28,15 @@ from per_core.checks import (
 )
 from per_core.inplace import in_backward, owns, sole_owner_counts
 from per_core.per import DEFAULT_CHUNK_ELEMENTS, compute_dtype, grad_and_loss, sample_slices
-from per_core.samples import Layout, as_samples, from_samples, layout_of, resolve_layout, with_batch_axis
+from per_core.samples import (
+    Layout,
+    as_samples,
+    check_layout,
+    from_samples,
+    layout_of,
+    resolve_layout,
+    with_batch_axis,
+)
 
 __all__ = ["PER", "named_targets"]
 
@@ -37,10 +46,14 @@ def named_targets(
 ) -> dict[str, nn.Module]:
     """Normalize what a hook-based regularizer attaches to into ``{label: module}``.
 
-    A single module is labelled by its class name, a sequence by ``"i:ClassName"``; a mapping keeps
-    its labels. ``owner`` names the regularizer in error messages.
+    A single module is labelled by its class name, a sequence (a ``ModuleList`` too) by ``"i:ClassName"``;
+    a mapping (a ``ModuleDict`` too) keeps its labels: a container is never called itself, so its modules
+    are the targets. A container inside a sequence or mapping is refused. ``owner`` names the regularizer
+    in error messages.
     """
-    if isinstance(modules, nn.Module):
+    if isinstance(modules, nn.ModuleDict):  # a container is never called: its modules are the targets
+        named = dict(modules.items())
+    elif isinstance(modules, nn.Module) and not isinstance(modules, nn.ModuleList):
         named = {type(modules).__name__: modules}
     elif isinstance(modules, Mapping):
         named = dict(modules)
@@ -51,6 +64,11 @@ def named_targets(
     for name, m in named.items():
         if not isinstance(m, nn.Module):
             raise TypeError(f"{owner} can attach only to nn.Module objects; {name!r} is a {type(m).__name__}")
+        if isinstance(m, nn.ModuleList | nn.ModuleDict):  # never called itself: its hooks would never run
+            raise TypeError(
+                f"{owner}: {name!r} is a {type(m).__name__}, which has no forward of its own (its hooks would "
+                "never run); pass that container alone (its modules are then attached), or its modules"
+            )
     return named
 
 
@@ -98,6 +116,14 @@ class PER:
     layer's gradient is as valid, and :meth:`penalty` covers every layer, but the random stream,
     hence the run, differs from an unchecked one.
 
+    What the hooks cannot see: (1) an output the loss does not use gets no gradient, so PER adds
+    nothing there (an RNN classified from its last hidden state alone; PER warns when the layer's
+    parameters get a gradient but its output did not: add ``0 * output.sum()`` to the loss);
+    (2) PER's term enters the first-order gradient only: under ``create_graph=True`` (a gradient
+    penalty, MAML) its second derivative is missing; (3) ``torch.compile`` captures the hooks present
+    at its first call: attach PER before compiling (or call ``torch._dynamo.reset()`` after attaching),
+    and the compiled model then gives the same gradients as eager mode.
+
     Parameters
     ----------
     modules : nn.Module, iterable of nn.Module, or mapping name -> nn.Module
@@ -130,6 +156,11 @@ class PER:
     track_penalty : bool
         When True, each backward also stores :math:`L_{per}` per layer (cheap: it reuses the
         projections and erf); read it with :meth:`penalty`. Can be switched at any time.
+    layout : {None, 'auto', 'features_last', 'channels_first'}
+        How each output becomes rows (:func:`per_core.as_samples`). None (default): from the module's
+        type (:func:`per_core.samples.layout_of`: convolutions and BatchNorm channels first, Linear,
+        RNN and LayerNorm features last, whatever the output's rank); give it for modules whose type
+        says nothing, e.g. an activation after a Conv1d (``'channels_first'``).
     chunk_elements : int
         Memory bound of one (rows x slices) projection block, reused by every chunk (default 2^20
         elements, 4 MiB in float32: on a 2-core CPU it ran 131,072 x 256 about 1.8x faster than
@@ -156,8 +187,10 @@ class PER:
         locations_seed: int | None = None,
         track_penalty: bool = False,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+        layout: Layout | None = None,
     ) -> None:
         locations = check_optional_positive_int(locations, "locations", "all")
+        self.layout = check_layout(layout)
         named = named_targets(modules, "PER")
         self.lam = check_nonnegative(lam, "lam")  # numpy scalars (a notebook's grid) are stored as float/int
         self.n_slices = check_positive_int(n_slices, "n_slices")
@@ -173,7 +206,12 @@ class PER:
         self._new_pass = True  # a forward ran since the penalties were last tracked
         self._strata_cache: dict[tuple[int, int, torch.device], tuple[Tensor, Tensor]] = {}
         self._pending: list[weakref.ref[_Sampled]] = []  # sampled-location forwards awaiting their backward
+        self._awaiting: dict[str, bool] = {}  # layer -> its last forward's output still waits for its gradient
         self._handles = [m.register_forward_hook(self._make_forward_hook(n, m)) for n, m in named.items()]
+        for n, m in named.items():
+            first = next((p for p in m.parameters() if p.requires_grad), None)
+            if first is not None:
+                self._handles.append(first.register_post_accumulate_grad_hook(self._make_unused_check(n)))
 
     # -- randomness -----------------------------------------------------------------------------
     def _generator(self, device: torch.device, locations: bool = False) -> torch.Generator:
@@ -211,8 +249,6 @@ class PER:
 
     # -- hooks ----------------------------------------------------------------------------------
     def _make_forward_hook(self, name: str, module: nn.Module):
-        layout = layout_of(module)
-
         def forward_hook(mod: nn.Module, args: tuple, out: object) -> None:
             h = out[0] if isinstance(out, tuple) else out
             if isinstance(h, PackedSequence):
@@ -226,11 +262,13 @@ class PER:
             if h.numel() == 0:  # an empty batch (or empty feature maps): no rows, nothing to regularize
                 return
             v = with_batch_axis(mod, h.detach())  # what PER reads: the output, a batch axis added if it had none
-            lay = resolve_layout(tuple(v.shape), layout)
+            lay = resolve_layout(tuple(v.shape), self.layout or layout_of(mod, v.ndim))
             d = v.shape[1] if lay == "channels_first" else v.shape[-1]
             dtype = compute_dtype(h.dtype)
             gen = self._generator(h.device)
             sole_owner_counts(str(h.device))  # settled in a forward pass, not inside the first backward
+            if not in_backward():
+                self._awaiting[name] = True  # until its gradient hook runs (see _make_unused_check)
             if lay == "channels_first":
                 flat = v.flatten(2)  # (N, C, *S) -> (N, C, L): a view for contiguous and channels-last
                 index = self._pick_locations(flat, self._generator(h.device, locations=True))
@@ -241,7 +279,7 @@ class PER:
                     h.register_hook(self._make_sampled_grad_hook(entry))
                     return
             theta = sample_slices(self.n_slices, d, generator=gen, device=h.device, dtype=dtype)
-            h.register_hook(self._make_grad_hook(name, v, h._version, theta, lay))
+            h.register_hook(self._make_grad_hook(name, v, h._version, theta, lay, h.shape))
 
         return forward_hook
 
@@ -276,13 +314,16 @@ class PER:
             self._strata_cache[key] = (edges[:-1].clone(), edges[1:] - edges[:-1])
         return self._strata_cache[key]
 
-    def _make_grad_hook(self, name: str, saved: Tensor, version: int, theta: Tensor, layout: Layout):
-        def grad_hook(grad: Tensor) -> Tensor:
+    def _make_grad_hook(self, name: str, saved: Tensor, version: int, theta: Tensor, layout: Layout, shape: torch.Size):
+        def grad_hook(grad: Tensor | None) -> Tensor | None:
+            if grad is None:  # the loss does not use this output, only another output of its node (an LSTM's h_n):
+                return None  # autograd cannot take a gradient here; _make_unused_check warns
             if saved._version != version:
                 raise RuntimeError(
                     f"PER: the output of layer {name!r} was modified in place after the forward pass; "
                     "use out-of-place operations (e.g. nn.ELU(inplace=False)) after regularized layers"
                 )
+            self._awaiting[name] = False
             x = saved.to(theta.dtype)
             scale = self.lam if self.lam != 0.0 else 1.0
             g, loss = grad_and_loss(as_samples(x, layout), theta, self.track_penalty, self.chunk_elements, scale)
@@ -290,15 +331,39 @@ class PER:
                 self._track(name, loss)
             if self.lam == 0.0:
                 return grad
-            g = from_samples(g, x.shape, layout).to(grad.dtype).reshape(grad.shape)  # drops an added batch axis
+            g = from_samples(g, x.shape, layout).reshape(shape)  # drops an added batch axis
+            g = g.to(grad.dtype)
             return grad.add_(g) if owns(grad) else grad + g
 
         return grad_hook
+
+    def _make_unused_check(self, name: str):
+        """A hook on the layer's first parameter: its gradient arrived, but its output's never did.
+
+        Then the loss reached the layer's parameters without its output (an RNN classified from ``h_n``
+        alone, its sequence output unused): PER acts through that output's gradient, so it added nothing,
+        and the user is told how to include it. The output's gradient, when there is one, always comes
+        before the parameters' (it is what their gradient is computed from).
+        """
+
+        def check(param: Tensor) -> None:
+            if self._awaiting.get(name):
+                self._awaiting[name] = False
+                warnings.warn(
+                    f"PER: the loss does not use the output of layer {name!r} (e.g. an RNN's sequence when only its "
+                    "last hidden state is used), so PER added nothing there; add 0 * output.sum() to the loss to "
+                    "regularize it, or attach PER to a layer whose output the loss uses",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+
+        return check
 
     def _make_sampled_grad_hook(self, entry: _Sampled):
         """Backward for ``locations=m``: lambda x the gradient of the N*m chosen rows, added at their locations."""
 
         def grad_hook(grad: Tensor) -> Tensor:
+            self._awaiting[entry.name] = False
             if entry.grad is None:
                 self._compute_pending()
             assert entry.grad is not None
@@ -370,7 +435,12 @@ class PER:
         """
         if not self._penalties:
             raise RuntimeError(
-                "PER.penalty(): no penalty was tracked yet; set track_penalty=True before a backward pass"
+                "PER.penalty(): no penalty was tracked yet: "
+                + (
+                    "no regularized layer ran forward and backward since track_penalty was set"
+                    if self.track_penalty
+                    else "set track_penalty=True before a backward pass"
+                )
             )
         values = {k: float(v) for k, v in self._penalties.items()}
         return values if per_layer else sum(values.values())

@@ -14,7 +14,18 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CHANNELS_FIRST", "Layout", "as_samples", "from_samples", "layout_of", "resolve_layout", "with_batch_axis"]
+__all__ = [
+    "CHANNELS_FIRST",
+    "CHANNEL_NORMS",
+    "FEATURES_LAST",
+    "Layout",
+    "as_samples",
+    "check_layout",
+    "from_samples",
+    "layout_of",
+    "resolve_layout",
+    "with_batch_axis",
+]
 
 Layout = Literal["auto", "features_last", "channels_first"]
 
@@ -113,9 +124,39 @@ CHANNELS_FIRST = (
 )
 
 
-def layout_of(module: nn.Module) -> Layout:
-    """The layout of ``module``'s output: channels first for convolutions, else ``'auto'``."""
-    return "channels_first" if isinstance(module, CHANNELS_FIRST) else "auto"
+#: Modules whose outputs hold their features on the last axis, (..., d), whatever their rank: a Linear on
+#: channels-last maps (N, H, W, C) gives rows of its C features, an RNN (T, N, H) rows of H hidden units.
+FEATURES_LAST = (nn.Linear, nn.Bilinear, nn.RNNBase, nn.Embedding, nn.EmbeddingBag, nn.LayerNorm)
+
+#: Normalizations of axis 1: (N, C, *spatial) is channels first, (N, C) one row per sample.
+CHANNEL_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
+
+
+def layout_of(module: nn.Module, ndim: int | None = None) -> Layout:
+    """The layout of ``module``'s output (of ``ndim`` dimensions, batch axis included, when known).
+
+    Channels first for convolutions; features last for Linear, RNN, embedding and LayerNorm outputs
+    of any rank; for BatchNorm/InstanceNorm/GroupNorm, channels first from 3 dimensions on (a
+    BatchNorm1d after a Conv1d normalizes channels). Any other module (an activation, Identity)
+    says nothing about its input's layout: ``'auto'`` (channels first for 4-D and 5-D outputs);
+    :class:`per_core.PER` and the recorder take a ``layout`` argument for those.
+    """
+    if isinstance(module, CHANNELS_FIRST):
+        return "channels_first"
+    if isinstance(module, FEATURES_LAST):
+        return "features_last"
+    if isinstance(module, CHANNEL_NORMS):
+        return "features_last" if ndim is not None and ndim < 3 else "channels_first"
+    return "auto"
+
+
+def check_layout(layout: object) -> Layout | None:
+    """``layout`` as a regularizer or recorder takes it: None (from each module's type) or one of :data:`Layout`."""
+    if layout is not None and layout not in ("auto", "features_last", "channels_first"):
+        raise ValueError(
+            f"layout must be None (from each module's type), 'auto', 'features_last' or 'channels_first': {layout!r}"
+        )
+    return layout  # type: ignore[return-value]
 
 
 def with_batch_axis(module: nn.Module, h: Tensor) -> Tensor:

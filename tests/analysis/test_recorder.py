@@ -873,3 +873,21 @@ def test_saving_an_epoch_that_recorded_nothing_warns_and_names_eval_pass(tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         rec.save(RunDir(tmp_path))
+
+
+def test_each_module_type_is_recorded_as_rows_of_its_own_units():
+    # before: a Linear on channels-last maps (N, H, W, C) was recorded as H units, a BatchNorm1d after a Conv1d as L
+    lin, bn, act = nn.Linear(3, 7), nn.BatchNorm1d(4), nn.ELU()
+    model = nn.ModuleDict({"lin": lin, "bn": bn, "act": act})
+    x, y = torch.randn(2, 5, 6, 3, generator=gen(30)), torch.randn(6, 4, 9, generator=gen(31))
+    units = {}
+    for layout, expected_act in ((None, 9), ("channels_first", 4)):
+        with ActivationRecorder(model, {"lin": lin, "bn": bn, "act": act}, layout=layout) as rec:
+            rec.start_epoch(0)
+            with torch.no_grad():
+                lin(x), act(bn(y))
+            arrays = rec.snapshot()
+        units = {k: len(layer_stats(arrays, "train", k)["count"]) for k in ("lin", "bn", "act")}
+        assert units == {"lin": 7 if layout is None else 5, "bn": 4, "act": expected_act}, layout
+    with pytest.raises(ValueError, match="layout must be None"):
+        ActivationRecorder(model, {"lin": lin}, layout="nhwc")

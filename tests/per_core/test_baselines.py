@@ -370,3 +370,55 @@ def test_vcl_takes_numpy_sample_size_and_beta_and_refuses_fractions():
         VCL(TwoLayers().fc, lam=1.0, sample_size=2.5)
     with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
         VCL(TwoLayers().fc, lam=1.0, beta="1")
+
+
+@pytest.mark.parametrize(("n", "hw"), [(1, 1), (2, 1), (4, 1), (1, 2)])
+def test_dbn_keeps_a_batch_with_no_more_samples_than_group_channels_out_of_its_statistics(n, hw):
+    # before: M <= group size left a singular covariance whose eps eigenvalues put 1/sqrt(eps) ~ 316 into the running
+    # whitening, silently: after 20 such batches, eval outputs of N(0, 1) inputs had std 76-276
+    dbn = DecorrelatedBatchNorm2d(4, group_size=4).train()
+    before = dbn.running_whitening.clone()
+    for _ in range(20):
+        with pytest.warns(RuntimeWarning, match=rf"{n * hw * hw} samples per channel .* of 4 channels.*larger batch"):
+            dbn(torch.randn(n, 4, hw, hw))
+    assert torch.equal(dbn.running_whitening, before)  # not averaged in
+    z = torch.randn(2000, 4, 1, 1, generator=gen(3))
+    assert 0.9 < float(dbn.eval()(z).std()) < 1.1  # before: 76-276
+    dbn.train()(torch.randn(5, 4, 1, 1))  # 5 > 4: whitened and averaged
+    assert not torch.equal(dbn.running_whitening, before)
+    with pytest.raises(ValueError, match="group_size must be a positive integer"):
+        DecorrelatedBatchNorm2d(4, 2.5)
+    with pytest.raises(ValueError, match="num_features must be a positive integer"):
+        DecorrelatedBatchNorm2d(4.5, 2)
+
+
+def test_vcl_takes_batch_first_rnns_and_refuses_time_major_ones():
+    # before: a time-major RecurrentBatchNormLSTM was accepted (time steps taken as samples) and a batch_first
+    # nn.LSTM refused as "recurrent"
+    with pytest.raises(TypeError, match="time-major recurrent module: build it with batch_first=True"):
+        VCL(RecurrentBatchNormLSTM(3, 4), 1.0, sample_size=2)
+    with pytest.raises(TypeError, match="time-major"):
+        VCL(nn.LSTM(3, 4), 1.0, sample_size=2)
+    lstm = nn.LSTM(3, 4, batch_first=True)
+    with VCL(lstm, 1.0, sample_size=2) as vcl:
+        lstm(torch.randn(6, 5, 3))
+        assert torch.isfinite(vcl.loss())
+
+
+def test_recurrent_bn_argument_errors_name_the_argument_and_what_to_pass():
+    # before: momentum=None failed at the first forward inside F.batch_norm, hx of (2, N, H) gave "shape '[5, 4]' is
+    # invalid", hx of (N, H) was silently accepted, and a training batch of 1 gave PyTorch's bare message
+    with pytest.raises(ValueError, match=r"momentum must be a number in \[0, 1\], got None"):
+        StepwiseBatchNorm1d(4, 3, momentum=None)
+    with pytest.raises(ValueError, match="max_steps must be a positive integer"):
+        StepwiseBatchNorm1d(4, 0)
+    lstm = RecurrentBatchNormLSTM(3, 4)
+    x = torch.randn(6, 5, 3)
+    for bad in ((torch.zeros(2, 5, 4), torch.zeros(2, 5, 4)), (torch.zeros(5, 4), torch.zeros(5, 4))):
+        with pytest.raises(ValueError, match=r"hx must be \(h0, c0\), each of shape \(1, 5, 4\)"):
+            lstm(x, bad)
+    out, (h, c) = lstm(x, (torch.zeros(1, 5, 4), torch.zeros(1, 5, 4)))
+    assert out.shape == (6, 5, 4) and h.shape == c.shape == (1, 5, 4)
+    with pytest.raises(ValueError, match="at least 2 sequences per batch .* got 1"):
+        lstm.train()(torch.randn(6, 1, 3))
+    assert lstm.eval()(torch.randn(6, 1, 3))[0].shape == (6, 1, 4)

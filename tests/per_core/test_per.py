@@ -3,6 +3,7 @@
 import itertools
 import math
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -827,3 +828,102 @@ def test_the_names_that_lived_in_per_core_per_still_import_from_there():
     assert per_module.PER is PER and per_module.as_samples is as_samples and per_module.from_samples is from_samples
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         per_module.nope  # noqa: B018
+
+
+def _gradient_at_output(module: nn.Module, x: torch.Tensor, **per_kwargs) -> torch.Tensor:
+    """The gradient PER adds at ``module``'s output (a task loss of 0 * output: PER's term alone)."""
+    with PER(module, 1.0, 16, seed=0, **per_kwargs):
+        out = module(x.detach().requires_grad_())
+        out.retain_grad()
+        (out * 0).sum().backward()
+    return out.grad
+
+
+def _reference(out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Autograd of per_loss over ``rows`` (a function of ``out``) with PER's first 16 slices of seed 0."""
+    theta = sample_slices(16, rows.shape[1], generator=gen(0), dtype=F64)
+    return torch.autograd.grad(per_loss(rows, theta=theta), out)[0]
+
+
+@pytest.mark.parametrize(
+    ("module", "shape", "rows_of"),
+    [
+        (nn.Linear(3, 7), (2, 3, 4, 3), lambda o: o.reshape(-1, 7)),  # channels-last features: rows of 7
+        (nn.Linear(3, 7), (2, 5, 3), lambda o: o.reshape(-1, 7)),
+        (nn.BatchNorm1d(4), (6, 4, 9), lambda o: o.transpose(1, 2).reshape(-1, 4)),  # after a Conv1d: channels
+        (nn.BatchNorm1d(4), (6, 4), lambda o: o),
+        (nn.GroupNorm(2, 4), (3, 4, 5, 5), lambda o: o.movedim(1, -1).reshape(-1, 4)),
+        (nn.LayerNorm(6), (2, 3, 4, 6), lambda o: o.reshape(-1, 6)),
+    ],
+)
+def test_each_module_type_gives_the_rows_of_its_own_features(module, shape, rows_of):
+    # before: any 4-D output other than a conv's was read as channels first (a Linear on (N, H, W, C) as rows
+    # over H, relative error 0.73) and any 3-D one as features last (a BatchNorm1d after a Conv1d as rows over L)
+    module = module.double().train()
+    x = torch.randn(*shape, generator=gen(40), dtype=F64)
+    got = _gradient_at_output(module, x)
+    out = module(x.requires_grad_())
+    torch.testing.assert_close(got, _reference(out, rows_of(out)), rtol=1e-9, atol=1e-12)
+
+
+def test_the_layout_argument_decides_for_modules_whose_type_says_nothing():
+    x = torch.randn(4, 5, 8, generator=gen(41), dtype=F64)  # a Conv1d's output: 5 channels, 8 positions
+    got = _gradient_at_output(nn.ELU(), x, layout="channels_first")
+    out = nn.ELU()(x.requires_grad_())
+    torch.testing.assert_close(got, _reference(out, out.transpose(1, 2).reshape(-1, 5)), rtol=1e-9, atol=1e-12)
+    auto = _gradient_at_output(nn.ELU(), x.detach())  # 'auto' reads 3-D as features last: rows of 8
+    torch.testing.assert_close(auto, _reference(out, out.reshape(-1, 8)), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="layout must be None .* got 'nchw'|layout must be None .*'nchw'"):
+        PER(nn.ELU(), 1.0, layout="nchw")
+
+
+@pytest.mark.parametrize(("cls", "dtype"), [(nn.LSTM, torch.float32), (nn.GRU, torch.float64), (nn.LSTM, F64)])
+def test_an_rnn_whose_sequence_output_the_loss_does_not_use_gets_a_warning_and_a_way_out(cls, dtype):
+    # before: a float32 LSTM crashed (AttributeError on a None gradient: its sequence and h_n share one node) and a
+    # GRU or float64 LSTM (separate nodes) silently got no PER at all
+    rnn = cls(4, 6).to(dtype)
+    x = torch.randn(5, 3, 4, generator=gen(42), dtype=dtype)
+
+    def last_hidden(out_and_state):
+        state = out_and_state[1]
+        return (state[0] if isinstance(state, tuple) else state)[-1]
+
+    vanilla = torch.autograd.grad(last_hidden(rnn(x)).pow(2).sum(), list(rnn.parameters()))
+    with PER(rnn, 0.5, 16, seed=0):
+        with pytest.warns(RuntimeWarning, match=r"does not use the output of layer '(LSTM|GRU)'.*0 \* output.sum\(\)"):
+            last_hidden(rnn(x)).pow(2).sum().backward()
+        assert all(torch.equal(p.grad, v) for p, v in zip(rnn.parameters(), vanilla, strict=True))  # nothing added
+        rnn.zero_grad()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the way out: no warning, and PER's term is there
+            out_and_state = rnn(x)
+            (last_hidden(out_and_state).pow(2).sum() + 0 * out_and_state[0].sum()).backward()
+    got = [p.grad.clone() for p in rnn.parameters()]
+    rnn.zero_grad()
+    out, state = rnn(x)
+    slices = gen(0)
+    sample_slices(16, 6, generator=slices, dtype=dtype)  # the first forward's, unused
+    theta = sample_slices(16, 6, generator=slices, dtype=dtype)
+    (last_hidden((out, state)).pow(2).sum() + 0.5 * per_loss(out.reshape(-1, 6), theta=theta)).backward()
+    for a, p in zip(got, rnn.parameters(), strict=True):
+        torch.testing.assert_close(a, p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_a_module_container_attaches_its_modules_and_penalty_says_why_nothing_was_tracked():
+    # before: PER(ModuleList) hooked the list itself, which is never called: nothing was regularized, and penalty()
+    # asked to "set track_penalty=True" although it was
+    blocks = nn.ModuleList([nn.Linear(5, 5), nn.Linear(5, 5)]).double()
+    x = torch.randn(8, 5, generator=gen(43), dtype=F64)
+    per = PER(blocks, 0.3, 16, track_penalty=True)
+    with pytest.raises(RuntimeError, match="no regularized layer ran forward and backward since track_penalty"):
+        per.penalty()
+    blocks[1](blocks[0](x)).sum().backward()
+    assert sorted(per.penalty(per_layer=True)) == ["0:Linear", "1:Linear"]  # in backward order
+    per.remove()
+    named = PER(nn.ModuleDict({"a": nn.Linear(2, 2), "b": nn.ELU()}), 0.1)
+    assert list(named.modules) == ["a", "b"]
+    named.remove()
+    with pytest.raises(TypeError, match=r"'inner' is a ModuleList, which has no forward of its own"):
+        PER({"inner": blocks}, 0.1)
+    with pytest.raises(RuntimeError, match="set track_penalty=True before a backward pass"):
+        PER(blocks, 0.1).penalty()

@@ -425,8 +425,9 @@ class ActivationRecorder:
         the slice's temporaries stay in cache (3x faster than 2^24) and are kept between batches
         (about 23 MB, until :meth:`remove`), and 2^22 elsewhere.
     layout : {None, 'auto', 'features_last', 'channels_first'}
-        How each output becomes rows of units, as for :class:`per_core.PER`: None (default) from the
-        module's type (:func:`per_core.samples.layout_of`).
+        How the outputs of modules whose type says nothing about their layout (activations,
+        ``Identity``) become rows of units, as for :class:`per_core.PER`; other modules follow their
+        type (:func:`per_core.samples.layout_of`). None (default): ``'auto'``.
 
     Example
     -------
@@ -555,7 +556,8 @@ class ActivationRecorder:
             # live across passes and are updated in place, which an inference tensor refuses
             with torch.inference_mode(False), torch.no_grad():
                 v = with_batch_axis(mod, h.detach())  # unbatched: a batch of one
-                self._record(split, label, v, self.layout or layout_of(mod, v.ndim))
+                lay = layout_of(mod, v.ndim)
+                self._record(split, label, v, self.layout if lay == "auto" and self.layout else lay)
 
         return forward_hook
 

@@ -203,8 +203,8 @@ class VCL(_OutputPenalty):
     Parameters
     ----------
     modules : nn.Module, iterable of nn.Module, or mapping name -> nn.Module
-        Layers whose outputs (batch first: ``(N, *features)``) are regularized. Time-major recurrent
-        modules (``nn.LSTM`` without ``batch_first``, :class:`RecurrentBatchNormLSTM`) are rejected.
+        Layers whose outputs (batch first: ``(N, *features)``) are regularized. Recurrent modules are
+        rejected: their outputs are time-major or packed, and change length.
     lam : float
         Weight :math:`\lambda` of the summed loss (the reference code's ``gamma``, default 0.01 there).
     sample_size : int or None
@@ -240,10 +240,11 @@ class VCL(_OutputPenalty):
             raise ValueError(f"sample_size must be None (halves) or an integer >= 2, got {sample_size!r}")
         beta = check_nonnegative(beta, "beta")
         for name, m in named_targets(modules, "VCL").items():
-            if isinstance(m, nn.RNNBase | RecurrentBatchNormLSTM) and not getattr(m, "batch_first", False):
+            if isinstance(m, nn.RNNBase | RecurrentBatchNormLSTM):
                 raise TypeError(
-                    f"VCL needs batch-first outputs (its samples are the batch's); {name!r} is a time-major "
-                    "recurrent module: build it with batch_first=True, or regularize another layer"
+                    f"VCL does not take recurrent modules ({name!r}): their outputs are time-major or packed and "
+                    "change length, while VCL's samples are the batch's and its learned betas are per output unit; "
+                    "regularize a layer with batch-first outputs of fixed shape"
                 )
         self.sample_size = None if sample_size is None else int(sample_size)
         self.beta = beta

@@ -117,8 +117,9 @@ class PER:
     hence the run, differs from an unchecked one.
 
     What the hooks cannot see: (1) an output the loss does not use gets no gradient, so PER adds
-    nothing there (an RNN classified from its last hidden state alone; PER warns when the layer's
-    parameters get a gradient but its output did not: add ``0 * output.sum()`` to the loss);
+    nothing there (an RNN classified from its last hidden state alone; at the layer's next forward
+    PER warns that its parameters got a gradient but its output did not: add ``0 * output.sum()``
+    to the loss);
     (2) PER's term enters the first-order gradient only: under ``create_graph=True`` (a gradient
     penalty, MAML) its second derivative is missing; (3) ``torch.compile`` captures the hooks present
     at its first call: attach PER before compiling (or call ``torch._dynamo.reset()`` after attaching),
@@ -157,10 +158,11 @@ class PER:
         When True, each backward also stores :math:`L_{per}` per layer (cheap: it reuses the
         projections and erf); read it with :meth:`penalty`. Can be switched at any time.
     layout : {None, 'auto', 'features_last', 'channels_first'}
-        How each output becomes rows (:func:`per_core.as_samples`). None (default): from the module's
-        type (:func:`per_core.samples.layout_of`: convolutions and BatchNorm channels first, Linear,
-        RNN and LayerNorm features last, whatever the output's rank); give it for modules whose type
-        says nothing, e.g. an activation after a Conv1d (``'channels_first'``).
+        How the outputs of modules whose type says nothing about their layout (activations,
+        ``Identity``) become rows (:func:`per_core.as_samples`), e.g. ``'channels_first'`` for an
+        activation after a Conv1d. Every other module's rows follow its type, whatever this says
+        (:func:`per_core.samples.layout_of`: convolutions and BatchNorm channels first, Linear, RNN
+        and normalization over the last axis features last, at any rank). None (default): ``'auto'``.
     chunk_elements : int
         Memory bound of one (rows x slices) projection block, reused by every chunk (default 2^20
         elements, 4 MiB in float32: on a 2-core CPU it ran 131,072 x 256 about 1.8x faster than
@@ -207,11 +209,12 @@ class PER:
         self._strata_cache: dict[tuple[int, int, torch.device], tuple[Tensor, Tensor]] = {}
         self._pending: list[weakref.ref[_Sampled]] = []  # sampled-location forwards awaiting their backward
         self._awaiting: dict[str, bool] = {}  # layer -> its last forward's output still waits for its gradient
+        self._param_grad: dict[str, bool] = {}  # layer -> a gradient reached its parameters since its last forward
         self._handles = [m.register_forward_hook(self._make_forward_hook(n, m)) for n, m in named.items()]
         for n, m in named.items():
             first = next((p for p in m.parameters() if p.requires_grad), None)
             if first is not None:
-                self._handles.append(first.register_post_accumulate_grad_hook(self._make_unused_check(n)))
+                self._handles.append(first.register_post_accumulate_grad_hook(self._make_param_grad_hook(n)))
 
     # -- randomness -----------------------------------------------------------------------------
     def _generator(self, device: torch.device, locations: bool = False) -> torch.Generator:
@@ -262,13 +265,15 @@ class PER:
             if h.numel() == 0:  # an empty batch (or empty feature maps): no rows, nothing to regularize
                 return
             v = with_batch_axis(mod, h.detach())  # what PER reads: the output, a batch axis added if it had none
-            lay = resolve_layout(tuple(v.shape), self.layout or layout_of(mod, v.ndim))
+            lay = layout_of(mod, v.ndim)
+            lay = resolve_layout(tuple(v.shape), self.layout if lay == "auto" and self.layout else lay)
             d = v.shape[1] if lay == "channels_first" else v.shape[-1]
             dtype = compute_dtype(h.dtype)
             gen = self._generator(h.device)
             sole_owner_counts(str(h.device))  # settled in a forward pass, not inside the first backward
-            if not in_backward():
-                self._awaiting[name] = True  # until its gradient hook runs (see _make_unused_check)
+            if not in_backward():  # not a checkpoint's recomputation
+                self._check_last_output_used(name)
+                self._awaiting[name], self._param_grad[name] = True, False
             if lay == "channels_first":
                 flat = v.flatten(2)  # (N, C, *S) -> (N, C, L): a view for contiguous and channels-last
                 index = self._pick_locations(flat, self._generator(h.device, locations=True))
@@ -317,7 +322,7 @@ class PER:
     def _make_grad_hook(self, name: str, saved: Tensor, version: int, theta: Tensor, layout: Layout, shape: torch.Size):
         def grad_hook(grad: Tensor | None) -> Tensor | None:
             if grad is None:  # the loss does not use this output, only another output of its node (an LSTM's h_n):
-                return None  # autograd cannot take a gradient here; _make_unused_check warns
+                return None  # autograd cannot take a gradient here; _check_last_output_used warns
             if saved._version != version:
                 raise RuntimeError(
                     f"PER: the output of layer {name!r} was modified in place after the forward pass; "
@@ -337,27 +342,31 @@ class PER:
 
         return grad_hook
 
-    def _make_unused_check(self, name: str):
-        """A hook on the layer's first parameter: its gradient arrived, but its output's never did.
+    def _make_param_grad_hook(self, name: str):
+        """A hook on the layer's first parameter: a gradient reached it (see :meth:`_check_last_output_used`)."""
 
-        Then the loss reached the layer's parameters without its output (an RNN classified from ``h_n``
-        alone, its sequence output unused): PER acts through that output's gradient, so it added nothing,
-        and the user is told how to include it. The output's gradient, when there is one, always comes
-        before the parameters' (it is what their gradient is computed from).
+        def seen(param: Tensor) -> None:
+            self._param_grad[name] = True
+
+        return seen
+
+    def _check_last_output_used(self, name: str) -> None:
+        """At a layer's next forward: warn if its last output never got a gradient while its parameters did.
+
+        Then the loss reached the layer's parameters without that output (an RNN classified from ``h_n``
+        alone, its sequence output unused): PER acts through the output's gradient, so it added nothing,
+        and the user is told how to include it. Checked at the next forward rather than when the
+        parameter's gradient arrives, so that any number of backward calls in between (a separate
+        weight penalty, tied weights under reentrant checkpointing) may deliver the output's gradient.
         """
-
-        def check(param: Tensor) -> None:
-            if self._awaiting.get(name):
-                self._awaiting[name] = False
-                warnings.warn(
-                    f"PER: the loss does not use the output of layer {name!r} (e.g. an RNN's sequence when only its "
-                    "last hidden state is used), so PER added nothing there; add 0 * output.sum() to the loss to "
-                    "regularize it, or attach PER to a layer whose output the loss uses",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-
-        return check
+        if self._awaiting.get(name) and self._param_grad.get(name):
+            warnings.warn(
+                f"PER: the last backward reached the parameters of layer {name!r} but not its output (e.g. an "
+                "RNN's sequence when only its last hidden state is used), so PER added nothing there; add "
+                "0 * output.sum() to the loss to regularize it, or attach PER to a layer whose output the loss uses",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
     def _make_sampled_grad_hook(self, entry: _Sampled):
         """Backward for ``locations=m``: lambda x the gradient of the N*m chosen rows, added at their locations."""

@@ -126,7 +126,7 @@ CHANNELS_FIRST = (
 
 #: Modules whose outputs hold their features on the last axis, (..., d), whatever their rank: a Linear on
 #: channels-last maps (N, H, W, C) gives rows of its C features, an RNN (T, N, H) rows of H hidden units.
-FEATURES_LAST = (nn.Linear, nn.Bilinear, nn.RNNBase, nn.Embedding, nn.EmbeddingBag, nn.LayerNorm)
+FEATURES_LAST = (nn.Linear, nn.Bilinear, nn.RNNBase, nn.Embedding, nn.EmbeddingBag, nn.LayerNorm, nn.RMSNorm)
 
 #: Normalizations of axis 1: (N, C, *spatial) is channels first, (N, C) one row per sample.
 CHANNEL_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
@@ -135,8 +135,8 @@ CHANNEL_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._Insta
 def layout_of(module: nn.Module, ndim: int | None = None) -> Layout:
     """The layout of ``module``'s output (of ``ndim`` dimensions, batch axis included, when known).
 
-    Channels first for convolutions; features last for Linear, RNN, embedding and LayerNorm outputs
-    of any rank; for BatchNorm/InstanceNorm/GroupNorm, channels first from 3 dimensions on (a
+    Channels first for convolutions; features last for Linear, RNN, embedding, LayerNorm and RMSNorm
+    outputs of any rank; for BatchNorm/InstanceNorm/GroupNorm, channels first from 3 dimensions on (a
     BatchNorm1d after a Conv1d normalizes channels). Any other module (an activation, Identity)
     says nothing about its input's layout: ``'auto'`` (channels first for 4-D and 5-D outputs);
     :class:`per_core.PER` and the recorder take a ``layout`` argument for those.
@@ -162,10 +162,12 @@ def check_layout(layout: object) -> Layout | None:
 def with_batch_axis(module: nn.Module, h: Tensor) -> Tensor:
     """``h`` with a batch axis of 1 prepended when ``module`` ran on one unbatched sample.
 
-    A Conv{1,2,3}d accepts (C, *S) as well as (N, C, *S), and a Linear a single (d,) vector; without
-    the batch axis the first spatial axis would be read as the channels.
+    A Conv{1,2,3}d or InstanceNorm{1,2,3}d accepts (C, *S) as well as (N, C, *S), and a Linear a
+    single (d,) vector; without the batch axis the first spatial axis would be read as the channels.
     """
     if isinstance(module, CHANNELS_FIRST):
         spatial = len(module.kernel_size)  # type: ignore[arg-type]
         return h.unsqueeze(0) if h.ndim == spatial + 1 else h
+    if isinstance(module, nn.modules.instancenorm._InstanceNorm):  # (C, *S) unbatched, like a conv
+        return h.unsqueeze(0) if h.ndim == module._get_no_batch_dim() else h
     return h.unsqueeze(0) if h.ndim == 1 else h

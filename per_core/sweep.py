@@ -200,14 +200,15 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
     Returns the text and one dict per (method, lambda): method, lam, metric, mean, std, n, failed,
     and for a test metric ``test_metric``, ``test_mean``, ``test_std``.
     """
-    groups: dict[tuple[str, float | None], list[dict[str, float]]] = {}
-    failed: dict[tuple[str, float | None], int] = {}
-    kinds: dict[tuple[str, float | None], str] = {}  # the metric of a group without a finished run
+    # groups are keyed (kind, method, lambda): kind is the task's metric, val_ppl for a language model and
+    # val_error for an image net, so that runs of both tasks with one method and lambda never share a row
+    groups: dict[tuple[str, str, float | None], list[dict[str, float]]] = {}
+    failed: dict[tuple[str, str, float | None], int] = {}
     presets, smoke, ends = set(), False, set()
     unfinished, left_out = [], []
-    # one run per (method, lambda, seed): a seed can sit in two folders (per/ and per-lam0.01/); the
+    # one run per (kind, method, lambda, seed): a seed can sit in two folders (per/ and per-lam0.01/); the
     # table counts the first finished one (else the first failed one) and names the others
-    seeds: dict[tuple[str, float | None, int], list[tuple[int, RunDir, dict, list]]] = {}
+    seeds: dict[tuple[str, str, float | None, int], list[tuple[int, RunDir, dict, list]]] = {}
     for run in find_runs(sweep):
         try:
             cfg = read_trained_config(run)
@@ -217,11 +218,12 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
         rows = run.read_metrics()
         status = 0 if rows and len(rows) >= cfg["epochs"] else 2  # finished, else unfinished
         status = 1 if (run.root / FAILED).is_file() else status
-        key = (cfg["method"], cfg["lam"] if cfg["method"] in REGULARIZERS else None, cfg["seed"])
+        kind = "val_ppl" if cfg["model"] in MODELS and is_recurrent(cfg["model"]) else "val_error"
+        key = (kind, cfg["method"], cfg["lam"] if cfg["method"] in REGULARIZERS else None, cfg["seed"])
         seeds.setdefault(key, []).append((status, run, cfg, rows))
     twice = []
-    for (method, lam, seed), found in seeds.items():
-        key = (method, lam)
+    for (kind, method, lam, seed), found in seeds.items():
+        key = (kind, method, lam)
         groups.setdefault(key, [])
         status, run, cfg, rows = min(found, key=lambda f: f[0])  # stable: the first of equal status
         for _, other, other_cfg, _ in found:
@@ -229,8 +231,6 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
                 diff = config_differences(other_cfg, TrainConfig.from_dict(cfg), ignore=_RECORDING)
                 how = f"holds seed {seed} with other settings ({diff})" if diff else f"repeats seed {seed}"
                 twice.append(f"{other.root} {how}; counted: {run.root}")
-        recurrent = cfg["model"] in MODELS and is_recurrent(cfg["model"])
-        kinds.setdefault(key, "val_ppl" if recurrent else "val_error")
         if status == 1:
             failed[key] = failed.get(key, 0) + 1
         elif status == 0:
@@ -242,11 +242,13 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
             unfinished.append(f"{run.root} (epoch {len(rows)} of {cfg['epochs']})")
     order = {m: i for i, m in enumerate(METHODS)}
     entries = []
-    for (method, lam), finals in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1] or 0)):
-        metric = next((k for k in _METRICS if finals and k in finals[0]), kinds[method, lam])
+    for (kind, method, lam), finals in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99), kv[0][2] or 0)
+    ):
+        metric = next((k for k in _METRICS if finals and k in finals[0]), kind)
         mean, std = _mean_std([f[metric] for f in finals if metric in f])
         e = {"method": method, "lam": lam, "metric": metric, "mean": mean, "std": std, "n": len(finals)}
-        e["failed"] = failed.get((method, lam), 0)
+        e["failed"] = failed.get((kind, method, lam), 0)
         test = "test_" + metric.removeprefix("val_")
         if finals and all(test in f for f in finals):
             e["test_metric"] = test

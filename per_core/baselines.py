@@ -436,7 +436,7 @@ class DecorrelatedBatchNorm2d(nn.Module):
                     f"the whitening of {self.group_size} channels (it needs more samples than channels), so the "
                     "running whitening was not updated; use a larger batch or a smaller group_size",
                     RuntimeWarning,
-                    stacklevel=2,
+                    stacklevel=4,
                 )
             mean = x2.mean(dim=1)
             xc = x2 - mean.unsqueeze(1)

@@ -365,7 +365,7 @@ class PER:
                 "RNN's sequence when only its last hidden state is used), so PER added nothing there; add "
                 "0 * output.sum() to the loss to regularize it, or attach PER to a layer whose output the loss uses",
                 RuntimeWarning,
-                stacklevel=5,  # the caller of the module: this, the forward hook, Module._call_impl, Module.__call__
+                stacklevel=6,  # the module's caller: this, the hook, _call_impl's inner(), _call_impl, __call__
             )
 
     def _make_sampled_grad_hook(self, entry: _Sampled):

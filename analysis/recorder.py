@@ -116,7 +116,7 @@ from torch.nn.utils.rnn import PackedSequence
 from per_core.checks import check_optional_positive_int, check_seed, device_available, is_integer
 from per_core.inplace import in_backward
 from per_core.rundir import RunDir
-from per_core.samples import Layout, check_layout, layout_of, resolve_layout, with_batch_axis
+from per_core.samples import Layout, check_layout, choose_layout, resolve_layout, with_batch_axis
 
 __all__ = [
     "COUNT_FIELDS",
@@ -424,10 +424,10 @@ class ActivationRecorder:
         about 50 bytes per element; a slice holds at least one sample). None: 2^19 on the CPU, where
         the slice's temporaries stay in cache (3x faster than 2^24) and are kept between batches
         (about 23 MB, until :meth:`remove`), and 2^22 elsewhere.
-    layout : {None, 'auto', 'features_last', 'channels_first'}
-        How the outputs of modules whose type says nothing about their layout (activations,
-        ``Identity``) become rows of units, as for :class:`per_core.PER`; other modules follow their
-        type (:func:`per_core.samples.layout_of`). None (default): ``'auto'``.
+    layout : {None, 'auto', 'features_last', 'channels_first'} or mapping label -> one of those
+        How outputs become rows of units, as for :class:`per_core.PER`: a single value decides for
+        the modules whose type says nothing about their layout (activations, ``Identity``), a
+        mapping for the layers it names, whatever their type. None (default): from each type.
 
     Example
     -------
@@ -456,9 +456,8 @@ class ActivationRecorder:
         train_every: int = 1,
         seed: int = 0,
         chunk_elements: int | None = None,
-        layout: Layout | None = None,
+        layout: Layout | Mapping[str, Layout] | None = None,
     ) -> None:
-        self.layout = check_layout(layout)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module (the network to record), got {type(model).__name__}")
         try:
@@ -489,6 +488,7 @@ class ActivationRecorder:
         self._last_edge = float(edges[-1])
         self.modules = _resolve_layers(model, layers)
         self.layers = list(self.modules)
+        self.layout = check_layout(layout, self.layers)
         self.epoch: int | None = None
         self._train = self._eval = self._reservoir_now = False
         self._stats: dict[tuple[str, str], _Stats] = {}
@@ -556,8 +556,7 @@ class ActivationRecorder:
             # live across passes and are updated in place, which an inference tensor refuses
             with torch.inference_mode(False), torch.no_grad():
                 v = with_batch_axis(mod, h.detach())  # unbatched: a batch of one
-                lay = layout_of(mod, v.ndim)
-                self._record(split, label, v, self.layout if lay == "auto" and self.layout else lay)
+                self._record(split, label, v, choose_layout(mod, v.ndim, label, self.layout))
 
         return forward_hook
 

@@ -32,8 +32,8 @@ from per_core.samples import (
     Layout,
     as_samples,
     check_layout,
+    choose_layout,
     from_samples,
-    layout_of,
     resolve_layout,
     with_batch_axis,
 )
@@ -117,9 +117,10 @@ class PER:
     hence the run, differs from an unchecked one.
 
     What the hooks cannot see: (1) an output the loss does not use gets no gradient, so PER adds
-    nothing there (an RNN classified from its last hidden state alone; at the layer's next forward
-    PER warns that its parameters got a gradient but its output did not: add ``0 * output.sum()``
-    to the loss);
+    nothing there (an RNN classified from its last hidden state alone): add ``0 * output.sum()`` to
+    the loss. PER warns where autograd shows it (a fused RNN kernel, as an LSTM in float32 on the
+    CPU or cuDNN, hands the unused output a None gradient); where the output's node simply does not
+    run (a GRU on the CPU, float64), nothing tells it apart from an output of no consequence;
     (2) PER's term enters the first-order gradient only: under ``create_graph=True`` (a gradient
     penalty, MAML) its second derivative is missing; (3) ``torch.compile`` captures the hooks present
     at its first call: attach PER before compiling (or call ``torch._dynamo.reset()`` after attaching),
@@ -157,12 +158,14 @@ class PER:
     track_penalty : bool
         When True, each backward also stores :math:`L_{per}` per layer (cheap: it reuses the
         projections and erf); read it with :meth:`penalty`. Can be switched at any time.
-    layout : {None, 'auto', 'features_last', 'channels_first'}
-        How the outputs of modules whose type says nothing about their layout (activations,
-        ``Identity``) become rows (:func:`per_core.as_samples`), e.g. ``'channels_first'`` for an
-        activation after a Conv1d. Every other module's rows follow its type, whatever this says
-        (:func:`per_core.samples.layout_of`: convolutions and BatchNorm channels first, Linear, RNN
-        and normalization over the last axis features last, at any rank). None (default): ``'auto'``.
+    layout : {None, 'auto', 'features_last', 'channels_first'} or mapping label -> one of those
+        How outputs become rows (:func:`per_core.as_samples`). Each module's type decides where it
+        can (:func:`per_core.samples.layout_of`: convolutions and BatchNorm channels first; Linear, RNN
+        and LayerNorm over the last axis features last, at any rank). A single value decides for the
+        modules whose type says nothing (activations, ``Identity``, a LayerNorm subclass), e.g.
+        ``'channels_first'`` for an activation after a Conv1d; a mapping decides for the layers it
+        names, whatever their type (ConvNeXt's channels-first ``LayerNorm2d``). None (default): from
+        each type, ``'auto'`` where it says nothing.
     chunk_elements : int
         Memory bound of one (rows x slices) projection block, reused by every chunk (default 2^20
         elements, 4 MiB in float32: on a 2-core CPU it ran 131,072 x 256 about 1.8x faster than
@@ -189,11 +192,11 @@ class PER:
         locations_seed: int | None = None,
         track_penalty: bool = False,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-        layout: Layout | None = None,
+        layout: Layout | Mapping[str, Layout] | None = None,
     ) -> None:
         locations = check_optional_positive_int(locations, "locations", "all")
-        self.layout = check_layout(layout)
         named = named_targets(modules, "PER")
+        self.layout = check_layout(layout, named)
         self.lam = check_nonnegative(lam, "lam")  # numpy scalars (a notebook's grid) are stored as float/int
         self.n_slices = check_positive_int(n_slices, "n_slices")
         self.seed = check_seed(seed)
@@ -208,13 +211,7 @@ class PER:
         self._new_pass = True  # a forward ran since the penalties were last tracked
         self._strata_cache: dict[tuple[int, int, torch.device], tuple[Tensor, Tensor]] = {}
         self._pending: list[weakref.ref[_Sampled]] = []  # sampled-location forwards awaiting their backward
-        self._awaiting: dict[str, bool] = {}  # layer -> its last forward's output still waits for its gradient
-        self._param_grad: dict[str, bool] = {}  # layer -> a gradient reached its parameters since its last forward
         self._handles = [m.register_forward_hook(self._make_forward_hook(n, m)) for n, m in named.items()]
-        for n, m in named.items():
-            first = next((p for p in m.parameters() if p.requires_grad), None)
-            if first is not None:
-                self._handles.append(first.register_post_accumulate_grad_hook(self._make_param_grad_hook(n)))
 
     # -- randomness -----------------------------------------------------------------------------
     def _generator(self, device: torch.device, locations: bool = False) -> torch.Generator:
@@ -265,15 +262,11 @@ class PER:
             if h.numel() == 0:  # an empty batch (or empty feature maps): no rows, nothing to regularize
                 return
             v = with_batch_axis(mod, h.detach())  # what PER reads: the output, a batch axis added if it had none
-            lay = layout_of(mod, v.ndim)
-            lay = resolve_layout(tuple(v.shape), self.layout if lay == "auto" and self.layout else lay)
+            lay = resolve_layout(tuple(v.shape), choose_layout(mod, v.ndim, name, self.layout))
             d = v.shape[1] if lay == "channels_first" else v.shape[-1]
             dtype = compute_dtype(h.dtype)
             gen = self._generator(h.device)
             sole_owner_counts(str(h.device))  # settled in a forward pass, not inside the first backward
-            if not in_backward():  # not a checkpoint's recomputation
-                self._check_last_output_used(name)
-                self._awaiting[name], self._param_grad[name] = True, False
             if lay == "channels_first":
                 flat = v.flatten(2)  # (N, C, *S) -> (N, C, L): a view for contiguous and channels-last
                 index = self._pick_locations(flat, self._generator(h.device, locations=True))
@@ -321,14 +314,20 @@ class PER:
 
     def _make_grad_hook(self, name: str, saved: Tensor, version: int, theta: Tensor, layout: Layout, shape: torch.Size):
         def grad_hook(grad: Tensor | None) -> Tensor | None:
-            if grad is None:  # the loss does not use this output, only another output of its node (an LSTM's h_n):
-                return None  # autograd cannot take a gradient here; _check_last_output_used warns
+            if grad is None:  # the loss does not use this output, only another output of its node (an LSTM's h_n)
+                warnings.warn(
+                    f"PER: the loss does not use the output of layer {name!r} (e.g. an RNN's sequence when only "
+                    "its last hidden state is used), so PER added nothing there; add 0 * output.sum() to the loss "
+                    "to regularize it, or attach PER to a layer whose output the loss uses",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                return None  # autograd cannot take a gradient in place of None
             if saved._version != version:
                 raise RuntimeError(
                     f"PER: the output of layer {name!r} was modified in place after the forward pass; "
                     "use out-of-place operations (e.g. nn.ELU(inplace=False)) after regularized layers"
                 )
-            self._awaiting[name] = False
             x = saved.to(theta.dtype)
             scale = self.lam if self.lam != 0.0 else 1.0
             g, loss = grad_and_loss(as_samples(x, layout), theta, self.track_penalty, self.chunk_elements, scale)
@@ -342,37 +341,10 @@ class PER:
 
         return grad_hook
 
-    def _make_param_grad_hook(self, name: str):
-        """A hook on the layer's first parameter: a gradient reached it (see :meth:`_check_last_output_used`)."""
-
-        def seen(param: Tensor) -> None:
-            self._param_grad[name] = True
-
-        return seen
-
-    def _check_last_output_used(self, name: str) -> None:
-        """At a layer's next forward: warn if its last output never got a gradient while its parameters did.
-
-        Then the loss reached the layer's parameters without that output (an RNN classified from ``h_n``
-        alone, its sequence output unused): PER acts through the output's gradient, so it added nothing,
-        and the user is told how to include it. Checked at the next forward rather than when the
-        parameter's gradient arrives, so that any number of backward calls in between (a separate
-        weight penalty, tied weights under reentrant checkpointing) may deliver the output's gradient.
-        """
-        if self._awaiting.get(name) and self._param_grad.get(name):
-            warnings.warn(
-                f"PER: the last backward reached the parameters of layer {name!r} but not its output (e.g. an "
-                "RNN's sequence when only its last hidden state is used), so PER added nothing there; add "
-                "0 * output.sum() to the loss to regularize it, or attach PER to a layer whose output the loss uses",
-                RuntimeWarning,
-                stacklevel=6,  # the module's caller: this, the hook, _call_impl's inner(), _call_impl, __call__
-            )
-
     def _make_sampled_grad_hook(self, entry: _Sampled):
         """Backward for ``locations=m``: lambda x the gradient of the N*m chosen rows, added at their locations."""
 
         def grad_hook(grad: Tensor) -> Tensor:
-            self._awaiting[entry.name] = False
             if entry.grad is None:
                 self._compute_pending()
             assert entry.grad is not None

@@ -9,6 +9,7 @@ H hidden units per time step of every sequence (:func:`as_samples`, and its inve
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 import torch
@@ -18,9 +19,11 @@ __all__ = [
     "CHANNELS_FIRST",
     "CHANNEL_NORMS",
     "FEATURES_LAST",
+    "LAST_AXIS_NORMS",
     "Layout",
     "as_samples",
     "check_layout",
+    "choose_layout",
     "from_samples",
     "layout_of",
     "resolve_layout",
@@ -126,7 +129,11 @@ CHANNELS_FIRST = (
 
 #: Modules whose outputs hold their features on the last axis, (..., d), whatever their rank: a Linear on
 #: channels-last maps (N, H, W, C) gives rows of its C features, an RNN (T, N, H) rows of H hidden units.
-FEATURES_LAST = (nn.Linear, nn.Bilinear, nn.RNNBase, nn.Embedding, nn.EmbeddingBag, nn.LayerNorm, nn.RMSNorm)
+FEATURES_LAST = (nn.Linear, nn.Bilinear, nn.RNNBase, nn.Embedding, nn.EmbeddingBag)
+
+#: Normalizations over trailing axes: features last when they normalize the last axis alone (exactly these
+#: classes: a subclass such as ConvNeXt's LayerNorm2d may permute a channels-first map).
+LAST_AXIS_NORMS = (nn.LayerNorm, nn.RMSNorm)
 
 #: Normalizations of axis 1: (N, C, *spatial) is channels first, (N, C) one row per sample.
 CHANNEL_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
@@ -135,28 +142,53 @@ CHANNEL_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._Insta
 def layout_of(module: nn.Module, ndim: int | None = None) -> Layout:
     """The layout of ``module``'s output (of ``ndim`` dimensions, batch axis included, when known).
 
-    Channels first for convolutions; features last for Linear, RNN, embedding, LayerNorm and RMSNorm
-    outputs of any rank; for BatchNorm/InstanceNorm/GroupNorm, channels first from 3 dimensions on (a
-    BatchNorm1d after a Conv1d normalizes channels). Any other module (an activation, Identity)
-    says nothing about its input's layout: ``'auto'`` (channels first for 4-D and 5-D outputs);
+    Channels first for convolutions; features last for Linear, RNN and embedding outputs of any
+    rank, and for LayerNorm and RMSNorm over the last axis alone (not their subclasses); for
+    BatchNorm/InstanceNorm/GroupNorm, channels first from 3 dimensions on (a BatchNorm1d after a
+    Conv1d normalizes channels). Any other module (an activation, Identity, a LayerNorm subclass)
+    says nothing about its layout: ``'auto'`` (channels first for 4-D and 5-D outputs);
     :class:`per_core.PER` and the recorder take a ``layout`` argument for those.
     """
     if isinstance(module, CHANNELS_FIRST):
         return "channels_first"
     if isinstance(module, FEATURES_LAST):
         return "features_last"
+    if type(module) in LAST_AXIS_NORMS and len(module.normalized_shape) == 1:  # type: ignore[arg-type]
+        return "features_last"
     if isinstance(module, CHANNEL_NORMS):
         return "features_last" if ndim is not None and ndim < 3 else "channels_first"
     return "auto"
 
 
-def check_layout(layout: object) -> Layout | None:
-    """``layout`` as a regularizer or recorder takes it: None (from each module's type) or one of :data:`Layout`."""
-    if layout is not None and layout not in ("auto", "features_last", "channels_first"):
+def check_layout(layout: object, labels: Iterable[str]) -> Layout | dict[str, Layout] | None:
+    """``layout`` as a regularizer or recorder takes it, for the modules labelled ``labels``.
+
+    None; one of :data:`Layout`, for the modules whose type says nothing (:func:`layout_of` is
+    ``'auto'``); or a mapping label -> layout, which decides for those labels whatever their type.
+    """
+    allowed = ("auto", "features_last", "channels_first")
+    if isinstance(layout, Mapping):
+        unknown = sorted(set(layout) - set(labels))
+        if unknown:
+            raise ValueError(f"layout names unknown layers {unknown}; the layers are {', '.join(labels)}")
+        bad = {k: v for k, v in layout.items() if v not in allowed}
+        if bad:
+            raise ValueError(f"layout values must be 'auto', 'features_last' or 'channels_first', got {bad}")
+        return dict(layout)
+    if layout is not None and layout not in allowed:
         raise ValueError(
-            f"layout must be None (from each module's type), 'auto', 'features_last' or 'channels_first': {layout!r}"
+            "layout must be None, 'auto', 'features_last', 'channels_first' or a mapping layer -> one of "
+            f"those, got {layout!r}"
         )
     return layout  # type: ignore[return-value]
+
+
+def choose_layout(module: nn.Module, ndim: int, label: str, layout: Layout | Mapping[str, Layout] | None) -> Layout:
+    """The layout of ``module``'s output (``ndim`` dimensions) under a ``layout`` checked by :func:`check_layout`."""
+    if isinstance(layout, Mapping) and label in layout:
+        return layout[label]
+    own = layout_of(module, ndim)
+    return layout if own == "auto" and isinstance(layout, str) else own
 
 
 def with_batch_axis(module: nn.Module, h: Tensor) -> Tensor:

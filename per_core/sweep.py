@@ -204,7 +204,9 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
     # val_error for an image net, so that runs of both tasks with one method and lambda never share a row
     groups: dict[tuple[str, str, float | None], list[dict[str, float]]] = {}
     failed: dict[tuple[str, str, float | None], int] = {}
-    presets, smoke, ends = set(), False, set()
+    presets: dict[str, set] = {}  # kind -> presets of its finished runs
+    ends: dict[str, set[int]] = {}  # kind -> the epochs its finished runs end at
+    smoke = False
     unfinished, left_out = [], []
     # one run per (kind, method, lambda, seed): a seed can sit in two folders (per/ and per-lam0.01/); the
     # table counts the first finished one (else the first failed one) and names the others
@@ -235,13 +237,13 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
             failed[key] = failed.get(key, 0) + 1
         elif status == 0:
             groups[key].append(_final_metrics(rows))
-            ends.add(len(rows))
-            presets.add(cfg.get("preset"))
+            ends.setdefault(kind, set()).add(len(rows))
+            presets.setdefault(kind, set()).add(cfg.get("preset"))
             smoke = smoke or bool(cfg.get("smoke"))
         else:
             unfinished.append(f"{run.root} (epoch {len(rows)} of {cfg['epochs']})")
     order = {m: i for i, m in enumerate(METHODS)}
-    entries = []
+    entries, kinds = [], []
     for (kind, method, lam), finals in sorted(
         groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99), kv[0][2] or 0)
     ):
@@ -254,6 +256,7 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
             e["test_metric"] = test
             e["test_mean"], e["test_std"] = _mean_std([f[test] for f in finals])
         entries.append(e)
+        kinds.append(kind)
     lines: list[str] = []
     starred = False
     for metric in dict.fromkeys(e["metric"] for e in entries):  # one table per metric (image and LM runs apart)
@@ -264,11 +267,13 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
         starred = starred or part_starred
     if starred:
         lines.append(f"* best lambda of the grid ({BEST_RULE}), as the paper reports")
-    if len(ends) > 1:
-        lines.append(
-            f"note: the runs end at different epochs ({', '.join(map(str, sorted(ends)))}), so rows compare unequal "
-            f"training; run the sweep again with --epochs {max(ends)} to extend the shorter ones"
-        )
+    for kind, epochs in sorted(ends.items()):
+        if len(epochs) > 1:
+            task = "language-model" if kind == "val_ppl" else "image"
+            lines.append(
+                f"note: the {task} runs end at different epochs ({', '.join(map(str, sorted(epochs)))}), so rows "
+                f"compare unequal training; run the sweep again with --epochs {max(epochs)} to extend the shorter ones"
+            )
     lines += [f"note: {t}" for t in twice]
     if unfinished:
         shown = ", ".join(unfinished[:5]) + (f" and {len(unfinished) - 5} more" if len(unfinished) > 5 else "")
@@ -277,8 +282,10 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
             "python -m per_core.train --out RUN --resume (or run the sweep again)"
         )
     lines += [f"note: left out: {t}" for t in left_out]
-    if len(presets) == 1 and (preset := presets.pop()) in PAPER_RESULTS:
-        lines += ["", *_paper_layout(preset, best_lambdas(entries), smoke)]
+    for kind, found in sorted(presets.items()):  # the paper's layout for a task whose runs are of one preset
+        if len(found) == 1 and (preset := next(iter(found))) in PAPER_RESULTS:
+            own = [e for e, k in zip(entries, kinds, strict=True) if k == kind]
+            lines += ["", *_paper_layout(preset, best_lambdas(own), smoke)]
     return "\n".join(lines), entries
 
 

@@ -881,7 +881,7 @@ def test_each_module_type_is_recorded_as_rows_of_its_own_units():
     model = nn.ModuleDict({"lin": lin, "bn": bn, "act": act})
     x, y = torch.randn(2, 5, 6, 3, generator=gen(30)), torch.randn(6, 4, 9, generator=gen(31))
     units = {}
-    for layout, expected_act in ((None, 9), ("channels_first", 4)):
+    for layout, expected_act in ((None, 9), ("channels_first", 4), ({"act": "channels_first"}, 4)):
         with ActivationRecorder(model, {"lin": lin, "bn": bn, "act": act}, layout=layout) as rec:
             rec.start_epoch(0)
             with torch.no_grad():
@@ -891,3 +891,5 @@ def test_each_module_type_is_recorded_as_rows_of_its_own_units():
         assert units == {"lin": 7, "bn": 4, "act": expected_act}, layout  # layout= only decides for "act"
     with pytest.raises(ValueError, match="layout must be None"):
         ActivationRecorder(model, {"lin": lin}, layout="nhwc")
+    with pytest.raises(ValueError, match=r"layout names unknown layers \['act'\]"):
+        ActivationRecorder(model, {"lin": lin}, layout={"act": "channels_first"})

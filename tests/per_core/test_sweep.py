@@ -61,7 +61,7 @@ def test_a_finished_sweep_is_extended_by_more_epochs(tmp_path, capsys):
     assert main([*argv[:-2], "--methods", "vanilla,bn", "--out", str(tmp_path), "--epochs", "20"]) == 0
     out = capsys.readouterr().out
     assert "vanilla/seed0: finished, skipped (it trained 21 epochs, more than --epochs 20)" in out
-    assert "note: the runs end at different epochs (20, 21)" in out and "--epochs 21 to extend" in out
+    assert "note: the image runs end at different epochs (20, 21)" in out and "--epochs 21 to extend" in out
     assert len(run.read_metrics()) == 21
 
 
@@ -241,8 +241,8 @@ def test_a_table_keeps_each_metric_under_its_own_heading_and_names_runs_it_canno
     # (and one method, lambda and seed on both tasks was one row: the LM run was dropped as "holds seed 0 with other
     # settings", or its seed counted in the image run's mean)
     lm = RunDir(tmp_path / "lm" / "per-lam0.01" / "seed0")
-    lm.write_config(get_preset("corpus-lstm").replace(method="per", lam=0.01, epochs=1).to_dict())
-    lm.write_metrics([{"epoch": 1, "val_loss": 4.0, "val_ppl": 53.83, "test_ppl": 52.59}])
+    lm.write_config(get_preset("corpus-lstm").replace(method="per", lam=0.01, epochs=2).to_dict())
+    lm.write_metrics([{"epoch": e, "val_loss": 4.0, "val_ppl": 53.83, "test_ppl": 52.59} for e in (1, 2)])
     fake_run(tmp_path / "per-lam0.01" / "seed0", "per", 0.01, 72.70)
     quick = RunDir(tmp_path / "quick")
     quick.write_config({"method": "per", "lam": 0.01})
@@ -253,4 +253,17 @@ def test_a_table_keeps_each_metric_under_its_own_heading_and_names_runs_it_canno
     assert lines[4].split() == ["per", "0.01", "53.83", "+-", "n/a", "52.59", "+-", "n/a", "1"]
     assert f"note: left out: {quick.config_path} was not written by per_core.train" in text
     assert "seed 0" not in text  # two tasks, two runs: neither repeats the other
+    assert "different epochs" not in text  # 2 LM epochs and 1 image epoch are no unequal training of one task
     assert [e["metric"] for e in entries] == ["val_error", "val_ppl"]
+
+
+def test_each_task_of_one_preset_gets_the_papers_layout(tmp_path):
+    # before: an image sweep and an LM sweep in one folder were two presets, so neither got the paper's layout
+    image = RunDir(tmp_path / "img" / "per-lam0.01" / "seed0")
+    image.write_config(get_preset("table2-relu-cifar10").replace(method="per", lam=0.01, epochs=1).to_dict())
+    image.write_metrics([{"epoch": 1, "val_error": 9.5, "val_loss": 0.3}])
+    lm = RunDir(tmp_path / "lm" / "per-lam0.01" / "seed0")
+    lm.write_config(get_preset("table3-lstm-ptb").replace(method="per", lam=0.01, epochs=1).to_dict())
+    lm.write_metrics([{"epoch": 1, "val_loss": 4.4, "val_ppl": 80.1, "test_ppl": 77.0}])
+    text, _ = results_table(tmp_path)
+    assert "table2-relu-cifar10 in the paper's layout" in text and "table3-lstm-ptb in the paper's layout" in text

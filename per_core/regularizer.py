@@ -72,6 +72,21 @@ def named_targets(
     return named
 
 
+def _unused_output(name: str) -> None:
+    """What a gradient hook does with the None gradient autograd hands an output the loss does not use.
+
+    A fused kernel's node (an LSTM's, whose ``h_n`` the loss uses) runs with None for its unused output;
+    autograd cannot take a gradient in its place, so PER adds nothing there and says so.
+    """
+    warnings.warn(
+        f"PER: the loss does not use the output of layer {name!r} (e.g. an RNN's sequence when only its last "
+        "hidden state is used), so PER added nothing there; add 0 * output.sum() to the loss to regularize it, "
+        "or attach PER to a layer whose output the loss uses",
+        RuntimeWarning,
+        stacklevel=6,  # the backward() call: this, the hook, _engine_run_backward, autograd.backward, Tensor.backward
+    )
+
+
 class _Sampled:
     """One forward of a layer with ``locations=m``: its chosen rows, waiting for the (batched) backward."""
 
@@ -118,9 +133,10 @@ class PER:
 
     What the hooks cannot see: (1) an output the loss does not use gets no gradient, so PER adds
     nothing there (an RNN classified from its last hidden state alone): add ``0 * output.sum()`` to
-    the loss. PER warns where autograd shows it (a fused RNN kernel, as an LSTM in float32 on the
-    CPU or cuDNN, hands the unused output a None gradient); where the output's node simply does not
-    run (a GRU on the CPU, float64), nothing tells it apart from an output of no consequence;
+    the loss. PER warns only where autograd shows it: a fused kernel whose node the loss reaches hands
+    the unused output a None gradient (on the CPU: a one-directional, time-major LSTM in float32).
+    Elsewhere (a GRU, float64, ``batch_first``, bidirectional or packed outputs) the unused output's
+    node simply does not run, and nothing tells it apart from an output of no consequence;
     (2) PER's term enters the first-order gradient only: under ``create_graph=True`` (a gradient
     penalty, MAML) its second derivative is missing; (3) ``torch.compile`` captures the hooks present
     at its first call: attach PER before compiling (or call ``torch._dynamo.reset()`` after attaching),
@@ -315,14 +331,7 @@ class PER:
     def _make_grad_hook(self, name: str, saved: Tensor, version: int, theta: Tensor, layout: Layout, shape: torch.Size):
         def grad_hook(grad: Tensor | None) -> Tensor | None:
             if grad is None:  # the loss does not use this output, only another output of its node (an LSTM's h_n)
-                warnings.warn(
-                    f"PER: the loss does not use the output of layer {name!r} (e.g. an RNN's sequence when only "
-                    "its last hidden state is used), so PER added nothing there; add 0 * output.sum() to the loss "
-                    "to regularize it, or attach PER to a layer whose output the loss uses",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                return None  # autograd cannot take a gradient in place of None
+                return _unused_output(name)
             if saved._version != version:
                 raise RuntimeError(
                     f"PER: the output of layer {name!r} was modified in place after the forward pass; "
@@ -344,7 +353,9 @@ class PER:
     def _make_sampled_grad_hook(self, entry: _Sampled):
         """Backward for ``locations=m``: lambda x the gradient of the N*m chosen rows, added at their locations."""
 
-        def grad_hook(grad: Tensor) -> Tensor:
+        def grad_hook(grad: Tensor | None) -> Tensor | None:
+            if grad is None:  # as in _make_grad_hook
+                return _unused_output(entry.name)
             if entry.grad is None:
                 self._compute_pending()
             assert entry.grad is not None

@@ -168,7 +168,7 @@ def check_layout(layout: object, labels: Iterable[str]) -> Layout | dict[str, La
     """
     allowed = ("auto", "features_last", "channels_first")
     if isinstance(layout, Mapping):
-        unknown = sorted(set(layout) - set(labels))
+        unknown = sorted(set(layout) - set(labels), key=str)
         if unknown:
             raise ValueError(f"layout names unknown layers {unknown}; the layers are {', '.join(labels)}")
         bad = {k: v for k, v in layout.items() if v not in allowed}

@@ -206,7 +206,7 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
     failed: dict[tuple[str, str, float | None], int] = {}
     presets: dict[str, set] = {}  # kind -> presets of its finished runs
     ends: dict[str, set[int]] = {}  # kind -> the epochs its finished runs end at
-    smoke = False
+    smoke: dict[str, bool] = {}  # kind -> some finished run of it is a --smoke run
     unfinished, left_out = [], []
     # one run per (kind, method, lambda, seed): a seed can sit in two folders (per/ and per-lam0.01/); the
     # table counts the first finished one (else the first failed one) and names the others
@@ -239,7 +239,7 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
             groups[key].append(_final_metrics(rows))
             ends.setdefault(kind, set()).add(len(rows))
             presets.setdefault(kind, set()).add(cfg.get("preset"))
-            smoke = smoke or bool(cfg.get("smoke"))
+            smoke[kind] = smoke.get(kind, False) or bool(cfg.get("smoke"))
         else:
             unfinished.append(f"{run.root} (epoch {len(rows)} of {cfg['epochs']})")
     order = {m: i for i, m in enumerate(METHODS)}
@@ -285,7 +285,7 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
     for kind, found in sorted(presets.items()):  # the paper's layout for a task whose runs are of one preset
         if len(found) == 1 and (preset := next(iter(found))) in PAPER_RESULTS:
             own = [e for e, k in zip(entries, kinds, strict=True) if k == kind]
-            lines += ["", *_paper_layout(preset, best_lambdas(own), smoke)]
+            lines += ["", *_paper_layout(preset, best_lambdas(own), smoke[kind])]
     return "\n".join(lines), entries
 
 

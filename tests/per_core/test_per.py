@@ -879,6 +879,8 @@ def test_the_layout_argument_decides_for_modules_whose_type_says_nothing():
         PER(nn.ELU(), 1.0, layout="nchw")
     with pytest.raises(ValueError, match=r"layout names unknown layers \['fc'\]; the layers are act"):
         PER({"act": nn.ELU()}, 1.0, layout={"fc": "channels_first"})
+    with pytest.raises(ValueError, match=r"layout names unknown layers \[1, 'x'\]"):  # keys of mixed types: sorted
+        PER({"act": nn.ELU()}, 1.0, layout={1: "auto", "x": "auto"})
     lin = nn.Linear(3, 7).double()  # a module whose type decides is not overridden (before: rows over time steps)
     y = torch.randn(4, 10, 3, generator=gen(45), dtype=F64)
     got = _gradient_at_output(lin, y, layout="channels_first")
@@ -984,3 +986,24 @@ def test_a_module_container_attaches_its_modules_and_penalty_says_why_nothing_wa
         PER({"inner": blocks}, 0.1)
     with pytest.raises(RuntimeError, match="set track_penalty=True before a backward pass"):
         PER(blocks, 0.1).penalty()
+
+
+class Halves(nn.Module):
+    """Two channel halves of a map: a node with two outputs, like a fused RNN kernel's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.chunk(2, dim=1)
+
+
+@pytest.mark.parametrize("locations", [None, 2])
+def test_the_sampled_hook_handles_a_none_gradient_like_the_full_one(locations):
+    # the final review: with locations=m the sampled hook called owns(None) and crashed (AttributeError); now both
+    # hooks warn, naming the backward() line, and add nothing
+    split = Halves()
+    x = torch.randn(3, 4, 4, 4, generator=gen(48), requires_grad=True)
+    with PER({"split": split}, 0.1, 8, locations=locations, layout="channels_first"):
+        _unused, second = split(x)  # PER regularizes the first output, which the loss leaves out
+        with pytest.warns(RuntimeWarning, match="does not use the output of layer 'split'") as seen:
+            second.sum().backward()
+    assert seen[0].filename == __file__  # the line of the backward() call
+    assert torch.equal(x.grad[:, 2:], torch.ones(3, 2, 4, 4)) and not x.grad[:, :2].any()  # PER added nothing

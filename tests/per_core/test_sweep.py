@@ -267,3 +267,17 @@ def test_each_task_of_one_preset_gets_the_papers_layout(tmp_path):
     lm.write_metrics([{"epoch": 1, "val_loss": 4.4, "val_ppl": 80.1, "test_ppl": 77.0}])
     text, _ = results_table(tmp_path)
     assert "table2-relu-cifar10 in the paper's layout" in text and "table3-lstm-ptb in the paper's layout" in text
+
+
+def test_a_smoke_task_leaves_out_the_papers_numbers_only_in_its_own_layout(tmp_path):
+    # the final review: one smoke run of one task dropped the paper's numbers from the other task's layout too
+    image = RunDir(tmp_path / "img" / "per-lam0.01" / "seed0")
+    image.write_config(get_preset("table2-relu-cifar10").replace(method="per", lam=0.01, epochs=1).as_smoke().to_dict())
+    image.write_metrics([{"epoch": e, "val_error": 90.0, "val_loss": 2.3} for e in (1, 2)])
+    lm = RunDir(tmp_path / "lm" / "per-lam0.01" / "seed0")
+    lm.write_config(get_preset("table3-lstm-ptb").replace(method="per", lam=0.01, epochs=1).to_dict())
+    lm.write_metrics([{"epoch": 1, "val_loss": 4.4, "val_ppl": 80.1, "test_ppl": 77.0}])
+    text, _ = results_table(tmp_path)
+    image_block, lm_block = text.split("table2-relu-cifar10 in the paper's layout")[1].split("table3-lstm-ptb in")
+    assert "left out" in image_block and "paper val error" not in image_block
+    assert "left out" not in lm_block and "paper val ppl" in lm_block

@@ -35,11 +35,11 @@ def batch_norm(X: np.ndarray, eps: float = 0.0) -> np.ndarray:
     standardization unless ``eps > 0`` (a ValueError otherwise).
     """
     X = _sample_matrix(X, eps)
-    var = X.var(0)
-    if eps == 0 and np.any(np.ptp(X, 0) == 0):
-        cols = np.flatnonzero(np.ptp(X, 0) == 0).tolist()
+    constant = np.ptp(X, 0) == 0
+    if eps == 0 and constant.any():
+        cols = np.flatnonzero(constant).tolist()
         raise ValueError(f"column(s) {cols} of X are constant: dividing by their std 0 is undefined; pass eps > 0")
-    return (X - X.mean(0)) / np.sqrt(var + eps)
+    return (X - X.mean(0)) / np.sqrt(X.var(0) + eps)
 
 
 def whiten(X: np.ndarray, eps: float = 0.0) -> np.ndarray:
@@ -56,8 +56,9 @@ def whiten(X: np.ndarray, eps: float = 0.0) -> np.ndarray:
     Xc = X - X.mean(0)
     cov = Xc.T @ Xc / len(X) + eps * np.eye(X.shape[1])
     vals, vecs = np.linalg.eigh(cov)
-    if vals[0] <= X.shape[1] * np.finfo(np.float64).eps * max(vals[-1], np.finfo(np.float64).tiny):
-        rank = int(np.sum(vals > X.shape[1] * np.finfo(np.float64).eps * vals[-1]))
+    tol = X.shape[1] * np.finfo(np.float64).eps  # relative to the largest eigenvalue
+    if vals[0] <= tol * max(vals[-1], np.finfo(np.float64).tiny):
+        rank = int(np.sum(vals > tol * vals[-1]))
         raise ValueError(
             f"the covariance of X ({X.shape[0]} rows, {X.shape[1]} columns) is singular (rank {rank}): "
             "it cannot be whitened; pass eps > 0"

@@ -293,7 +293,7 @@ class PER:
                     h.register_hook(self._make_sampled_grad_hook(entry))
                     return
             theta = sample_slices(self.n_slices, d, generator=gen, device=h.device, dtype=dtype)
-            h.register_hook(self._make_grad_hook(name, v, h._version, theta, lay, h.shape))
+            h.register_hook(self._make_grad_hook(name, v, h._version, theta, lay))
 
         return forward_hook
 
@@ -328,7 +328,7 @@ class PER:
             self._strata_cache[key] = (edges[:-1].clone(), edges[1:] - edges[:-1])
         return self._strata_cache[key]
 
-    def _make_grad_hook(self, name: str, saved: Tensor, version: int, theta: Tensor, layout: Layout, shape: torch.Size):
+    def _make_grad_hook(self, name: str, saved: Tensor, version: int, theta: Tensor, layout: Layout):
         def grad_hook(grad: Tensor | None) -> Tensor | None:
             if grad is None:  # the loss does not use this output, only another output of its node (an LSTM's h_n)
                 return _unused_output(name)
@@ -344,8 +344,7 @@ class PER:
                 self._track(name, loss)
             if self.lam == 0.0:
                 return grad
-            g = from_samples(g, x.shape, layout).reshape(shape)  # drops an added batch axis
-            g = g.to(grad.dtype)
+            g = from_samples(g, x.shape, layout).to(grad.dtype).reshape(grad.shape)  # drops an added batch axis
             return grad.add_(g) if owns(grad) else grad + g
 
         return grad_hook

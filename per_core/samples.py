@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -31,11 +31,13 @@ __all__ = [
 ]
 
 Layout = Literal["auto", "features_last", "channels_first"]
+#: The values of :data:`Layout`.
+_LAYOUTS: tuple[str, ...] = get_args(Layout)
 
 
 def resolve_layout(shape: tuple[int, ...], layout: Layout) -> Layout:
     """``layout`` checked against ``shape``; ``'auto'`` resolved (channels first for 4-D and 5-D tensors)."""
-    if layout not in ("auto", "features_last", "channels_first"):
+    if layout not in _LAYOUTS:
         raise ValueError(f"layout must be 'auto', 'features_last' or 'channels_first', got {layout!r}")
     if layout == "auto":
         return "channels_first" if len(shape) >= 4 else "features_last"
@@ -166,16 +168,15 @@ def check_layout(layout: object, labels: Iterable[str]) -> Layout | dict[str, La
     None; one of :data:`Layout`, for the modules whose type says nothing (:func:`layout_of` is
     ``'auto'``); or a mapping label -> layout, which decides for those labels whatever their type.
     """
-    allowed = ("auto", "features_last", "channels_first")
     if isinstance(layout, Mapping):
         unknown = sorted(set(layout) - set(labels), key=str)
         if unknown:
             raise ValueError(f"layout names unknown layers {unknown}; the layers are {', '.join(labels)}")
-        bad = {k: v for k, v in layout.items() if v not in allowed}
+        bad = {k: v for k, v in layout.items() if v not in _LAYOUTS}
         if bad:
             raise ValueError(f"layout values must be 'auto', 'features_last' or 'channels_first', got {bad}")
         return dict(layout)
-    if layout is not None and layout not in allowed:
+    if layout is not None and layout not in _LAYOUTS:
         raise ValueError(
             "layout must be None, 'auto', 'features_last', 'channels_first' or a mapping layer -> one of "
             f"those, got {layout!r}"

@@ -601,18 +601,17 @@ def _say(line: str) -> None:
     say(line, tqdm.write)
 
 
-def _config_record(run: RunDir, cfg: TrainConfig, resume: bool, start: int) -> dict[str, Any]:
+def _config_record(saved: dict[str, Any] | None, cfg: TrainConfig, start: int) -> dict[str, Any]:
     """What config.json holds: the config, and the command, package versions and CPU threads of the first launch.
 
     A resume keeps those (the threads of the launch that trains from epoch 1) and appends
     ``{"from_epoch", "command", "versions", "threads", "changed"}`` to the list ``"resumed"``;
     ``changed`` maps each field that differs from the saved config (only :data:`RESUMABLE_CHANGES`)
-    to ``[saved, now]``.
+    to ``[saved, now]``. ``saved``: the resumed run's config.json, None for a new run.
     """
     now = {"command": sys.argv, "versions": package_versions(), "threads": torch.get_num_threads()}
-    if not resume:  # a resumed run has its config.json: prepare_run_dir read it
+    if saved is None:
         return {**cfg.to_dict(), **now}
-    saved = run.read_config()
     entry = {"from_epoch": start, **now, "changed": _changes(saved, cfg)}  # (saved, now) pairs, lists in JSON
     first = {k: saved[k] for k in now if k in saved}  # a run saved before "threads" existed does not know its own
     if start == 0:  # no checkpoint: the run starts over, with this launch's threads
@@ -623,6 +622,7 @@ def _config_record(run: RunDir, cfg: TrainConfig, resume: bool, start: int) -> d
 def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str, Any]]:
     cfg, main = s.cfg, s.env.is_main
     start, metrics = 0, []
+    saved = run.read_config() if resume and main else None  # read once: the thread note and the new record
     try:
         if resume and run.checkpoint_path.is_file():
             start, metrics = load_checkpoint(run, s)
@@ -634,7 +634,7 @@ def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str
                 return metrics
             if main:
                 _say(f"resuming {run.root} at epoch {start + 1}/{cfg.epochs}")
-                threads, first = torch.get_num_threads(), run.read_config().get("threads")
+                threads, first = torch.get_num_threads(), saved.get("threads")
                 if s.device.type == "cpu" and first not in (None, threads):
                     _say(
                         f"note: this run started with {first} CPU threads and goes on with {threads}: float sums "
@@ -644,7 +644,7 @@ def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str
         elif resume and main:  # killed before its first epoch finished: nothing to continue from
             _say(f"{run.root}: no checkpoint yet, starting from epoch 1")
         if main:
-            run.write_config(_config_record(run, cfg, resume, start))
+            run.write_config(_config_record(saved, cfg, start))
         for epoch in range(start + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
             recording = s.recorder is not None and _should_record(cfg, epoch)

@@ -32,7 +32,9 @@ the same metrics for 1/R of the work (:meth:`per_core.tasks.ImageClassification.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -42,6 +44,8 @@ __all__ = [
     "CrossRankBatchNorm2d",
     "DistEnv",
     "convert_sync_batchnorm",
+    "exit_without_teardown",
+    "gloo_ranks",
     "init_from_env",
     "resolve_device",
     "sync_bn_traffic",
@@ -145,8 +149,28 @@ def init_from_env(device: str = "auto") -> DistEnv:
 
 
 def shutdown() -> None:
+    """Tear the process group down, if there is one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def gloo_ranks() -> bool:
+    """Whether this process is one of several ranks of a gloo (CPU) process group that is still up."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and dist.get_backend() == "gloo"
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """End a rank of a gloo group with exit status ``code``, without tearing gloo down.
+
+    Tearing it down races with the peers: a rank whose peer closed the connections first could abort
+    ("terminate called without an active exception", exit -6) after all its results were written (twice
+    in about 70 torchrun launches of the tests in one session, quiet or loaded). After the trainer's final
+    barrier every rank has finished its collectives, so each one exits at once and the kernel closes the
+    sockets; a rank that failed exits at once too (no barrier a failed peer would never reach).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -34,7 +34,15 @@ import per_core
 from per_core.baselines import VCL, L1Penalty, L2Penalty
 from per_core.cli import OneLineArgumentParser, bar_shown, note, parse_per_locations, run_command, say
 from per_core.configs import METHODS, PRESETS, SMOKE_STEPS, TRAINER_FIELDS, TrainConfig, get_preset
-from per_core.distributed import DistEnv, convert_sync_batchnorm, init_from_env, resolve_device, shutdown
+from per_core.distributed import (
+    DistEnv,
+    convert_sync_batchnorm,
+    exit_without_teardown,
+    gloo_ranks,
+    init_from_env,
+    resolve_device,
+    shutdown,
+)
 from per_core.models import MODELS, build_model
 from per_core.regularizer import PER
 from per_core.rundir import RunDir, RunDirError
@@ -572,6 +580,14 @@ def train(
     The config is checked before the directory is looked at. Rank 0 prints one line per epoch (on
     stdout); ``progress`` adds a progress bar within the epoch when stderr is a terminal.
     """
+    return _train_in_group(cfg, out, resume, overwrite, progress, teardown=True)
+
+
+def _train_in_group(
+    cfg: TrainConfig, out: str | Path, resume: bool, overwrite: bool, progress: bool, teardown: bool
+) -> list[dict[str, Any]]:
+    """:func:`train`; ``teardown=False`` leaves the process group up for a process that ends right after
+    (:func:`per_core.distributed.exit_without_teardown`)."""
     validate_config(cfg)
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
@@ -588,7 +604,8 @@ def train(
         env.barrier()  # no rank tears the process group down while another still uses it (gloo aborts)
         return metrics
     finally:
-        shutdown()
+        if teardown:
+            shutdown()
 
 
 def _shown(key: str, value: float) -> str:
@@ -817,19 +834,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                 note(line)
         if args.out is None:
             args.out = Path("runs") / f"{cfg.preset}-{cfg.method}-seed{cfg.seed}{'-smoke' if cfg.smoke else ''}"
-        metrics = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+        # the process group stays up until the process ends (below): gloo's is then left without a teardown
+        metrics = _train_in_group(cfg, args.out, args.resume, args.overwrite, not args.no_progress, teardown=False)
         if int(os.environ.get("RANK", "0")) == 0:  # rank 0 reports
             last = metrics[-1] if metrics else {}
             shown = ", ".join(_shown(k, last[k]) for k in ("val_error", "val_ppl", "val_loss") if k in last)
             say(f"done: {args.out} (epoch {last.get('epoch')}, {shown})")
         return 0
 
-    return run_command(
-        body,
-        debug=args.debug,
-        errors=(ValueError, OSError, TrainingError),
-        interrupted=lambda: _interrupted(args.out),
-    )
+    try:
+        code = run_command(
+            body,
+            debug=args.debug,
+            errors=(ValueError, OSError, TrainingError),
+            interrupted=lambda: _interrupted(args.out),
+        )
+    except BaseException:  # --debug re-raises: the group is torn down as train() would
+        shutdown()
+        raise
+    if gloo_ranks():
+        exit_without_teardown(code)
+    shutdown()
+    return code
 
 
 def _interrupted(out: Path | None) -> str:

@@ -15,6 +15,7 @@ marks the lambda with the best mean, the way the paper's tables report the best 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -168,6 +169,24 @@ def _label(metric: str) -> str:
 BEST_RULE = "lowest mean as shown; on a tie the smallest lambda, the least regularization"
 
 
+def _task(cfg: Mapping[str, Any]) -> tuple[str, str, str, str, bool]:
+    """What a run measures: its metric's kind, data, model and model arguments, and whether it is a smoke run.
+
+    Runs of different tasks never share a row (e.g. CIFAR-10 and CIFAR-100 at one lambda, or ResNet-56
+    and ResNet-110): their numbers are not samples of one quantity.
+    """
+    kind = "val_ppl" if cfg["model"] in MODELS and is_recurrent(cfg["model"]) else "val_error"
+    args = json.dumps(cfg.get("model_args") or {}, sort_keys=True)
+    return kind, str(cfg.get("data")), str(cfg["model"]), args, bool(cfg.get("smoke"))
+
+
+def _task_title(task: tuple[str, str, str, str, bool]) -> str:
+    """A task as the tables head it, e.g. ``cnn11(activation=elu) on cifar100`` or ``resnet56 on cifar10``."""
+    _, data, model, args, smoke = task
+    shown = ", ".join(f"{k}={v}" for k, v in json.loads(args).items())
+    return f"{model}({shown}) on {data}".replace("() ", " ") + (" (--smoke: synthetic data)" if smoke else "")
+
+
 def best_lambdas(entries: list[dict]) -> dict[str, dict]:
     """Per method, the entry with the best (lowest) mean, the one every table marks and reports.
 
@@ -197,20 +216,24 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
     (each at its best lambda), next to the paper's numbers (:data:`per_core.configs.PAPER_RESULTS`),
     which are left out for ``--smoke`` runs (synthetic data: not comparable with them).
 
-    Returns the text and one dict per (method, lambda): method, lam, metric, mean, std, n, failed,
-    and for a test metric ``test_metric``, ``test_mean``, ``test_std``.
+    Runs of different tasks (:func:`_task`: data, model, model arguments, smoke or not) get tables of
+    their own, each headed by its task when there is more than one.
+
+    Returns the text and one dict per (task, method, lambda): task (its title), method, lam, metric,
+    mean, std, n, failed, and for a test metric ``test_metric``, ``test_mean``, ``test_std``.
     """
-    # groups are keyed (kind, method, lambda): kind is the task's metric, val_ppl for a language model and
-    # val_error for an image net, so that runs of both tasks with one method and lambda never share a row
-    groups: dict[tuple[str, str, float | None], list[dict[str, float]]] = {}
-    failed: dict[tuple[str, str, float | None], int] = {}
-    presets: dict[str, set] = {}  # kind -> presets of its finished runs
-    ends: dict[str, set[int]] = {}  # kind -> the epochs its finished runs end at
-    smoke: dict[str, bool] = {}  # kind -> some finished run of it is a --smoke run
+    # groups are keyed (task, method, lambda), so that runs of two tasks with one method and lambda never share
+    # a row: their numbers are no samples of one quantity (an LM's perplexity and an image error; CIFAR-10 and
+    # CIFAR-100)
+    Task = tuple[str, str, str, str, bool]
+    groups: dict[tuple[Task, str, float | None], list[dict[str, float]]] = {}
+    failed: dict[tuple[Task, str, float | None], int] = {}
+    presets: dict[Task, set] = {}  # task -> presets of its finished runs
+    ends: dict[Task, set[int]] = {}  # task -> the epochs its finished runs end at
     unfinished, left_out = [], []
-    # one run per (kind, method, lambda, seed): a seed can sit in two folders (per/ and per-lam0.01/); the
+    # one run per (task, method, lambda, seed): a seed can sit in two folders (per/ and per-lam0.01/); the
     # table counts the first finished one (else the first failed one) and names the others
-    seeds: dict[tuple[str, str, float | None, int], list[tuple[int, RunDir, dict, list]]] = {}
+    seeds: dict[tuple[Task, str, float | None, int], list[tuple[int, RunDir, dict, list]]] = {}
     for run in find_runs(sweep):
         try:
             cfg = read_trained_config(run)
@@ -220,12 +243,11 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
         rows = run.read_metrics()
         status = 0 if rows and len(rows) >= cfg["epochs"] else 2  # finished, else unfinished
         status = 1 if (run.root / FAILED).is_file() else status
-        kind = "val_ppl" if cfg["model"] in MODELS and is_recurrent(cfg["model"]) else "val_error"
-        key = (kind, cfg["method"], cfg["lam"] if cfg["method"] in REGULARIZERS else None, cfg["seed"])
+        key = (_task(cfg), cfg["method"], cfg["lam"] if cfg["method"] in REGULARIZERS else None, cfg["seed"])
         seeds.setdefault(key, []).append((status, run, cfg, rows))
     twice = []
-    for (kind, method, lam, seed), found in seeds.items():
-        key = (kind, method, lam)
+    for (task, method, lam, seed), found in seeds.items():
+        key = (task, method, lam)
         groups.setdefault(key, [])
         status, run, cfg, rows = min(found, key=lambda f: f[0])  # stable: the first of equal status
         for _, other, other_cfg, _ in found:
@@ -237,42 +259,42 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
             failed[key] = failed.get(key, 0) + 1
         elif status == 0:
             groups[key].append(_final_metrics(rows))
-            ends.setdefault(kind, set()).add(len(rows))
-            presets.setdefault(kind, set()).add(cfg.get("preset"))
-            smoke[kind] = smoke.get(kind, False) or bool(cfg.get("smoke"))
+            ends.setdefault(task, set()).add(len(rows))
+            presets.setdefault(task, set()).add(cfg.get("preset"))
         else:
             unfinished.append(f"{run.root} (epoch {len(rows)} of {cfg['epochs']})")
     order = {m: i for i, m in enumerate(METHODS)}
-    entries, kinds = [], []
-    for (kind, method, lam), finals in sorted(
+    entries, tasks = [], []
+    for (task, method, lam), finals in sorted(
         groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99), kv[0][2] or 0)
     ):
-        metric = next((k for k in _METRICS if finals and k in finals[0]), kind)
+        metric = next((k for k in _METRICS if finals and k in finals[0]), task[0])
         mean, std = _mean_std([f[metric] for f in finals if metric in f])
-        e = {"method": method, "lam": lam, "metric": metric, "mean": mean, "std": std, "n": len(finals)}
-        e["failed"] = failed.get((kind, method, lam), 0)
+        e = {"task": _task_title(task), "method": method, "lam": lam, "metric": metric}
+        e.update(mean=mean, std=std, n=len(finals), failed=failed.get((task, method, lam), 0))
         test = "test_" + metric.removeprefix("val_")
         if finals and all(test in f for f in finals):
             e["test_metric"] = test
             e["test_mean"], e["test_std"] = _mean_std([f[test] for f in finals])
         entries.append(e)
-        kinds.append(kind)
+        tasks.append(task)
     lines: list[str] = []
     starred = False
-    for metric in dict.fromkeys(e["metric"] for e in entries):  # one table per metric (image and LM runs apart)
-        part = [e for e in entries if e["metric"] == metric]
+    for task in dict.fromkeys(tasks):  # one table per task, headed by it when there are several
+        part = [e for e, t in zip(entries, tasks, strict=True) if t == task]
         lines += [""] if lines else []
-        part_lines, part_starred = _metric_table(part, metric)
+        lines += [f"{_task_title(task)}:"] if len(set(tasks)) > 1 else []
+        part_lines, part_starred = _metric_table(part, part[0]["metric"])
         lines += part_lines
         starred = starred or part_starred
     if starred:
         lines.append(f"* best lambda of the grid ({BEST_RULE}), as the paper reports")
-    for kind, epochs in sorted(ends.items()):
-        if len(epochs) > 1:
-            task = "language-model" if kind == "val_ppl" else "image"
+    for task in dict.fromkeys(tasks):
+        if len(epochs := ends.get(task, set())) > 1:
+            of = f" of {_task_title(task)}" if len(set(tasks)) > 1 else ""
             lines.append(
-                f"note: the {task} runs end at different epochs ({', '.join(map(str, sorted(epochs)))}), so rows "
-                f"compare unequal training; run the sweep again with --epochs {max(epochs)} to extend the shorter ones"
+                f"note: the runs{of} end at different epochs ({', '.join(map(str, sorted(epochs)))}), so rows compare "
+                f"unequal training; run the sweep again with --epochs {max(epochs)} to extend the shorter ones"
             )
     lines += [f"note: {t}" for t in twice]
     if unfinished:
@@ -282,10 +304,10 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
             "python -m per_core.train --out RUN --resume (or run the sweep again)"
         )
     lines += [f"note: left out: {t}" for t in left_out]
-    for kind, found in sorted(presets.items()):  # the paper's layout for a task whose runs are of one preset
-        if len(found) == 1 and (preset := next(iter(found))) in PAPER_RESULTS:
-            own = [e for e, k in zip(entries, kinds, strict=True) if k == kind]
-            lines += ["", *_paper_layout(preset, best_lambdas(own), smoke[kind])]
+    for task in dict.fromkeys(tasks):  # the paper's layout for a task whose runs are of one preset
+        if len(found := presets.get(task, set())) == 1 and (preset := next(iter(found))) in PAPER_RESULTS:
+            own = [e for e, t in zip(entries, tasks, strict=True) if t == task]
+            lines += ["", *_paper_layout(preset, best_lambdas(own), smoke=task[4])]
     return "\n".join(lines), entries
 
 

@@ -61,7 +61,7 @@ def test_a_finished_sweep_is_extended_by_more_epochs(tmp_path, capsys):
     assert main([*argv[:-2], "--methods", "vanilla,bn", "--out", str(tmp_path), "--epochs", "20"]) == 0
     out = capsys.readouterr().out
     assert "vanilla/seed0: finished, skipped (it trained 21 epochs, more than --epochs 20)" in out
-    assert "note: the image runs end at different epochs (20, 21)" in out and "--epochs 21 to extend" in out
+    assert "note: the runs end at different epochs (20, 21)" in out and "--epochs 21 to extend" in out
     assert len(run.read_metrics()) == 21
 
 
@@ -248,9 +248,11 @@ def test_a_table_keeps_each_metric_under_its_own_heading_and_names_runs_it_canno
     quick.write_config({"method": "per", "lam": 0.01})
     text, entries = results_table(tmp_path)
     lines = text.splitlines()
-    assert lines[0].split()[2:4] == ["val", "error"] and lines[1].split() == ["per", "0.01", "72.70%", "+-", "n/a", "1"]
-    assert lines[3].split()[:4] == ["method", "lambda", "val", "ppl"]
-    assert lines[4].split() == ["per", "0.01", "53.83", "+-", "n/a", "52.59", "+-", "n/a", "1"]
+    assert lines[0] == "small_cnn(activation=elu, depth=6, width=32) on digits:"
+    assert lines[1].split()[2:4] == ["val", "error"] and lines[2].split() == ["per", "0.01", "72.70%", "+-", "n/a", "1"]
+    assert lines[4].startswith("lstm_lm(") and lines[4].endswith(") on corpus:")
+    assert lines[5].split()[:4] == ["method", "lambda", "val", "ppl"]
+    assert lines[6].split() == ["per", "0.01", "53.83", "+-", "n/a", "52.59", "+-", "n/a", "1"]
     assert f"note: left out: {quick.config_path} was not written by per_core.train" in text
     assert "seed 0" not in text  # two tasks, two runs: neither repeats the other
     assert "different epochs" not in text  # 2 LM epochs and 1 image epoch are no unequal training of one task
@@ -281,3 +283,39 @@ def test_a_smoke_task_leaves_out_the_papers_numbers_only_in_its_own_layout(tmp_p
     image_block, lm_block = text.split("table2-relu-cifar10 in the paper's layout")[1].split("table3-lstm-ptb in")
     assert "left out" in image_block and "paper val error" not in image_block
     assert "left out" not in lm_block and "paper val ppl" in lm_block
+
+
+def test_two_datasets_or_depths_of_one_task_never_share_a_row(tmp_path):
+    # before: CIFAR-10 and CIFAR-100 runs of one method and lambda were averaged into one row without a word (and a
+    # seed on both was dropped as "holds seed 0 with other settings"); ResNet-56 and ResNet-110 the same
+    def run(name, preset, error, seed=0):
+        r = RunDir(tmp_path / name / "per-lam0.0001" / f"seed{seed}")
+        r.write_config(get_preset(preset).replace(method="per", lam=1e-4, epochs=1, seed=seed).to_dict())
+        r.write_metrics([{"epoch": 1, "val_error": error, "val_loss": 1.0}])
+
+    run("c10", "table2-relu-cifar10", 8.0)
+    run("c10", "table2-relu-cifar10", 10.0, seed=1)
+    run("c100", "table2-relu-cifar100", 30.0)
+    run("r56", "table1-resnet56", 6.5)
+    run("r110", "table1-resnet110", 6.0)
+    text, entries = results_table(tmp_path)
+    means = {e["task"]: (e["mean"], e["n"]) for e in entries}
+    assert len(means) == 4 and (9.0, 2) in means.values() and (30.0, 1) in means.values()
+    assert (6.5, 1) in means.values() and (6.0, 1) in means.values()
+    assert "seed 0" not in text  # no run repeats another
+    for title in means:
+        assert f"\n{title}:\n" in f"\n{text}"
+    assert any(t.endswith(" on cifar100") for t in means) and "resnet110 on cifar10" in means
+    # each task is of one preset, so each gets the paper's layout with its own number
+    for preset in ("table2-relu-cifar10", "table2-relu-cifar100", "table1-resnet56", "table1-resnet110"):
+        assert f"{preset} in the paper's layout" in text
+
+
+def test_smoke_runs_and_real_runs_of_one_preset_are_two_tasks(tmp_path):
+    fake_run(tmp_path / "real" / "per-lam0.01" / "seed0", "per", 0.01, 2.0)
+    smoke = RunDir(tmp_path / "smoke" / "per-lam0.01" / "seed0")
+    smoke.write_config(get_preset("demo").replace(method="per", lam=0.01, epochs=1).as_smoke().to_dict())
+    smoke.write_metrics([{"epoch": e, "val_error": 90.0, "val_loss": 2.3} for e in (1, 2)])
+    text, entries = results_table(tmp_path)
+    assert sorted(e["mean"] for e in entries) == [2.0, 90.0]
+    assert "small_cnn(activation=elu, depth=6, width=32) on digits (--smoke: synthetic data):" in text

@@ -247,11 +247,18 @@ def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
 
 
 def _multistep(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """lr x ``gamma`` at each milestone, or x ``gammas[i]`` at milestone i: lr_e = lr_0 prod_{m_i <= e} gamma_i."""
-    if cfg.gammas is None:
+    """lr x ``gamma`` at each milestone (or x ``gammas[i]`` at milestone i), after ``warmup_epochs`` at lr / 10.
+
+    After e finished epochs the next one trains at lr_e = lr_0 w_e prod_{m_i <= e} gamma_i, with w_e = 1/10
+    for e < warmup_epochs and 1 after (He et al. 2016, Section 4.2: ResNet-110 starts at 0.01, then 0.1).
+    """
+    if cfg.gammas is None and not cfg.warmup_epochs:  # the scheduler whose state earlier checkpoints hold
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
-    steps = list(zip(cfg.milestones, cfg.gammas, strict=True))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: math.prod(g for m, g in steps if e >= m))
+    steps = list(zip(cfg.milestones, cfg.gammas or [cfg.gamma] * len(cfg.milestones), strict=True))
+    warm = cfg.warmup_epochs
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda e: (0.1 if e < warm else 1.0) * math.prod(g for m, g in steps if e >= m)
+    )
 
 
 def _build_penalty(cfg: TrainConfig, module: nn.Module, task: Task, device: torch.device) -> Any:

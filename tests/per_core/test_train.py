@@ -491,6 +491,32 @@ def test_table2_follows_the_vcl_codes_lr_values_and_clips_each_tensor():
         cfg.replace(gammas=[0.1]).validate()
 
 
+def test_table1_resnet110_starts_at_a_tenth_of_its_lr_for_one_epoch(tmp_path):
+    # He et al. 2016, Section 4.2: ResNet-110 starts at 0.01 (before: 0.1 from the first step, where the BN net's loss
+    # grew from 4.3 to 57 in six steps); the milestones stay where they were, for every group (Fixup's biases at lr/10)
+    cfg = get_preset("table1-resnet110").as_smoke().replace(record=None)
+    assert cfg.warmup_epochs == 1 and get_preset("table1-resnet56").warmup_epochs == 0
+    s = train_module.build(cfg, train_module.DistEnv())
+    lrs = []
+    for _ in range(160):
+        lrs.append(sorted({g["lr"] for g in s.optimizer.param_groups}))
+        s.optimizer.step()
+        s.scheduler.step()
+    expected = {0: [1e-3, 1e-2], 1: [1e-2, 0.1], 99: [1e-2, 0.1], 100: [1e-3, 1e-2], 150: [1e-4, 1e-3]}
+    for epoch, want in expected.items():
+        assert lrs[epoch] == pytest.approx(want), epoch
+    # through the trainer: metrics log each epoch's lr, and a resume continues the schedule where it stopped
+    base = small(epochs=2, warmup_epochs=2, milestones=[3], gammas=[0.5])
+    train(base, tmp_path / "w", progress=False)
+    rows = train(base.replace(epochs=4), tmp_path / "w", resume=True, progress=False)
+    assert [r["lr"] for r in rows] == pytest.approx([0.005, 0.005, 0.05, 0.025])
+    for bad, match in ((dict(warmup_epochs=-1), "an int >= 0"), (dict(warmup_epochs=1.5), "an int >= 0")):
+        with pytest.raises(ValueError, match=re.escape(f"warmup_epochs must be {match}")):
+            get_preset("demo").replace(**bad).validate()
+    with pytest.raises(ValueError, match=re.escape("warmup_epochs must be 0 with schedule 'plateau'")):
+        get_preset("corpus-lstm").replace(warmup_epochs=1).validate()
+
+
 def test_table1_uses_fixups_optimizer_groups():
     # Fixup's CIFAR script: biases and scales at lr/10, weight decay on every parameter (before: lr for all,
     # and no weight decay on the 1-D parameters)

@@ -39,7 +39,10 @@ epoch's rows, 256 by default); its distances are those of that m-row sample.
   eval mode).
 - ``epoch``: the epoch, counted from 1.
 - ``layer``: the recorded layer's label (e.g. layer3).
-- ``rows``: reservoir rows m used (rows holding a NaN or inf are left out).
+- ``rows``: reservoir rows m used (rows holding a NaN or inf are left out); 0 when no row was finite:
+  then nothing was checked, the numbers are NaN and the flags False.
+- ``nonfinite_rows``: reservoir rows left out because they hold a NaN or inf (the run was diverging:
+  ``python -m analysis.bounds`` names them in a ``note:``).
 - ``units``: the layer's width d (the dimension of a row).
 - ``sw1``: SW1 of the rows to N(0, I_d): the exact 1-D W1 of the projected rows to N(0, 1), averaged
   over the ``--n-projections`` slices (seed ``--seed``). 0 only for N(0, I) itself; an m-row
@@ -62,12 +65,14 @@ epoch's rows, 256 by default); its distances are those of that m-row sample.
 - ``collapsed``: ``projected_std < 0.5`` and ``lper < 1.128``: the bound is small because the
   activations are small (shrunk by a regularizer, or small from the start, as in early epochs), not
   because they are Gaussian; ``sw1`` is then large.
-- ``passed``: ``per_slice_ok`` and ``w1_ok``; False is a violation of the theory (exit status 1).
+- ``passed``: ``per_slice_ok`` and ``w1_ok``; False with ``rows`` > 0 is a violation of the theory
+  (exit status 1).
 
 distances.csv: one row per (run, split, epoch, layer, unit) recorded.
 
 - ``run``, ``method``, ``split``, ``epoch``, ``layer``: as in bounds.csv.
 - ``unit``: the unit's index in the layer (neuron or channel), from 0.
+- ``nonfinite``: the unit's recorded values that were NaN or inf (left out of ``w1_hist``).
 - ``w1_hist``: W1 of the unit's values to N(0, 1) from its histogram (every value recorded in that
   epoch and split, not only the reservoir), each bin's values moved to its midpoint; NaN when no
   finite value was recorded.
@@ -508,8 +513,26 @@ def _check_slice_options(parser: argparse.ArgumentParser, args: argparse.Namespa
         parser.error("; ".join(wrong))
 
 
+def _nonfinite_notes(table: Any) -> list[str]:
+    """One line per (run, split, layer) whose reservoirs held rows with a NaN or inf: the epochs and counts."""
+    hit = table[table["nonfinite_rows"] > 0]
+    notes = []
+    for (run, split, layer), g in hit.groupby(["run", "split", "layer"], sort=False):
+        rows = zip(g["epoch"], g["nonfinite_rows"], g["rows"], strict=True)
+        each = ", ".join(f"{e} ({n} of {n + m})" for e, n, m in rows)
+        empty = [str(e) for e, m in zip(g["epoch"], g["rows"], strict=True) if m == 0]
+        unchecked = f"; nothing checked at epoch(s) {', '.join(empty)}: no finite row" if empty else ""
+        notes.append(
+            f"run {run}, split {split}, layer {layer}: reservoir rows with NaN or inf left out at epoch(s) {each}"
+            f"{unchecked} (the run diverged or overflowed there)"
+        )
+    return notes
+
+
 def _summary(path: str, table: Any, violations: int) -> list[str]:
     """The stdout lines of one path: what was counted, the violations, and the collapsed rows per run."""
+    unchecked = int((table["rows"] == 0).sum())
+    table = table[table["rows"] > 0]
     runs = list(dict.fromkeys(table["run"].astype(str)))
     methods = dict(zip(table["run"].astype(str), table["method"].astype(str), strict=True))
     splits = "+".join(dict.fromkeys(table["split"].astype(str)))
@@ -520,7 +543,8 @@ def _summary(path: str, table: Any, violations: int) -> list[str]:
     )
     return [
         f"{path}: {len(table)} reservoirs checked, one per (run, split, epoch, layer) "
-        f"({len(runs)} run{'s' * (len(runs) != 1)}, splits {splits or 'none'}); {violations} violations",
+        f"({len(runs)} run{'s' * (len(runs) != 1)}, splits {splits or 'none'}); {violations} violations"
+        + (f"; {unchecked} without a finite row, not checked" if unchecked else ""),
         f"  collapsed (projected std < {COLLAPSE_STD:g} and L_per < 1.128: small activations, shrunk or small "
         f"from the start): {per_run or 'none checked'}",
     ]
@@ -564,7 +588,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             for msg in skipped:
                 print(f"skipped: {msg}", file=sys.stderr)
-            bad = table[~table["passed"].astype(bool)] if len(table) else table
+            for msg in _nonfinite_notes(table):
+                print(f"note: {msg}", file=sys.stderr)
+            bad = table[(table["rows"] > 0) & ~table["passed"].astype(bool)]
             for r in bad.itertuples(index=False):
                 what = "SW1 > L_per on a slice" if not r.per_slice_ok else "SW1 > W1 + slack"
                 print(

@@ -20,6 +20,7 @@ the distance of that sample: it carries the finite-sample bias of an m-point emp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -42,6 +43,7 @@ BOUNDS_COLUMNS = [
     "epoch",
     "layer",
     "rows",
+    "nonfinite_rows",
     "units",
     "sw1",
     "lper",
@@ -55,6 +57,8 @@ BOUNDS_COLUMNS = [
     "collapsed",
     "passed",
 ]
+_CHECKED = BOUNDS_COLUMNS[BOUNDS_COLUMNS.index("sw1") :]  # what a reservoir without a finite row leaves unknown
+_FLAGS = ("per_slice_ok", "w1_ok", "collapsed", "passed")  # False there: nothing was checked
 
 
 def _bar(items: Iterable[Any], total: int, desc: str, progress: bool) -> Iterator[Any]:
@@ -67,25 +71,26 @@ def _bar(items: Iterable[Any], total: int, desc: str, progress: bool) -> Iterato
 def layer_bounds(data: RunData, *, n_projections: int = 256, seed: int = 0, progress: bool = False) -> pd.DataFrame:
     """One row per recorded (run, split, epoch, layer) with a reservoir: distances and bound checks.
 
-    ``progress``: a progress bar on stderr over those (run, split, epoch, layer).
+    Reservoir rows holding a NaN or inf are left out of every number and counted in ``nonfinite_rows``;
+    a reservoir without a finite row keeps its row, with ``rows`` 0, NaN numbers and False flags
+    (nothing was checked). ``progress``: a progress bar on stderr over those (run, split, epoch, layer).
     """
     rows: list[dict[str, Any]] = []
     kept = data.index[data.index["reservoir"] > 0]
     for r in _bar(kept.itertuples(index=False), len(kept), "bounds", progress):
         X = data.reservoir(r.run, r.split, int(r.epoch), r.layer).astype(np.float64)
-        X = X[np.isfinite(X).all(axis=1)]
-        if len(X) == 0:
+        finite = np.isfinite(X).all(axis=1)
+        where = {"run": r.run, "method": r.method, "split": r.split, "epoch": int(r.epoch), "layer": r.layer}
+        counts = {"rows": int(finite.sum()), "nonfinite_rows": int((~finite).sum()), "units": X.shape[1]}
+        if not finite.any():
+            rows.append({**where, **counts, **{c: False if c in _FLAGS else math.nan for c in _CHECKED}})
             continue
+        X = X[finite]
         rep = check_bounds(X, n_projections, seed)
         rows.append(
             {
-                "run": r.run,
-                "method": r.method,
-                "split": r.split,
-                "epoch": int(r.epoch),
-                "layer": r.layer,
-                "rows": len(X),
-                "units": X.shape[1],
+                **where,
+                **counts,
                 "sw1": rep.sw1,
                 "lper": rep.lper,
                 "gap": rep.gap,
@@ -142,13 +147,15 @@ def unit_distances(data: RunData, *, progress: bool = False) -> pd.DataFrame:
                     "epoch": int(r.epoch),
                     "layer": r.layer,
                     "unit": np.arange(len(s)),
+                    "nonfinite": (s["nan"] + s["posinf"] + s["neginf"]).to_numpy(np.int64),
                     "w1_hist": values,
                     "w1_hist_error": errors,
                     "w1_reservoir": exact,
                 }
             )
         )
-    columns = ["run", "method", "split", "epoch", "layer", "unit", "w1_hist", "w1_hist_error", "w1_reservoir"]
+    columns = ["run", "method", "split", "epoch", "layer", "unit", "nonfinite"]
+    columns += ["w1_hist", "w1_hist_error", "w1_reservoir"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 

@@ -174,3 +174,31 @@ def test_bounds_cli_reports_a_violation_loudly(tmp_path, capsys, monkeypatch, br
         "2 reservoirs checked, one per (run, split, epoch, layer) (1 run, splits train); 2 violations" in captured.out
     )
     assert not pd.read_csv(tmp_path / "bad" / "analysis" / "bounds.csv")["passed"].any()
+
+
+def test_nonfinite_activations_are_counted_and_named_never_dropped_silently(tmp_path, capsys):
+    # before: a reservoir of NaN rows was left out of bounds.csv, the CLI said "2 reservoirs checked ... 0 violations",
+    # and rows with a NaN only lowered `rows`; the units' NaN counts reached no table
+    rng = np.random.default_rng(0)
+    partly = rng.normal(size=(200, 3))
+    partly[:5, 1] = np.nan
+    partly[5, 0] = np.inf
+    fake_run(tmp_path / "r", "per", [rng.normal(size=(200, 3)), partly, np.full((200, 3), np.nan)])
+    assert main([str(tmp_path / "r"), "--no-progress"]) == 0  # no bound was violated
+    out, err = capsys.readouterr()
+    b = pd.read_csv(tmp_path / "r" / "analysis" / "bounds.csv")
+    assert b["epoch"].tolist() == [1, 2, 3]
+    assert b["rows"].tolist() == [200, 194, 0] and b["nonfinite_rows"].tolist() == [0, 6, 200]
+    assert b["passed"].tolist() == [True, True, False] and np.isnan(b["sw1"].iloc[2]) and np.isnan(b["lper"].iloc[2])
+    assert "2 reservoirs checked" in out and "0 violations; 1 without a finite row, not checked" in out
+    assert "VIOLATION" not in err
+    assert (
+        "note: run r, split train, layer layer1: reservoir rows with NaN or inf left out at epoch(s) 2 (6 of 200), "
+        "3 (200 of 200); nothing checked at epoch(s) 3: no finite row" in err
+    )
+    d = pd.read_csv(tmp_path / "r" / "analysis" / "distances.csv")
+    assert d.loc[d["epoch"] == 2, "nonfinite"].tolist() == [1, 5, 0]
+    assert (
+        d.loc[d["epoch"] == 3, "nonfinite"].tolist() == [200, 200, 200]
+        and d.loc[d["epoch"] == 3, "w1_hist"].isna().all()
+    )

@@ -198,7 +198,10 @@ def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
         groups.append({"params": list(penalty.parameters()), "weight_decay": cfg.weight_decay})
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.schedule == "plateau":
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.gamma, patience=0)
+        # any decrease of the validation loss counts as one (threshold 0), as in pytorch/examples' word-LM
+        # ("if not best_val_loss or val_loss < best_val_loss"); torch's default threshold 1e-4 cut the lr also
+        # after an improvement smaller than 1e-4 relative (0.03 ppl at ppl 80)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.gamma, patience=0, threshold=0.0)
     else:
         scheduler = _multistep(optimizer, cfg)
     lam = cfg.lam if cfg.method == "per" else 0.0

@@ -236,7 +236,9 @@ def _table1(depth: int) -> Callable[[], TrainConfig]:
     preset.__doc__ = (
         f"Table 1: ResNet-{depth} on CIFAR-10 (Fixup init without BN), the Fixup/ResNet recipe.\n\n"
         "As Fixup's CIFAR script (hongyi-zhang/Fixup, cifar/cifar_train.py): biases and Fixup scales at lr/10,\n"
-        "weight decay on every parameter; without its mixup, which the paper does not mention."
+        "weight decay on every parameter; without its mixup, which the paper does not mention. The random\n"
+        "crop pads the normalized image with 0 (the channel mean, as the VCL code does), where Fixup's script\n"
+        "pads the raw image with black."
         + (
             "\n\nResNet-110 trains its first epoch at lr 0.01 (warmup_epochs=1), as He et al. (2016, Section 4.2)\n"
             "start their ResNet-110, for which 0.1 is 'slightly too large to start converging': the BN row's\n"

@@ -119,6 +119,21 @@ def test_wikitext2_keeps_blank_lines_as_eos_like_the_standard_loader(tmp_path):
     assert d.valid.tolist() == d.train.tolist()
 
 
+def test_word_corpora_break_lines_where_the_standard_loader_does(tmp_path):
+    # a reviewer's case: str.splitlines also broke at \x0c and \u2028 (two extra <eos>); iterating over the file, as
+    # pytorch/examples does, breaks only at \n, \r\n and \r
+    text = " cat\x0cdog \u2028 sat\r\n the\x85end \r mat \n"
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"ptb.{split}.txt").write_text(text, encoding="utf-8", newline="")
+    d = load_word_corpus(tmp_path, "ptb")
+    reference = []
+    with open(tmp_path / "ptb.train.txt", encoding="utf8") as f:  # word_language_model/data.py, Corpus.tokenize
+        for line in f:
+            reference += [*line.split(), "<eos>"]
+    expected = ["cat", "dog", "sat", "<eos>", "the", "end", "<eos>", "mat", "<eos>"]
+    assert [d.vocab[i] for i in d.train.tolist()] == reference == expected
+
+
 def test_word_corpora_from_local_files(tmp_path):
     (tmp_path / "ptb.train.txt").write_text(" the cat sat <unk> \n the dog \n")
     (tmp_path / "ptb.valid.txt").write_text(" the cat \n")

@@ -140,12 +140,18 @@ _METRICS = ("val_error", "val_ppl", "val_loss")
 
 
 def _final_metrics(rows: list[dict]) -> dict[str, float]:
-    """The validation metric of the last epoch, and its test counterpart when one was measured."""
+    """The validation metric of the run, and its test counterpart when one was measured.
+
+    Those of the best validation epoch's model where the trainer measured them (``best_val_ppl``,
+    ``best_test_ppl``: language models, as pytorch/examples reports them), else the last epoch's.
+    """
     last = rows[-1]
     for key in _METRICS:
         if key in last:
             test = "test_" + key.removeprefix("val_")
-            return {key: float(last[key]), **({test: float(last[test])} if test in last else {})}
+            prefix = "best_" if f"best_{key}" in last and f"best_{test}" in last else ""
+            found = {key: float(last[prefix + key]), "best": bool(prefix)}
+            return found | ({test: float(last[prefix + test])} if prefix + test in last else {})
     raise RunDirError("metrics.jsonl has no validation metric")
 
 
@@ -272,6 +278,7 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
         mean, std = _mean_std([f[metric] for f in finals if metric in f])
         e = {"task": _task_title(task), "method": method, "lam": lam, "metric": metric}
         e.update(mean=mean, std=std, n=len(finals), failed=failed.get((task, method, lam), 0))
+        e["best_epoch_runs"] = sum(f["best"] for f in finals)  # runs counted at their best validation epoch
         test = "test_" + metric.removeprefix("val_")
         if finals and all(test in f for f in finals):
             e["test_metric"] = test
@@ -289,6 +296,13 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
         starred = starred or part_starred
     if starred:
         lines.append(f"* best lambda of the grid ({BEST_RULE}), as the paper reports")
+    if best_runs := sum(e["best_epoch_runs"] for e in entries):
+        last_runs = sum(e["n"] for e in entries if e["metric"] == "val_ppl") - best_runs
+        lines.append(
+            "note: language models are counted at each run's best validation epoch, val and test of its model "
+            "(as pytorch/examples; metrics.jsonl's last row holds them as best_*, next to the last epoch's)"
+            + (f"; {last_runs} run(s) trained before that are counted at their last epoch" if last_runs > 0 else "")
+        )
     for task in dict.fromkeys(tasks):
         if len(epochs := ends.get(task, set())) > 1:
             of = f" of {_task_title(task)}" if len(set(tasks)) > 1 else ""

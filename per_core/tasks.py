@@ -44,6 +44,10 @@ class StepResult:
 class Task(Protocol):
     """What the trainer needs from a task."""
 
+    #: Whether the trainer also reports the test metrics of the model of the best validation epoch (a task
+    #: whose validation split is apart from its test split; choosing on a test split would fit the test set).
+    best_of_validation: bool
+
     def model_kwargs(self) -> dict[str, Any]: ...
 
     def steps_per_epoch(self, world_size: int) -> int: ...
@@ -65,6 +69,8 @@ class Task(Protocol):
 
 class ImageClassification:
     """Image classification with cross-entropy; metrics: train/val loss and error (%)."""
+
+    best_of_validation = False  # CIFAR's validation split is its test batch, as in the paper's tables
 
     def __init__(self, data: ImageData, cfg: TrainConfig, device: torch.device) -> None:
         self.data = data
@@ -139,6 +145,8 @@ class LanguageModeling:
     each step feeds ``bptt`` tokens of every stream and carries the hidden state over (detached).
     With ``world_size`` ranks, each rank takes its contiguous share of the streams.
     """
+
+    best_of_validation = True  # the test perplexity of the best-validation model too, as pytorch/examples reports
 
     def __init__(self, data: TextData, cfg: TrainConfig, device: torch.device) -> None:
         self.data = data

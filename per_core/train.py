@@ -158,6 +158,9 @@ class Setup:
     recorder: Any  # analysis.recorder.ActivationRecorder or None
     data_generator: torch.Generator  # data order: the same seed on every rank
     aug_generator: torch.Generator  # augmentation: a seed per rank
+    # tasks with best_of_validation: the best validation epoch so far, its val_loss and a copy of its model's
+    # state (None where a checkpoint from before this tracking cannot tell it)
+    best: dict[str, Any] | None = None
 
 
 def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
@@ -324,6 +327,13 @@ def save_checkpoint(run: RunDir, s: Setup, epoch: int, metrics: list[dict[str, A
             "penalty": s.penalty.state_dict() if isinstance(s.penalty, VCL) else None,
             "recorder": s.recorder.state_dict() if s.recorder is not None else None,
             "metrics": metrics,
+            "best": None
+            if s.best is None
+            else {  # the model of the best epoch, unless it is this one's (stored once, above)
+                "epoch": s.best["epoch"],
+                "val_loss": s.best["val_loss"],
+                "model": None if s.best["epoch"] == epoch else s.best["state"],
+            },
         }
     )
 
@@ -355,6 +365,8 @@ def load_checkpoint(run: RunDir, s: Setup) -> tuple[int, list[dict[str, Any]]]:
         s.per.locations_seed = None  # saved before the locations had a stream of their own: they drew from the slices'
     if own and "recorder" not in own and s.recorder is not None and ckpt["recorder"] is not None:
         s.recorder.load_state_dict(ckpt["recorder"])
+    if s.task.best_of_validation:
+        s.best = _saved_best(ckpt)
     if own:
         _set_rng_state(s, own)
     else:  # resumed on another number of ranks: the shared data order continues, per-rank streams restart
@@ -362,6 +374,51 @@ def load_checkpoint(run: RunDir, s: Setup) -> tuple[int, list[dict[str, Any]]]:
         if s.env.is_main:
             _say(f"resuming a {len(ranks)}-rank run on {s.env.world_size} ranks: per-rank RNG streams restart")
     return int(ckpt["epoch"]), list(ckpt["metrics"])
+
+
+def _saved_best(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The best validation epoch of a checkpoint; a checkpoint from before best-model tracking holds only its
+    own epoch's model, so another best epoch's state is None (its test metrics cannot be measured)."""
+    if (best := ckpt.get("best")) is not None:
+        state = ckpt["model"] if best["model"] is None else best["model"]
+        return {"epoch": best["epoch"], "val_loss": best["val_loss"], "state": state}
+    row = min(ckpt["metrics"], key=lambda r: r["val_loss"])  # the first of equal losses, as the strict < keeps it
+    state = ckpt["model"] if row is ckpt["metrics"][-1] else None
+    return {"epoch": row["epoch"], "val_loss": row["val_loss"], "state": state}
+
+
+def _state_copy(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _track_best(s: Setup, row: dict[str, Any], final: bool) -> None:
+    """Keep the model of the best validation epoch; at the final epoch add its metrics to ``row`` as ``best_*``.
+
+    As pytorch/examples' word-LM: an epoch is the best when its validation loss is below every earlier one's, and
+    the test split is measured on that epoch's model (``best_test_ppl``), next to the last model's (``test_ppl``).
+    Every rank calls this (the evaluation is collective).
+    """
+    if s.best is None or row["val_loss"] < s.best["val_loss"]:
+        s.best = {"epoch": row["epoch"], "val_loss": row["val_loss"], "state": _state_copy(s.module)}
+    if not final:
+        return
+    if s.best["epoch"] == row["epoch"]:
+        measured = {k: v for k, v in row.items() if k.startswith(("val_", "test_"))}
+    elif s.best["state"] is None:
+        if s.env.is_main:
+            _say(
+                f"note: the best validation epoch, {s.best['epoch']}, was trained before the trainer kept its "
+                "model: no best_test metrics"
+            )
+        row["best_epoch"] = s.best["epoch"]
+        return
+    else:
+        last = _state_copy(s.module)
+        s.module.load_state_dict(s.best["state"])
+        measured = s.task.evaluate(s.module, final=True, env=s.env)
+        s.module.load_state_dict(last)
+    row["best_epoch"] = s.best["epoch"]
+    row.update({f"best_{k}": v for k, v in measured.items()})
 
 
 # Fields that may change when a run is resumed: continuing a finished run for more epochs (the
@@ -685,6 +742,8 @@ def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str
             s.env.broadcast_buffers(s.module)  # rank 0's norm statistics everywhere: one model, as checkpointed
             s.module.eval()
             row.update(s.task.evaluate(s.module, final=epoch == cfg.epochs, env=s.env))  # each rank a share
+            if s.task.best_of_validation:
+                _track_best(s, row, final=epoch == cfg.epochs)
             if isinstance(s.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 s.scheduler.step(row["val_loss"])
             else:

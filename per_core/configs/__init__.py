@@ -306,7 +306,8 @@ def _table3(variant: str, dataset: str) -> Callable[[], TrainConfig]:
         "VD is variational (locked) dropout as Gal & Ghahramani define it, one mask per sequence on the\n"
         "embedding, between the layers and on the output, none on the recurrent connections; the example\n"
         "draws a new mask each step, and the paper's VD numbers are within 0.3 ppl of the example's.\n"
-        "Test perplexity is the last epoch's model's (the example tests the best-validation model)."
+        "As the example, the final row of metrics.jsonl also holds the validation and test perplexity of\n"
+        "the best validation epoch's model (best_val_ppl, best_test_ppl; the sweep table reports those)."
     )
     return preset
 

@@ -78,8 +78,42 @@ def test_resume_continues_dropout_and_augmentation_streams(tmp_path, preset):
     full = train(cfg, tmp_path / "full", progress=False)
     train(cfg.replace(epochs=1), tmp_path / "part", progress=False)
     resumed = train(cfg, tmp_path / "part", resume=True, progress=False)
-    resumed[0] = {k: v for k, v in resumed[0].items() if not k.startswith("test_")}  # epoch 1 was a last epoch
+    resumed[0] = {k: v for k, v in resumed[0].items() if not k.startswith(("test_", "best_"))}  # a last epoch
     assert strip_time(resumed) == strip_time(full)
+
+
+def test_a_language_model_reports_the_test_perplexity_of_its_best_validation_epoch(tmp_path, capsys):
+    # two reviewers: Table 3's test perplexity came from the last epoch's model; pytorch/examples tests the model of
+    # the best validation epoch. Independent reference: a run trained only up to that epoch (same seed, same lrs)
+    cfg = get_preset("corpus-lstm").as_smoke().replace(record=None, method="vanilla", epochs=4)
+    rows = train(cfg, tmp_path / "long", progress=False)
+    best = min(rows, key=lambda r: r["val_loss"])
+    last = rows[-1]
+    assert last["best_epoch"] == best["epoch"] < 4  # the smoke LM overfits after its first epoch: a real choice
+    short = train(cfg.replace(epochs=best["epoch"]), tmp_path / "short", progress=False)[-1]
+    assert last["best_val_loss"] == pytest.approx(best["val_loss"], rel=1e-6)
+    assert (last["best_test_loss"], last["best_test_ppl"]) == pytest.approx((short["test_loss"], short["test_ppl"]))
+    assert last["test_ppl"] != pytest.approx(last["best_test_ppl"])  # the last model's own test numbers stay too
+    # the best epoch's model is kept across a resume (in the checkpoint), and the final model stays the last one
+    train(cfg.replace(epochs=2), tmp_path / "part", progress=False)
+    resumed = train(cfg, tmp_path / "part", resume=True, progress=False)
+    assert strip_time(resumed[2:]) == strip_time(rows[2:])
+    final = RunDir(tmp_path / "long").load_checkpoint()
+    assert final["best"]["epoch"] == best["epoch"] and final["best"]["model"] is not None
+    model = train_module.build(cfg, train_module.DistEnv())
+    model.module.load_state_dict(final["model"])
+    model.module.eval()
+    assert model.task.evaluate(model.module)["val_loss"] == pytest.approx(last["val_loss"], rel=1e-6)
+    # a checkpoint from before best-model tracking: the best epoch's model is gone unless it is the checkpoint's own
+    train(cfg.replace(epochs=2), tmp_path / "old", progress=False)
+    old = torch.load(RunDir(tmp_path / "old").checkpoint_path, weights_only=False)
+    del old["best"]
+    torch.save(old, RunDir(tmp_path / "old").checkpoint_path)
+    resumed_old = train(cfg, tmp_path / "old", resume=True, progress=False)[-1]
+    assert resumed_old["best_epoch"] == best["epoch"] == 1 and "best_test_ppl" not in resumed_old
+    assert "note: the best validation epoch, 1, was trained before the trainer kept" in capsys.readouterr().out
+    # image tasks choose nothing on their validation split (it is CIFAR's test batch)
+    assert not any(k.startswith("best_") for k in train(small(epochs=1), tmp_path / "img", progress=False)[-1])
 
 
 def test_the_plateau_schedule_keeps_the_lr_after_any_improvement_as_the_word_lm_example():

@@ -281,7 +281,9 @@ def _table2(activation: str, dataset: str) -> Callable[[], TrainConfig]:
         "Choices the paper leaves open: 165 epochs (25 past the last lr drop at 140); the lambda grid\n"
         "{3e-6..1e-7} that the paper gives for ReLU/LeakyReLU on CIFAR-100 is also used on CIFAR-10.\n"
         "Differences from that code, for the BN row: BN scales are not weight-decayed here (weights with\n"
-        "ndim > 1 only; the VCL code decays every parameter but biases), and BN's eps is 1e-5 (there 1e-3)."
+        "ndim > 1 only; the VCL code decays every parameter but biases), and BN's eps is 1e-5 (there 1e-3).\n"
+        "Inputs are normalized per channel (the VCL code subtracts a per-pixel mean image, divides by a\n"
+        "per-pixel std)."
     )
     return preset
 

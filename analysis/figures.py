@@ -84,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from analysis.io import load_run
     from analysis.plot import (
         PlotError,
+        _each_runs_layers,
+        _NoCommonLayerError,
         _resolve_layers,
         _resolve_split,
         _resolve_units,
@@ -108,6 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.runs is not None:
             data = load_run(args.runs)
             split = _resolve_split(data, None)  # what ridgeline(data, args.ridgeline, unit=0) draws
+            try:
+                _resolve_layers(data, split, None)  # figure2(data)'s default layers, checked before drawing
+            except _NoCommonLayerError as err:  # its advice, --layers, is analysis.plot's option, not ours
+                raise PlotError(
+                    f"the runs in {args.runs} recorded no layer in common in split {split} "
+                    f"({_each_runs_layers(err.layers_by_run)}): analysis.figures draws the README figures of a "
+                    "demo sweep (python -m per_core.demo); plot these runs with python -m analysis.plot and its "
+                    "--layers, or each run separately"
+                ) from None
             _resolve_units(data, split, _resolve_layers(data, split, [args.ridgeline]), [0])  # checked before drawing
             figures.update(
                 figure2=lambda: figure2(data),

@@ -13,9 +13,16 @@ matplotlib Figure (nothing is shown). The same method has the same colour in eve
 - :func:`ridgeline`: the unit's histogram over epochs, one panel per method.
 - :func:`metrics_curves`: validation error (or perplexity), training loss and the PER penalty.
 
-Several runs of one method (seeds): Figure 2's bands and the ridgelines show the *first* run of
-each method (runs sorted by label); the curves (mean, variance, SW1, metrics) show every run, the
-first one solid and the others thinner and lighter in the same colour, labelled by run.
+Several runs of one method (seeds, lambdas): Figure 2's bands and the ridgelines show the *first*
+run of each method (runs sorted by label), titled with that run's label (and lambda) and drawn in
+that run's shade; the curves (mean, variance, SW1, metrics) show every run. Shades: one hue per
+method, its lambdas from lightest (smallest) to the method's full colour (largest); further seeds of
+one lambda thinner and fainter. The figure notes spell this out.
+
+Layers are ordered by depth within each run (each run's order merged), never by first appearance
+across runs. Epochs where a layer recorded NaN or infinite values (left out of the histograms,
+moments and reservoirs by the recorder), and epochs where a run logged a non-finite metric, are
+marked with a red diamond on the x axis and named in the figure notes (and on the command line).
 
 Runs that recorded different layers: the default layers are chosen among the layers every run
 recorded (an error names each run's layers when there is none in common); a chosen layer only some
@@ -28,9 +35,14 @@ Command line::
                             [--out DIR] [--format png|pdf] [--skip-bad] [--debug]
 
 A path is a run directory or a sweep of them; all runs found under all paths are compared. The
-figures go to ``PATH/figures/`` (for several paths: ``figures/`` in their common parent) and each
-written path is printed on its own line. User errors (not a run directory, no activations, unknown
-layer, unit or split, damaged file) exit with status 2 and a one-line message.
+figures go to ``PATH/figures/``; for several paths to ``figures/`` in their common parent, or, when
+that parent holds other runs too (a selection from a sweep, ``demo/per demo/bn``), to
+``figures/<selection>/`` there (``figures/bn+per/``), so that the sweep's own figures are kept. Each
+written path is printed on its own line. The folder's manifest (:data:`MANIFEST`) lists the files a
+call wrote; the next call into the folder removes those of them it does not write again (in its
+format), never any other file. User errors (not a run directory, no activations, unknown layer,
+unit or split, damaged file, an output folder that is a file) exit with status 2 and a one-line
+message.
 
 Cost: :func:`analysis.io.load_run` reads every activation file once; the figures then decompress
 only the members they draw (the histograms of the chosen layers, the reservoirs of the reservoir
@@ -46,6 +58,7 @@ References
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -70,7 +83,7 @@ from analysis.io import RunData, load_run, no_activations
 from analysis.recorder import layer_stats
 from analysis.style import METHOD_COLORS, method_color, use_style
 from per_core.checks import is_integer
-from per_core.rundir import RunDirError, atomic_write
+from per_core.rundir import RunDirError, atomic_write, find_runs
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -78,6 +91,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COLLAPSE_STD",
+    "MANIFEST",
     "QUANTILES",
     "VAR_CLIP",
     "PlotError",
@@ -102,6 +116,14 @@ _EXTRA_ALPHA, _GREY = 0.45, "#777777"
 
 class PlotError(ValueError):
     """A figure cannot be drawn from this data: nothing recorded, unknown layer, unit or split."""
+
+
+class _NoCommonLayerError(PlotError):
+    """No layer is recorded by every run (the default layers need one); ``layers_by_run`` says what each has."""
+
+    def __init__(self, message: str, layers_by_run: dict[str, list[str]]) -> None:
+        super().__init__(message)
+        self.layers_by_run = layers_by_run
 
 
 # --- numbers ------------------------------------------------------------------------------------
@@ -264,6 +286,76 @@ def _bin_width(edges: np.ndarray) -> float:
 # --- what is recorded ---------------------------------------------------------------------------
 
 
+def _nonfinite_epochs(
+    data: RunData, split: str, layers: Sequence[str] | None = None
+) -> dict[tuple[str, str], list[int]]:
+    """Per (run, layer): the epochs of ``split`` where NaN or +-inf values were recorded (in any unit)."""
+    return {
+        key: g["epoch"].tolist() for key, g in _nonfinite(data, split, layers).groupby(["run", "layer"], sort=False)
+    }
+
+
+def _nonfinite(data: RunData, split: str, layers: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per (run, layer, epoch) of ``split`` with NaN or +-inf values recorded: ``nan``,
+    ``posinf``, ``neginf`` summed over the layer's units (the recorder leaves them out of the
+    histograms, moments and reservoirs)."""
+    s = data.stats
+    rows = s[(s["split"] == split) & ((s["nan"] + s["posinf"] + s["neginf"]) > 0)]
+    if layers is not None:
+        rows = rows[rows["layer"].isin(list(layers))]
+    frame = pd.DataFrame(
+        {
+            "run": rows["run"].astype(str),
+            "layer": rows["layer"].astype(str),
+            "epoch": rows["epoch"].astype(int),
+            **{c: rows[c].astype(np.int64) for c in ("nan", "posinf", "neginf")},
+        }
+    )
+    return frame.groupby(["run", "layer", "epoch"], sort=True).sum().reset_index()
+
+
+def _nonfinite_notes(data: RunData, split: str, layers: Sequence[str] | None = None) -> list[str]:
+    """One line per run and set of epochs: the layers that recorded NaN/inf values then, with the counts."""
+    bad = _nonfinite(data, split, layers)
+    lines = []
+    order = {layer: k for k, layer in enumerate(_layers_of(data, split))}
+    for run, g in bad.groupby("run", sort=True):
+        by_epochs: dict[tuple[int, ...], list[str]] = {}
+        for layer, gl in g.groupby("layer", sort=False):
+            by_epochs.setdefault(tuple(gl["epoch"]), []).append(str(layer))
+        for epochs, names in by_epochs.items():
+            names.sort(key=lambda n: order.get(n, len(order)))
+            sel = g[g["layer"].isin(names)]
+            counts = ", ".join(
+                f"{int(sel[c].sum())} {word}"
+                for c, word in (("nan", "NaN"), ("posinf", "+inf"), ("neginf", "-inf"))
+                if sel[c].sum()
+            )
+            lines.append(
+                f"run {run}, {'layer' if len(names) == 1 else 'layers'} {', '.join(names)}: NaN/inf values at "
+                f"{_epoch_list(epochs)} in split {split} ({counts} values), left out of the histograms, "
+                "moments and reservoirs: those epochs are marked on the x axis"
+            )
+    return lines
+
+
+def _epoch_list(epochs: Sequence[int] | np.ndarray) -> str:
+    """``epoch 3`` or ``epochs`` and the sorted epochs with runs of consecutive ones joined.
+
+    Example
+    -------
+    >>> _epoch_list([1, 2, 3, 7, 9, 10]), _epoch_list([4])
+    ('epochs 1-3, 7, 9-10', 'epoch 4')
+    """
+    out: list[str] = []
+    for e in sorted({int(x) for x in epochs}):
+        if out and out[-1].split("-")[-1] == str(e - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{e}"
+        else:
+            out.append(str(e))
+    return ("epoch " if out == [out[0]] and "-" not in out[0] else "epochs ") + ", ".join(out)
+
+
 def _recorded(data: RunData) -> pd.DataFrame:
     if data.index.empty:
         raise PlotError(no_activations(data.root))
@@ -291,9 +383,33 @@ def _resolve_split(data: RunData, split: str | None, *, reservoir: bool = False)
 
 
 def _layers_of(data: RunData, split: str) -> list[str]:
-    """Layers recorded in ``split``, in depth order (the order of the activation files)."""
-    index = data.index
-    return list(dict.fromkeys(index.loc[index["split"] == split, "layer"].tolist()))
+    """Layers recorded in ``split``, in depth order: each run's own order (that of its activation
+    files) merged by :func:`_merge_orders`, so that runs of different models never interleave."""
+    return _merge_orders(list(_layers_by_run(data, split).values()))
+
+
+def _merge_orders(orders: Sequence[Sequence[str]]) -> list[str]:
+    """One order of all names that keeps the order of every sequence in ``orders`` (a topological
+    sort); ties, and names whose sequences disagree, go by first appearance.
+
+    Example
+    -------
+    >>> _merge_orders([["lstm1", "lstm2"], ["layer3"], ["layer1", "layer2", "layer3"]])
+    ['lstm1', 'lstm2', 'layer1', 'layer2', 'layer3']
+    """
+    first = list(dict.fromkeys(name for order in orders for name in order))
+    before: dict[str, set[str]] = {name: set() for name in first}  # name -> names that must come first
+    for order in orders:
+        for a, b in itertools.pairwise(order):
+            if a != b:
+                before[b].add(a)
+    out: list[str] = []
+    left = list(first)
+    while left:
+        ready = next((n for n in left if before[n] <= set(out)), left[0])  # left[0]: a cycle, broken
+        out.append(ready)
+        left.remove(ready)
+    return out
 
 
 def default_layers(layers: Sequence[str]) -> list[str]:
@@ -326,6 +442,11 @@ def _common_layers(data: RunData, split: str) -> list[str]:
     return [layer for layer in _layers_of(data, split) if all(layer in have for have in by_run.values())]
 
 
+def _each_runs_layers(by_run: dict[str, list[str]]) -> str:
+    """``run: layer, layer; run: layer`` for error messages."""
+    return "; ".join(f"{run}: {', '.join(have)}" for run, have in by_run.items())
+
+
 def _resolve_layers(data: RunData, split: str, layers: str | Sequence[str] | None) -> list[str]:
     """``layers`` checked against the layers recorded by any run; default: :func:`default_layers` of
     the layers that every run recorded (a one-line error naming each run's layers when there are none)."""
@@ -333,10 +454,11 @@ def _resolve_layers(data: RunData, split: str, layers: str | Sequence[str] | Non
     if layers is None:
         common = _common_layers(data, split)
         if not common:
-            each = "; ".join(f"{run}: {', '.join(have)}" for run, have in _layers_by_run(data, split).items())
-            raise PlotError(
-                f"the runs recorded no layer in common in split {split} ({each}): "
-                "choose layers with --layers or plot the runs separately"
+            by_run = _layers_by_run(data, split)
+            raise _NoCommonLayerError(
+                f"the runs recorded no layer in common in split {split} ({_each_runs_layers(by_run)}): "
+                "choose layers with --layers or plot the runs separately",
+                by_run,
             )
         return default_layers(common)
     layers = [layers] if isinstance(layers, str) else list(layers)  # one layer's name is one layer
@@ -392,6 +514,38 @@ def _label(data: RunData, run: str) -> str:
     return method if run == method or alone else f"{method} ({run})"
 
 
+def _lams_of(data: RunData, method: str) -> list[Any]:
+    """The lambdas of ``method``'s runs (their configs' ``lam``), sorted."""
+    lams = {data.configs.get(run, {}).get("lam") for run, m in data.methods.items() if m == method}
+    return sorted(lam for lam in lams if lam is not None)
+
+
+def _run_title(data: RunData, run: str) -> str:
+    """The run's label, with its lambda when its method's runs have several."""
+    lam = data.configs.get(run, {}).get("lam")
+    several = len(_lams_of(data, data.methods[run])) > 1
+    return _label(data, run) + (f", λ = {lam:g}" if several and lam is not None else "")
+
+
+def _runs_note(data: RunData, runs: Sequence[str], chosen: str | None = None) -> str:
+    """The figure note's sentence on several runs per method: what ``chosen`` panels show, and how
+    the curves' shades map to lambdas and seeds (:func:`_line_style`); empty for one run per method."""
+    groups = _runs_by_method(data, runs)
+    if not any(len(rs) > 1 for rs in groups.values()):
+        return ""
+    text = f" {chosen}; curves: every run." if chosen else ""
+    swept = {m: lams for m in groups if len(lams := _lams_of(data, m)) > 1}
+    if swept:
+        each = "; ".join(f"{m} {', '.join(f'{lam:g}' for lam in lams)}" for m, lams in swept.items())
+        text += (
+            f" Shades: one hue per method, its lambdas from lightest (smallest) to the method's full colour "
+            f"(largest): {each}; further seeds of one lambda thinner and fainter."
+        )
+    else:
+        text += " Further seeds of a method: thinner and fainter lines of its colour."
+    return text
+
+
 def _line_style(data: RunData, run: str) -> dict[str, Any]:
     """Colour per method, a shade per lambda; the first run of a (method, lambda) solid, further runs
     (seeds) thinner and lighter.
@@ -400,7 +554,7 @@ def _line_style(data: RunData, run: str) -> dict[str, Any]:
     largest in the method's own colour, so a lambda sweep reads as one hue from weak to strong.
     """
     mates = _runs_by_method(data)[data.methods[run]]
-    lams = sorted({lam for r in mates if (lam := data.configs.get(r, {}).get("lam")) is not None})
+    lams = _lams_of(data, data.methods[run])
     lam = data.configs.get(run, {}).get("lam")
     first = next(r for r in mates if data.configs.get(r, {}).get("lam") == lam) == run
     color: str | tuple[float, float, float] = method_color(data.methods[run])
@@ -669,25 +823,32 @@ def _pyplot():
 
 
 def _epoch_axis(axes: Any) -> None:
-    """Integer epoch ticks on every axes of ``axes``."""
+    """Integer epoch ticks on every axes of ``axes``, call after drawing: an x range narrower than
+    two epochs (a single recorded epoch) is widened to one epoch either side, so that the ticks are
+    whole epochs and a lone point is not at the edge. Shared axes keep their common range (every
+    run's epochs)."""
     from matplotlib.ticker import MaxNLocator
 
     for ax in np.ravel(axes):
         ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+        lo, hi = ax.get_xlim()
+        if hi - lo < 2:
+            mid = round((lo + hi) / 2)
+            ax.set_xlim(mid - 1, mid + 1)
 
 
 def _marker(n_points: int) -> dict[str, Any]:
     return {"marker": "o", "ms": 3} if n_points <= 12 else {}
 
 
-def _bands(ax: Axes, epochs: np.ndarray, qs: np.ndarray, color: str) -> None:
-    """5-95% and 25-75% bands and the median of one unit over epochs (a box at a single epoch)."""
+def _bands(ax: Axes, epochs: np.ndarray, qs: np.ndarray, color: Any) -> None:
+    """5-95% and 25-75% bands and the median of one unit over epochs (a box at a single epoch; the
+    x range is left to the shared axis, :func:`_epoch_axis`)."""
     if len(epochs) == 1:
         x = epochs[0]
         ax.vlines(x, qs[0, 0], qs[0, 4], color=color, lw=2, alpha=0.35)
         ax.vlines(x, qs[0, 1], qs[0, 3], color=color, lw=7, alpha=0.6)
         ax.plot([x], [qs[0, 2]], "o", color="white", mec=color, ms=5)
-        ax.set_xlim(x - 1, x + 1)
         return
     ax.fill_between(epochs, qs[:, 0], qs[:, 4], color=color, alpha=0.18, lw=0, label="5-95%")
     ax.fill_between(epochs, qs[:, 1], qs[:, 3], color=color, alpha=0.38, lw=0, label="25-75%")
@@ -695,11 +856,18 @@ def _bands(ax: Axes, epochs: np.ndarray, qs: np.ndarray, color: str) -> None:
 
 
 def _finish(fig: Figure, legends: Sequence[tuple[list[Any], list[str], int]], note: str | None = None) -> None:
-    """Tight layout, then legend blocks ``(handles, labels, ncol)`` and a grey note below the axes,
-    placed in inches so that they never overlap (``savefig.bbox = "tight"`` of
+    """Tight layout below the suptitle, then legend blocks ``(handles, labels, ncol)`` and a grey
+    note below the axes, placed in inches so that they never overlap (``savefig.bbox = "tight"`` of
     :func:`analysis.style.use_style` keeps them in the file)."""
-    fig.tight_layout()
     inch = 1.0 / fig.get_figheight()
+    title = fig._suptitle
+    if title is not None and title.get_text():  # its height kept free at the top, whatever the figure's height
+        lines = title.get_text().count("\n") + 1
+        height = (0.04 + lines * 1.3 * title.get_fontsize() / 72) * inch  # tight_layout pads below it
+        title.set(y=1 - 0.04 * inch, va="top")
+        fig.tight_layout(rect=(0, 0, 1, 1 - height))
+    else:
+        fig.tight_layout()
     y = 0.0
     for handles, labels, ncol in legends:
         if handles:
@@ -707,6 +875,35 @@ def _finish(fig: Figure, legends: Sequence[tuple[list[Any], list[str], int]], no
             y -= (0.19 * -(-len(handles) // ncol) + 0.08) * inch
     if note:
         fig.text(0.5, y - 0.04 * inch, note, ha="center", va="top", fontsize=7.5, color="#444444", wrap=True)
+
+
+#: sw1_curves: L_per's points (SW1's are filled circles), so that the bound never looks like the distance.
+_LPER_MARKER: dict[str, Any] = {"marker": "s", "mfc": "white"}
+#: what sw1_curves' x means: analysis.bounds' ``collapsed`` rule, which also fires on activations small from the start
+_COLLAPSED_WORDS = (
+    f"x: projected std < {COLLAPSE_STD:g} and L_per < 1.128: small activations, shrunk or small from the start"
+)
+_NONFINITE, _NONFINITE_LABEL = "#FF0000", "NaN/inf recorded that epoch (left out; see the note)"
+
+
+def _mark_nonfinite(ax: Axes, epochs: Sequence[int], color: Any) -> None:
+    """A red diamond edged in the run's ``color`` on the x axis at each of ``epochs`` (NaN/inf there)."""
+    if len(epochs) == 0:
+        return
+    from matplotlib.transforms import blended_transform_factory
+
+    on_axis = blended_transform_factory(ax.transData, ax.transAxes)  # x: epoch; y: the bottom of the axes
+    ax.plot(
+        list(epochs), [0.0] * len(epochs), ls="", marker="D", ms=5, mfc=_NONFINITE, mec=color, mew=1.2,
+        transform=on_axis, clip_on=False, zorder=6, label="_nonfinite",
+    )  # fmt: skip
+
+
+def _nonfinite_key() -> Any:
+    """The legend key of :func:`_mark_nonfinite` (a handle cannot be shared between figures)."""
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], ls="", marker="D", ms=5, mfc=_NONFINITE, mec="k", mew=1.2)
 
 
 def _tint(color: str, amount: float = 0.45) -> tuple[float, float, float]:
@@ -743,7 +940,11 @@ def figure2(
     are the exact moments of all recorded values (:func:`analysis.recorder.moments_from_sums`), not
     histogram estimates. The variance axis is clipped at ``var_clip`` (5 in the paper); clipped
     epochs are drawn as open triangles on the clip line. Dotted grey lines: mean 0 and variance 1 of
-    :math:`\mathcal{N}(0, 1)`.
+    :math:`\mathcal{N}(0, 1)`. The epoch axis is shared and covers every run's epochs.
+
+    The note below names which runs use which bin width, the bands of units whose standard
+    deviation is below the bin width at an epoch (their quantiles are not resolved: the values fill
+    one or two bins), and the epochs with NaN/inf values (also marked on the x axis).
 
     Parameters
     ----------
@@ -774,9 +975,12 @@ def figure2(
     fig, axes = plt.subplots(
         len(pairs), ncols, figsize=(2.55 * ncols + 0.6, 2.35 * len(pairs) + 0.9), squeeze=False, sharex=True
     )
-    widths: set[float] = set()
+    widths: dict[str, list[str]] = {}  # bin width (3 digits: float32 edges) -> the runs whose bands use it
+    narrow: list[str] = []  # the bands of units narrower than a bin
     outside = False
     by_run = _layers_by_run(data, split)
+    bad = _nonfinite_epochs(data, split, layers)
+    letters = "abcdefghijklmnopqrstuvwxyz"
     for col, method in enumerate(methods):
         chosen: dict[str, list[int]] = {}  # run -> rows it draws: the method's first run with the row's layer
         for row, (layer, _) in enumerate(pairs):
@@ -790,18 +994,33 @@ def figure2(
                 )
         for run, rows in chosen.items():
             hists = _unit_histograms(data, run, split, [pairs[row] for row in rows])
+            color = _line_style(data, run)["color"]  # the colour of this run's (method, lambda) in the curves
             for row in rows:
+                ax = axes[row, col]
+                if row == 0 or row == rows[0]:  # the top panel, and the first of another run than the top's
+                    ax.set_title(f"({letters[col]}) {_run_title(data, run)}: quantile bands", color=color)
+                layer, unit = pairs[row]
+                _mark_nonfinite(ax, bad.get((run, layer), []), color)
                 h = hists[pairs[row]]
-                if len(h["epoch"]):
-                    qs = _quantiles_of(h)
-                    _bands(axes[row, col], h["epoch"], qs, method_color(method))
-                    widths.update(_bin_width(e) for e in h["edges"][:1])
-                    drawn = qs[np.isfinite(qs)]
-                    lo, hi = h["edges"][:, 0].min(), h["edges"][:, -1].max()
-                    for edge, beyond in ((lo, (drawn < lo).any()), (hi, (drawn > hi).any())):
-                        if beyond:  # a band crosses the range's edge: beyond it, a model
-                            axes[row, col].axhline(edge, color=_GREY, ls=":", lw=0.8)
-                            outside = True
+                if not len(h["epoch"]):
+                    continue
+                qs = _quantiles_of(h)
+                _bands(ax, h["epoch"], qs, color)
+                bin_widths = np.diff(h["edges"], axis=1).max(1)
+                for w in dict.fromkeys(f"{w:.3g}" for w in bin_widths):
+                    widths.setdefault(w, []).append(_label(data, run))
+                with np.errstate(invalid="ignore"):
+                    below = np.sqrt(h["var"]) < bin_widths  # NaN (nothing recorded): not below
+                if below.any():
+                    narrow.append(f"{_label(data, run)} {layer} unit {unit} at {_epoch_list(h['epoch'][below])}")
+                drawn = qs[np.isfinite(qs)]
+                lo, hi = h["edges"][:, 0].min(), h["edges"][:, -1].max()
+                for edge, beyond in ((lo, (drawn < lo).any()), (hi, (drawn > hi).any())):
+                    if beyond:  # a band crosses the range's edge: beyond it, a model
+                        ax.axhline(edge, color=_GREY, ls=":", lw=0.8)
+                        outside = True
+        if not axes[0, col].get_title():  # the top row's layer not recorded by this method
+            axes[0, col].set_title(f"({letters[col]}) {method}: quantile bands", color=method_color(method))
     for row in range(len(pairs)):  # one activation scale per row, so methods compare at a glance
         lims = np.array([axes[row, c].get_ylim() for c in range(len(methods))])
         for c in range(len(methods)):
@@ -821,6 +1040,8 @@ def figure2(
                 style = _line_style(data, run)
                 ax_m.plot(e, mean, **style, **_marker(len(e)))
                 ax_v.plot(e, np.minimum(var, var_clip), **style, **_marker(len(e)))
+                for ax in (ax_m, ax_v):
+                    _mark_nonfinite(ax, bad.get((run, layer), []), style["color"])
                 over = var > var_clip
                 if over.any():
                     clipped_any = True
@@ -829,14 +1050,11 @@ def figure2(
         ax_m.set_ylabel("mean")
         ax_v.set_ylabel(f"variance (clipped at {var_clip:g})")
         axes[row, 0].set_ylabel(f"{layer}, unit {unit}\nactivation value")
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    for col, method in enumerate(methods):
-        axes[0, col].set_title(f"({letters[col]}) {method}: quantile bands", color=method_color(method))
     axes[0, -2].set_title(f"({letters[len(methods)]}) mean")
     axes[0, -1].set_title(f"({letters[len(methods) + 1]}) variance")
     for ax in axes[-1]:
         ax.set_xlabel("epoch")
-    _epoch_axis(axes)
+    _epoch_axis(axes)  # after drawing: the shared x range covers every run's epochs
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -844,24 +1062,37 @@ def figure2(
     if clipped_any:
         runs_h.append(Line2D([], [], ls="", marker="^", mfc="white", mec="k", ms=5))
         runs_l.append(f"variance > {var_clip:g} (clipped)")
+    if bad:
+        runs_h.append(_nonfinite_key())
+        runs_l.append(_NONFINITE_LABEL)
     bands_h = [Patch(color="k", alpha=0.18), Patch(color="k", alpha=0.45), Line2D([], [], color="k", lw=1.5)]
     bands_l = ["bands: 5-95% of the unit's values", "25-75%", "median"]
     what = ", ".join(f"{layer} unit {unit}" for layer, unit in pairs)
     fig.suptitle(f"Activation evolution of {what} over training, {_split_words(split)}")
-    width = ", ".join(f"{w:g}" for w in sorted(widths)) or "?"
-    extra = any(len(r) > 1 for r in groups.values())
+    if len(widths) > 1:  # which run has which bins
+        ordered = sorted(widths.items(), key=lambda item: float(item[0]))
+        width = "; ".join(f"{w} ({', '.join(dict.fromkeys(runs))})" for w, runs in ordered)
+    else:
+        width = f"{next(iter(widths))} (resolution ±{next(iter(widths))})" if widths else "?"
     note = (
-        f"Bands: quantiles interpolated within histogram bins of width {width} (resolution ±{width})"
+        f"Bands: quantiles interpolated within histogram bins of width {width}"
         + (
             "; beyond the histogram range (dotted grey) they follow a normal tail with the unit's exact mean and "
             "variance: exact for normal values, a model for others (about 20% off for exponential or lognormal tails)"
             if outside
             else ""
         )
+        + (
+            ". Not resolved where the unit's std is below the bin width (its values fill one or two bins, and the "
+            "band's shape within them is the interpolation's, not the data's): " + "; ".join(narrow)
+            if narrow
+            else ""
+        )
         + ". Mean and variance: exact moments of all recorded values. Dotted: N(0, 1) (mean 0, variance 1)."
-        + (" Bands: first run of each method; curves: every run (extra seeds lighter)." if extra else "")
+        + _runs_note(data, recorded, "Bands: the first run of each method, titled and coloured as its curve")
+        + "".join(f" {line}." for line in _nonfinite_notes(data, split, layers))
     )
-    _finish(fig, [(runs_h, runs_l, len(runs_h)), (bands_h, bands_l, 3)], note)
+    _finish(fig, [(runs_h, runs_l, min(len(runs_h), 6)), (bands_h, bands_l, 3)], note)
     return fig
 
 
@@ -884,7 +1115,9 @@ def sw1_curves(
     at :math:`\mathcal{N}(0, I)` itself (dash-dotted). So with a large :math:`\lambda` the
     activations shrink, :math:`L_{per}` falls towards 0.798 while the true :math:`SW_1` grows
     again; those points are marked x (``collapsed``: projected std < :data:`COLLAPSE_STD` and
-    :math:`L_{per} < 1.128`).
+    :math:`L_{per} < 1.128`, the rule of :mod:`analysis.bounds`: small activations, whether shrunk
+    by a regularizer or small from the start). Where points are drawn (few epochs), SW1's are
+    filled circles and L_per's hollow squares.
 
     Parameters
     ----------
@@ -921,21 +1154,26 @@ def sw1_curves(
     nrows = -(-len(shown) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols + 0.9, 2.6 * nrows + 0.8), squeeze=False, sharey=True)
     groups = _runs_by_method(data, sorted(set(table["run"])))
+    bad = _nonfinite_epochs(data, split, shown)
     top = max(float(table["lper"].max()), float(table["sw1"].max()), LPER_AT_GAUSSIAN) * 1.08
+    marked = False  # points drawn with markers: the legend keys show them
     for k, layer in enumerate(shown):
         ax = axes.flat[k]
         ax.axhline(LPER_FLOOR, color=_GREY, ls=":", lw=1)
         ax.axhline(LPER_AT_GAUSSIAN, color=_GREY, ls="-.", lw=1)
         for runs in groups.values():
             for run in runs:
+                style = _line_style(data, run)
+                _mark_nonfinite(ax, bad.get((run, layer), []), style["color"])
                 t = table[(table["run"] == run) & (table["layer"] == layer)].sort_values("epoch")
                 if t.empty:
                     continue
-                style = _line_style(data, run)
                 e = t["epoch"].to_numpy()
                 mk = _marker(len(e)) or ({"marker": "o", "ms": 3} if len(e) == 1 else {})
+                marked = marked or bool(mk)
                 ax.plot(e, t["sw1"], **style, **mk)
-                ax.plot(e, t["lper"], **{**style, "label": None, "ls": "--", "lw": style["lw"] * 0.8}, **mk)
+                bound = {**style, "label": None, "ls": "--", "lw": style["lw"] * 0.8}
+                ax.plot(e, t["lper"], **bound, **({**mk, **_LPER_MARKER} if mk else {}))
                 c = t["collapsed"].to_numpy(bool)
                 if c.any():
                     ax.plot(e[c], t["sw1"].to_numpy()[c], "X", color=style["color"], mec="k", mew=0.6, ms=7)
@@ -959,8 +1197,8 @@ def sw1_curves(
             runs_h.append(Line2D([], [], color=s["color"], lw=s["lw"], alpha=s["alpha"]))
             runs_l.append(s["label"])
     keys_h = [
-        Line2D([], [], color="k", lw=1.4),
-        Line2D([], [], color="k", lw=1.2, ls="--"),
+        Line2D([], [], color="k", lw=1.4, **({"marker": "o", "ms": 3} if marked else {})),
+        Line2D([], [], color="k", lw=1.2, ls="--", **({"ms": 3, **_LPER_MARKER} if marked else {})),
         Line2D([], [], ls="", marker="X", color="#bbbbbb", mec="k", mew=0.6, ms=7),
         Line2D([], [], color=_GREY, lw=1, ls=":"),
         Line2D([], [], color=_GREY, lw=1, ls="-."),
@@ -968,29 +1206,36 @@ def sw1_curves(
     keys_l = [
         "SW1 to N(0, I), exact per slice",
         "L_per, same slices (bound, not a distance)",
-        f"collapsed (projected std < {COLLAPSE_STD:g}, L_per < 1.128)",
+        _COLLAPSED_WORDS,
         "0.798: L_per floor = SW1 of a point mass at 0",
         "1.128: L_per of N(0, I)",
     ]
+    if bad:
+        keys_h.append(_nonfinite_key())
+        keys_l.append(_NONFINITE_LABEL)
     rows = sorted(set(table["rows"].astype(int)))
     m = f"{rows[0]}" if len(rows) == 1 else f"{rows[0]}-{rows[-1]}"
     fig.suptitle(
         f"SW1 to N(0, I) per layer (solid) vs the bound L_per (dashed), {_split_words(split)}\n"
-        "L_per is minimized by a point mass (0.798), not by N(0, I) (1.128): a small L_per can mean shrunken "
-        "activations, and then the true SW1 grows again (x)"
+        "L_per is minimized by a point mass (0.798), not by N(0, I) (1.128): a small L_per can mean small "
+        "activations, where the true SW1 is large (x)"
     )
     note = (
         f"SW1 on {m} reservoir rows per layer and epoch, {n_projections} slices; an m-point sample carries a "
         f"finite-sample bias of about {GAUSSIAN_SAMPLE_W1:.2f}/sqrt(m) per slice (a Gaussian sample scores "
         f"~{GAUSSIAN_SAMPLE_W1 / np.sqrt(rows[0]):.2f} here): compare at "
-        "equal m. SW1 = 0 is N(0, I) exactly."
+        "equal m. SW1 = 0 is N(0, I) exactly. x marks small activations whether shrunk by a regularizer (the "
+        "lambda trap: an x after epochs without one) or small from the start (an x from the first epoch on)."
+        + _runs_note(data, sorted(set(table["run"])))
+        + "".join(f" {line}." for line in _nonfinite_notes(data, split, shown))
     )
     _finish(fig, [(runs_h, runs_l, min(len(runs_h), 6)), (keys_h, keys_l, 3)], note)
     return fig
 
 
 def ridgeline(data: RunData, layer: str, unit: int = 0, split: str | None = None, *, max_ridges: int = 20) -> Figure:
-    r"""The unit's histogram over epochs as a ridgeline, one panel per method (its first run with ``layer``).
+    r"""The unit's histogram over epochs as a ridgeline, one panel per method (its first run with ``layer``,
+    titled with that run's label and lambda, in the colour of its curves elsewhere).
 
     Each ridge is the histogram density :math:`c_k / (N \Delta_k)` of one recorded epoch, scaled to
     its own peak (the shape, not the height, is compared), stacked upwards by epoch. At most
@@ -1011,12 +1256,12 @@ def ridgeline(data: RunData, layer: str, unit: int = 0, split: str | None = None
         1, len(groups), figsize=(3.1 * len(groups) + 0.5, 4.6), squeeze=False, sharex=True, sharey=False
     )
     lo, hi = np.inf, -np.inf
-    for ax, (method, runs) in zip(axes[0], groups.items(), strict=True):
+    for ax, runs in zip(axes[0], groups.values(), strict=True):
         epochs = _epochs(data, runs[0], split, [layer])
         if len(epochs) > max_ridges:
             epochs = sorted({epochs[round(i)] for i in np.linspace(0, len(epochs) - 1, max_ridges)})
         h = _unit_histograms(data, runs[0], split, [(layer, unit)], epochs)[(layer, unit)]
-        color = method_color(method)
+        color = _line_style(data, runs[0])["color"]  # the colour of this run's (method, lambda) in the curves
         fill = _tint(color)
         inside = h["counts"].sum(1)
         for k in range(len(h["epoch"]) - 1, -1, -1):  # top ridge first; lower ridges are drawn over it
@@ -1041,7 +1286,8 @@ def ridgeline(data: RunData, layer: str, unit: int = 0, split: str | None = None
         ax.axvline(0.0, color=_GREY, ls=":", lw=1, zorder=0)
         total = h["counts"].sum() + h["under"].sum() + h["over"].sum()
         share = (h["under"].sum() + h["over"].sum()) / total if total else 0.0
-        ax.set_title(method + (f" ({share:.1%} outside the histogram range)" if share > 0 else ""), color=color)
+        title = _run_title(data, runs[0])
+        ax.set_title(title + (f" ({share:.1%} outside the histogram range)" if share > 0 else ""), color=color)
         ax.set_xlabel("activation value")
         ax.grid(axis="y", alpha=0)
     axes[0, 0].set_ylabel("epoch")
@@ -1052,27 +1298,38 @@ def ridgeline(data: RunData, layer: str, unit: int = 0, split: str | None = None
         f"Histogram of {layer} unit {unit} over epochs, {_split_words(split)}\n"
         "each ridge scaled to its own peak; bins as recorded"
     )
-    fig.tight_layout()
+    _finish(fig, [])
     return fig
 
 
 def metrics_curves(data: RunData) -> Figure:
-    r"""Validation error (or perplexity), training loss and the PER penalty over epochs, every run.
+    r"""Validation metrics, training loss and the PER penalty over epochs, every run.
 
-    The PER penalty is :math:`L_{per}` of the regularized layers as logged by the trainer (measured
-    for every method), an upper bound of :math:`SW_1`, with its floor 0.798 (point mass) and its
-    value 1.128 at :math:`\mathcal{N}(0, I)` marked.
+    One panel per validation metric a run logged: perplexity (language models) and error (classifiers)
+    each get one, so a folder of both kinds loses neither; validation loss only when some run logged
+    neither. The PER penalty is :math:`L_{per}` of the regularized layers as logged by the trainer
+    (measured for every method), an upper bound of :math:`SW_1`, with its floor 0.798 (point mass)
+    and its value 1.128 at :math:`\mathcal{N}(0, I)` marked. Epochs where a run logged a NaN or
+    infinite value (a run that diverged) are marked on the x axis instead of being left as a silent gap.
 
     Returns
     -------
     Figure
-        One axes per metric found in ``metrics.jsonl`` (at most three).
+        One axes per metric found in ``metrics.jsonl`` (at most four).
     """
     m = data.metrics
     if m.empty or "epoch" not in m:
         raise PlotError(f"no metrics recorded in {data.root}")
-    val = next((c for c in ("val_ppl", "val_error", "val_loss") if c in m and m[c].notna().any()), None)
-    panels = [c for c in (val, "train_loss", "per_penalty") if c is not None and c in m and m[c].notna().any()]
+
+    def logged(col: str, runs: Sequence[str] | None = None) -> bool:
+        rows = m if runs is None else m[m["run"].isin(list(runs))]
+        return col in rows and bool(rows[col].notna().any())
+
+    vals = [c for c in ("val_ppl", "val_error") if logged(c)]
+    without = [r for r in data.runs_list if not any(logged(c, [r]) for c in vals)]
+    if logged("val_loss", without):
+        vals.append("val_loss")
+    panels = [*vals, *(c for c in ("train_loss", "per_penalty") if logged(c))]
     if not panels:
         raise PlotError(f"no val_error/val_ppl, train_loss or per_penalty in the metrics of {data.root}")
     names = {
@@ -1085,12 +1342,23 @@ def metrics_curves(data: RunData) -> Figure:
     units = {"val_error": "error (%)", "val_ppl": "perplexity", "val_loss": "loss", "train_loss": "loss"}
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.4, 3.2), squeeze=False)
+    nonfinite: list[str] = []
     for ax, col in zip(axes[0], panels, strict=True):
         for runs in _runs_by_method(data).values():
             for run in runs:
-                r = m[(m["run"] == run) & m[col].notna()].sort_values("epoch")
-                ax.plot(r["epoch"], r[col], **_line_style(data, run), **_marker(len(r)))
-        if col != "per_penalty" and (m[col].dropna() > 0).all():
+                r = m[m["run"] == run].sort_values("epoch")
+                values = r[col].to_numpy(np.float64)
+                finite = np.isfinite(values)
+                if not finite.any() and not np.isinf(values).any():
+                    continue  # never logged by this run (NaN where the frame joins runs of other metrics)
+                style = _line_style(data, run)
+                ax.plot(r["epoch"][finite], values[finite], **style, **_marker(int(finite.sum())))
+                if not finite.all():  # NaN or inf logged: the run diverged there
+                    _mark_nonfinite(ax, r["epoch"][~finite].tolist(), style["color"])
+                    epochs = _epoch_list(r["epoch"][~finite])
+                    nonfinite.append(f"run {run} logged a non-finite {col} at {epochs}")
+        finite_values = m[col][np.isfinite(m[col].to_numpy(np.float64))]
+        if col != "per_penalty" and (finite_values > 0).all():
             ax.set_yscale("log")
         if col == "per_penalty":
             ax.axhline(LPER_FLOOR, color=_GREY, ls=":", lw=1, label="0.798: floor (point mass)")
@@ -1103,8 +1371,12 @@ def metrics_curves(data: RunData) -> Figure:
             if label not in labels:
                 handles.append(h)
                 labels.append(label)
+    if nonfinite:
+        handles.append(_nonfinite_key())
+        labels.append("NaN/inf logged that epoch (see the note)")
     fig.suptitle("Training metrics per run")
-    _finish(fig, [(handles, labels, min(len(handles), 6))])
+    note = "; ".join(nonfinite) + "." if nonfinite else ""
+    _finish(fig, [(handles, labels, min(len(handles), 6))], (note + _runs_note(data, data.runs_list)).strip() or None)
     return fig
 
 
@@ -1195,11 +1467,74 @@ def _save(fig: Figure, path: Path, fmt: str) -> Path:
         plt.close(fig)
 
 
+#: In a figures folder: the names of the files the last ``python -m analysis.plot`` call wrote there.
+MANIFEST = ".analysis-plot-manifest.json"
+
+
+def _default_out(paths: Sequence[str | os.PathLike[str]], data: RunData) -> Path:
+    """Where the figures go without ``--out``: ``PATH/figures`` for one path; for several,
+    ``figures/`` in their common parent when they hold every run below it, else
+    ``figures/<selection>/`` there, named for the paths (``bn+per``), so that a selection never
+    overwrites the figures of the whole sweep."""
+    root = Path(data.root)
+    given = list(dict.fromkeys(Path(p).resolve() for p in paths))
+    if len(given) == 1:
+        return root / "figures"
+    selected = {rd.root.resolve() for p in given for rd in find_runs(p)}
+    everything = {rd.root.resolve() for rd in find_runs(root)}
+    if everything <= selected:
+        return root / "figures"
+    parent = root.resolve()
+    names = sorted(p.relative_to(parent).as_posix() if p.is_relative_to(parent) else p.name for p in given)
+    name = "+".join("".join(c if c.isalnum() or c in "._-" else "_" for c in n) for n in names)
+    if len(name) > 100:
+        raise PlotError(
+            f"the {len(given)} paths are part of {root}, which holds other runs too: their figures would go to a "
+            "subfolder of its figures/ named for them, but the name is too long; give --out DIR"
+        )
+    return root / "figures" / name
+
+
+def _check_out(out: Path, given: bool) -> None:
+    """A one-line error when ``out`` or a folder above it is a file."""
+    blocker = next((q for q in (out, *out.parents) if q.exists() and not q.is_dir()), None)
+    if blocker is None:
+        return
+    where = f"--out {out}" if given else f"the figures folder {out}"
+    what = "is a file" if blocker == out else f"lies in {blocker}, which is a file"
+    raise PlotError(f"{where} {what}: give --out a folder (it is created if missing), or move the file away")
+
+
+def _replace_manifest(out: Path, written: Sequence[Path], fmt: str) -> list[Path]:
+    """Record in ``out/MANIFEST`` the files this call wrote, and remove the ``fmt`` files that the
+    previous call listed there and this call did not write (figures of layers no longer chosen, a
+    figure no longer drawn). Nothing else is removed: files the manifest does not name, files of
+    another format, anything that is not a plain file in ``out``. Returns the removed files."""
+    import json
+
+    path = out / MANIFEST
+    try:
+        before = json.loads(path.read_text())["written"]
+        before = [n for n in before if isinstance(n, str) and n == Path(n).name and not n.startswith(".")]
+    except (OSError, ValueError, KeyError, TypeError):  # missing or damaged: remove nothing
+        before = []
+    now = [w.name for w in written]
+    stale = [n for n in before if n not in now and Path(n).suffix == f".{fmt}"]
+    kept = [n for n in before if n not in now and n not in stale and (out / n).is_file()]  # other formats
+    atomic_write(path, lambda f: f.write(json.dumps({"written": now + kept}, indent=1).encode()))
+    removed = []
+    for name in stale:
+        if (out / name).is_file() and not (out / name).is_symlink():
+            (out / name).unlink()
+            removed.append(out / name)
+    return removed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m analysis.plot``: write the figures of run or sweep directories; print their paths.
 
     Exit status 0 on success, 2 for user errors (bad path, nothing recorded, unknown layer, unit or
-    split, damaged file without ``--skip-bad``).
+    split, damaged file without ``--skip-bad``, an output folder that is a file).
     """
     import matplotlib
 
@@ -1210,12 +1545,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = OneLineArgumentParser(  # usage errors: one line, exit 2
         prog="python -m analysis.plot",
         description="Figure 2 (activation evolution), SW1-vs-L_per curves, ridgelines and metrics of runs.",
+        epilog=(
+            "Output: PATH/figures/ for one path; for several, figures/ in their common parent, or, when that "
+            "parent holds other runs too (a selection from a sweep), figures/<selection>/ there, e.g. "
+            "figures/bn+per/, so the sweep's own figures are kept. A manifest (" + MANIFEST + ") lists the files "
+            "a call wrote; the next call into the same folder removes those it does not write again (same "
+            "format only), and never any other file."
+        ),
     )
     p.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run directories or sweep directories")
     p.add_argument("--layers", nargs="+", help="layers for Figure 2 and the ridgelines (default: every third)")
     p.add_argument("--units", nargs="+", type=int, help="units of every chosen layer (default 0)")
     p.add_argument("--split", choices=("eval", "train"), help="default eval when recorded, else train")
-    p.add_argument("--out", type=Path, help="output folder (default PATH/figures, or the common parent's)")
+    p.add_argument("--out", type=Path, help="output folder (default PATH/figures, or the common parent's; see below)")
     p.add_argument("--format", choices=("png", "pdf"), default="png", help="file format (default png)")
     _add_slice_options(p)
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files and say which")
@@ -1228,47 +1570,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = _load(args.paths, args.skip_bad)
         for msg in data.skipped:
             print(f"skipped: {msg}", file=sys.stderr)
-        out = args.out if args.out is not None else Path(data.root) / "figures"
+        out = args.out if args.out is not None else _default_out(args.paths, data)
+        _check_out(out, args.out is not None)
         fmt = args.format
+        written: list[Path] = []
         if data.index.empty:  # e.g. a --no-record sweep: its metrics are still worth a figure
             try:
-                path = _save(metrics_curves(data), out / f"metrics.{fmt}", fmt)
+                written.append(_save(metrics_curves(data), out / f"metrics.{fmt}", fmt))
             except PlotError as err:
                 raise PlotError(f"{no_activations(data.root)}; and {err}") from None
             print(f"note: {no_activations(data.root)}; only the metrics are drawn", file=sys.stderr)
-            print(path, flush=True)
-            return 0
-        index = _recorded(data)
-        for run in data.runs_list:
-            if not (index["run"] == run).any():
-                print(f"note: no activations recorded in run {run}; not in the activation figures", file=sys.stderr)
-        split = _resolve_split(data, args.split)
-        layers = _resolve_layers(data, split, layers)
-        units = _resolve_units(data, split, layers, args.units)
-        for note in _coverage_notes(data, split):
-            print(f"note: {note}", file=sys.stderr)
-        written = [_save(figure2(data, layers, units, split), out / f"figure2.{fmt}", fmt)]
-        print(written[-1], flush=True)
-        for layer in layers:
-            for unit in units:
-                path = out / f"ridgeline_{layer.replace('/', '_')}_unit{unit}.{fmt}"
-                written.append(_save(ridgeline(data, layer, unit, split), path, fmt))
-                print(written[-1], flush=True)
-        optional = (  # drawn when their data exist; otherwise a note says why not
-            ("sw1_curves", lambda: sw1_curves(data, split, n_projections=args.n_projections, seed=args.seed)),
-            ("metrics", lambda: metrics_curves(data)),
-        )
-        for name, draw in optional:
-            try:
-                fig = draw()
-            except PlotError as err:
-                print(f"note: {name} not drawn: {err}", file=sys.stderr)
-                continue
-            written.append(_save(fig, out / f"{name}.{fmt}", fmt))
             print(written[-1], flush=True)
+        else:
+            _draw_all(data, layers, args, out, written)
+        for path in _replace_manifest(out, written, fmt):
+            print(f"note: removed {path}: an earlier call wrote it and this one did not", file=sys.stderr)
         return 0
 
     return run_command(body, debug=args.debug, errors=(RunDirError, PlotError, OSError))
+
+
+def _draw_all(data: RunData, layers: list[str] | None, args: Any, out: Path, written: list[Path]) -> None:
+    """``main``'s figures of runs with activations, appended to ``written`` as they are saved."""
+    fmt = args.format
+    index = _recorded(data)
+    for run in data.runs_list:
+        if not (index["run"] == run).any():
+            print(f"note: no activations recorded in run {run}; not in the activation figures", file=sys.stderr)
+    split = _resolve_split(data, args.split)
+    layers = _resolve_layers(data, split, layers)
+    units = _resolve_units(data, split, layers, args.units)
+    for note in [*_coverage_notes(data, split), *_nonfinite_notes(data, split)]:
+        print(f"note: {note}", file=sys.stderr)
+    written.append(_save(figure2(data, layers, units, split), out / f"figure2.{fmt}", fmt))
+    print(written[-1], flush=True)
+    for layer in layers:
+        for unit in units:
+            path = out / f"ridgeline_{layer.replace('/', '_')}_unit{unit}.{fmt}"
+            written.append(_save(ridgeline(data, layer, unit, split), path, fmt))
+            print(written[-1], flush=True)
+    optional = (  # drawn when their data exist; otherwise a note says why not
+        ("sw1_curves", lambda: sw1_curves(data, split, n_projections=args.n_projections, seed=args.seed)),
+        ("metrics", lambda: metrics_curves(data)),
+    )
+    for name, draw in optional:
+        try:
+            fig = draw()
+        except PlotError as err:
+            print(f"note: {name} not drawn: {err}", file=sys.stderr)
+            continue
+        written.append(_save(fig, out / f"{name}.{fmt}", fmt))
+        print(written[-1], flush=True)
 
 
 if __name__ == "__main__":

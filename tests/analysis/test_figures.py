@@ -14,11 +14,11 @@ from per_core.rundir import RunDir
 RUN_FIGURES = ["figure1.png", "figure2.png", "metrics.png", "point_mass_trap.png", "ridgeline.png", "sw1_curves.png"]
 
 
-def small_run(root, method, scales, seed):
-    """A run dir whose layers layer1..layer3 recorded N(0, s^2) rows (300 x 2) at each epoch, with metrics."""
+def small_run(root, method, scales, seed, layers=("layer1", "layer2", "layer3")):
+    """A run dir whose ``layers`` recorded N(0, s^2) rows (300 x 2) at each epoch, with metrics."""
     rd = RunDir(root)
     rd.write_config({"method": method, "epochs": len(scales)})
-    mods = {f"layer{i}": nn.Identity() for i in (1, 2, 3)}
+    mods = {name: nn.Identity() for name in layers}
     rec = ActivationRecorder(nn.ModuleDict(mods), mods, reservoir=128, reservoir_every=1)
     rng = np.random.default_rng(seed)
     for epoch, s in enumerate(scales, start=1):
@@ -88,3 +88,17 @@ def test_cli_writes_nothing_when_a_later_figure_fails(tmp_path, capsys, monkeypa
     with pytest.raises(SystemExit):  # a usage error, before anything is drawn
         main(["--out", str(tmp_path / "file")])
     assert "--out " + str(tmp_path / "file") + " is a file: give a folder" in capsys.readouterr().err
+
+
+def test_cli_runs_without_a_common_layer_get_advice_this_command_can_follow(tmp_path, capsys):
+    # before: "choose layers with --layers", an option analysis.figures does not have
+    small_run(tmp_path / "sweep" / "cnn", "vanilla", [1.0], seed=0, layers=("conv1",))
+    small_run(tmp_path / "sweep" / "lstm", "per", [1.0], seed=1, layers=("lstm1",))
+    assert main(["--out", str(tmp_path / "out"), "--runs", str(tmp_path / "sweep"), "--ridgeline", "conv1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"error: the runs in {tmp_path / 'sweep'} recorded no layer in common in split eval (cnn: conv1; "
+        "lstm: lstm1): analysis.figures draws the README figures of a demo sweep (python -m per_core.demo); plot "
+        "these runs with python -m analysis.plot and its --layers, or each run separately\n"
+    )
+    assert captured.out == "" and not (tmp_path / "out").exists()

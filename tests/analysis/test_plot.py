@@ -14,6 +14,7 @@ from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_hex, to_rgb
 from torch import nn
 
+import analysis.plot
 from analysis.io import load_run
 from analysis.plot import (
     QUANTILES,
@@ -50,14 +51,14 @@ def known_data(seed, n=3000, scale=1.0):
     return (scale * X).astype(np.float32)
 
 
-def fake_run(root, method, data_per_epoch, *, reservoir=True, metrics=True, lam=None):
+def fake_run(root, method, data_per_epoch, *, reservoir=True, metrics=True, lam=None, bins=40):
     """A run dir whose layers recorded exactly the given {layer: (n, units)} arrays per epoch, in both splits."""
     rd = RunDir(root)
     lams = {} if lam is None else {"lam": lam}
     rd.write_config({"method": method, "epochs": len(data_per_epoch), "record_every": 1, **lams})
     mods = {name: nn.Identity() for name in data_per_epoch[0]}
     rec = ActivationRecorder(
-        nn.ModuleDict(mods), mods, reservoir=256, reservoir_every=1, reservoir_splits=("train", "eval")
+        nn.ModuleDict(mods), mods, reservoir=256, reservoir_every=1, reservoir_splits=("train", "eval"), bins=bins
     )
     for epoch, arrays in enumerate(data_per_epoch, start=1):
         rec.start_epoch(epoch, reservoir=reservoir)
@@ -332,7 +333,7 @@ def test_sw1_curves_panels_bound_dashed_and_collapse_marked(data):
 def test_ridgeline_and_metrics_panels(data):
     fig = ridgeline(data, "layer2", 1)
     titles = [ax.get_title() for ax in fig.get_axes()]
-    assert titles[1:] == ["bn", "per"]  # one panel per method (first bn seed)
+    assert titles[1:] == ["bn (bn/seed0)", "per"]  # one panel per method (first bn seed), titled with its run
     assert titles[0].startswith("vanilla (") and "outside the histogram range" in titles[0]  # 2.5 x exponential
     assert all(has_data(ax) for ax in fig.get_axes())
     fig = metrics_curves(data)
@@ -352,9 +353,13 @@ def test_same_method_same_colour_in_every_figure(data):
         assert colours(sw.get_axes()[0], label) == {hex_}
         assert colours(mc.get_axes()[0], label) == {hex_}
     bands = {ax.get_title(): ax for ax in f2.get_axes()[:3]}
-    for title, ax in bands.items():
-        method = title.split(")")[1].split(":")[0].strip()
-        assert to_hex(ax.collections[0].get_facecolor()[0], keep_alpha=False) == want[method]
+    assert list(bands) == [
+        "(a) vanilla: quantile bands",
+        "(b) bn (bn/seed0): quantile bands",
+        "(c) per: quantile bands",
+    ]
+    for (title, ax), hex_ in zip(bands.items(), want.values(), strict=True):
+        assert to_hex(ax.collections[0].get_facecolor()[0], keep_alpha=False) == hex_, title
     rl = ridgeline(data, "layer1", 0)
     assert [to_hex(ax.get_lines()[0].get_color()) for ax in rl.get_axes()] == list(want.values())
 
@@ -549,3 +554,202 @@ def test_sw1_curves_of_a_given_table_shows_its_slices_and_refuses_another_split(
     texts = " ".join(t.get_text() for t in fig.texts)
     assert "16 slices" in texts and "256 slices" not in texts
     plt.close(fig)
+
+
+# --- what the reviewer of the figures found -------------------------------------------------------
+
+
+def texts_of(fig):
+    """Every text of a figure: suptitle, axes titles, legends and notes."""
+    legends = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    return " ".join([fig._suptitle.get_text() if fig._suptitle else "", *legends, *(t.get_text() for t in fig.texts)])
+
+
+def nonfinite_marks(ax):
+    """Epochs marked as holding NaN/inf values (red diamonds on the x axis)."""
+    return sorted(
+        x
+        for ln in ax.get_lines()
+        if ln.get_marker() == "D" and to_hex(ln.get_markerfacecolor()) == "#ff0000"
+        for x in ln.get_xdata()
+    )
+
+
+def test_a_one_epoch_run_keeps_the_shared_epoch_range_of_figure2(tmp_path):
+    # before: _bands set xlim(x - 1, x + 1) for the one-epoch run and, shared, every panel showed epochs 0-2
+    fake_run(tmp_path / "long", "vanilla", epochs_of(0, [1.0, 1.0, 1.0, 1.0, 1.0]))
+    fake_run(tmp_path / "short", "per", epochs_of(1, [1.0]))
+    fig = figure2(load_run(tmp_path), ["layer1"])
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        assert lo <= 1 and hi >= 5, (ax.get_title(), lo, hi)
+    short = load_run(tmp_path / "short")
+    for fig in (figure2(short, ["layer1"]), sw1_curves(short)):  # one epoch alone: visible, whole-epoch ticks
+        ax = fig.axes[0]
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert lo < 1 < hi and ticks and all(float(t).is_integer() for t in ticks), (lo, hi, ticks)
+
+
+def nan_run(root):
+    """layer1 recorded NaN at epoch 2 (some rows) and epoch 3 (all); train_loss NaN at 3, per_penalty inf at 2."""
+    epochs = epochs_of(0, [1.0, 1.0, 1.0, 1.0])
+    epochs[1]["layer1"][:10] = np.nan
+    epochs[2]["layer1"][:] = np.nan
+    rd = fake_run(root, "per", epochs, metrics=False)
+    rows = [{"epoch": e, "val_error": 10.0, "train_loss": 1.0, "per_penalty": 0.9} for e in (1, 2, 3, 4)]
+    rows[2]["train_loss"], rows[1]["per_penalty"] = float("nan"), float("inf")
+    rd.write_metrics(rows)
+    return rd
+
+
+def test_nonfinite_activations_and_metrics_are_noted_and_marked(tmp_path, capsys):
+    # before: the NaN epochs were silently left out (bands and SW1 simply stopped) and no note said so
+    rd = nan_run(tmp_path / "r")
+    assert main([str(rd.root), "--layers", "layer1", "layer2"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "note: run r, layer layer1: NaN/inf values at epochs 2-3 in split eval (1830 NaN values), left out of "
+        "the histograms, moments and reservoirs" in err
+    )  # 10 x 3 units at epoch 2, 600 x 3 at epoch 3 (the eval split records the arrays once)
+    data = load_run(rd.root)
+    fig = figure2(data, ["layer1", "layer2"])
+    band1, mean1, var1, band2 = fig.axes[0], fig.axes[1], fig.axes[2], fig.axes[3]
+    assert nonfinite_marks(band1) == nonfinite_marks(mean1) == nonfinite_marks(var1) == [2, 3]
+    assert nonfinite_marks(band2) == []
+    assert "NaN/inf recorded that epoch" in texts_of(fig) and "epochs 2-3" in texts_of(fig)
+    sw = sw1_curves(data)
+    assert [nonfinite_marks(ax) for ax in sw.axes] == [[2, 3], [], []]
+    assert "NaN/inf recorded that epoch" in texts_of(sw)
+    mc = metrics_curves(data)
+    marks = {ax.get_title(): nonfinite_marks(ax) for ax in mc.axes}
+    assert marks == {
+        "validation error (%)": [],
+        "training loss": [3],
+        "PER penalty: L_per (a bound, not a distance)": [2],
+    }
+    assert "run r logged a non-finite train_loss at epoch 3" in texts_of(mc)
+
+
+def test_a_lambda_sweep_colours_and_titles_the_bands_and_ridges_by_their_run(tmp_path):
+    # before: the bands (first run: lambda 0.01) were drawn in the colour of lambda 1 and titled "per"
+    for lam in (0.01, 1.0):
+        for seed in (0, 1):
+            fake_run(tmp_path / f"per-lam{lam:g}" / f"seed{seed}", "per", epochs_of(seed, [1.0, 0.5]), lam=lam)
+    data = load_run(tmp_path)
+    fig = figure2(data, ["layer1"])
+    band, mean = fig.axes[0], fig.axes[1]
+    weak = {to_hex(ln.get_color()) for ln in mean.get_lines() if ln.get_label() == "per (per-lam0.01/seed0)"}
+    assert len(weak) == 1 and weak != {method_color("per").lower()}
+    assert to_hex(band.collections[0].get_facecolor()[0], keep_alpha=False) in weak
+    assert band.get_title() == "(a) per (per-lam0.01/seed0), λ = 0.01: quantile bands"
+    assert to_hex(band.title.get_color()) in weak
+    assert "lightest (smallest) to the method's full colour (largest): per 0.01, 1" in texts_of(fig)
+    rl = ridgeline(data, "layer1")
+    assert rl.axes[0].get_title() == "per (per-lam0.01/seed0), λ = 0.01"
+    assert {to_hex(ln.get_color()) for ln in rl.axes[0].get_lines() if ln.get_linestyle() == "-"} == weak
+
+
+def test_sw1_curves_mark_the_bound_apart_from_the_distance_and_say_what_x_means(tmp_path):
+    # before: with one reservoir epoch SW1 and L_per were both 'o' points: the bound looked like the distance
+    fake_run(tmp_path / "one", "per", epochs_of(0, [0.02]))  # small from the start: x at epoch 1
+    fig = sw1_curves(load_run(tmp_path / "one"))
+    ax = fig.axes[0]
+    sw, lper = (ln for ln in ax.get_lines() if len(ln.get_xdata()) == 1 and ln.get_marker() != "X")
+    assert sw.get_marker() == "o" and sw.get_linestyle() == "-"
+    assert lper.get_marker() == "s" and lper.get_markerfacecolor() == "white" and lper.get_linestyle() == "--"
+    keys = {t.get_text(): h for leg in fig.legends for t, h in zip(leg.get_texts(), leg.legend_handles, strict=True)}
+    assert keys["L_per, same slices (bound, not a distance)"].get_marker() == "s"
+    assert [ln for ln in ax.get_lines() if ln.get_marker() == "X"]  # collapsed, though never shrunk
+    x_key = next(t for t in keys if t.startswith("x: "))
+    assert "projected std < 0.5" in x_key and "small from the start" in x_key
+
+
+def test_cli_removes_only_its_own_stale_figures_and_keeps_a_sweeps_figures_from_a_selection(tmp_path, capsys):
+    # before: a call with other layers left ridgeline_layer3_unit0.png behind, and `per bn` (a part of the
+    # sweep) overwrote the sweep's figures in its figures/ folder
+    sweep = tmp_path / "sweep"
+    for method, seed in (("vanilla", 0), ("bn", 1), ("per", 2)):
+        fake_run(sweep / method, method, epochs_of(seed, [1.0, 0.5]))
+    figures = sweep / "figures"
+    assert main([str(sweep), "--layers", "layer3"]) == 0
+    (figures / "my_notes.txt").write_text("mine")
+    (figures / "ridgeline_layer9_unit0.png").write_bytes(b"made by hand")  # not written by analysis.plot
+    assert main([str(sweep), "--layers", "layer1"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: removed {figures / 'ridgeline_layer3_unit0.png'}: an earlier call wrote it" in err
+    names = sorted(p.name for p in figures.iterdir())
+    assert names == sorted(
+        [analysis.plot.MANIFEST, "figure2.png", "metrics.png", "my_notes.txt", "ridgeline_layer1_unit0.png",
+         "ridgeline_layer9_unit0.png", "sw1_curves.png"]
+    )  # fmt: skip
+    assert main([str(sweep), "--layers", "layer2", "--format", "pdf"]) == 0  # another format: the pngs stay
+    assert (figures / "ridgeline_layer1_unit0.png").exists() and (figures / "ridgeline_layer2_unit0.pdf").exists()
+    before = {p.name: p.read_bytes() for p in figures.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main([str(sweep / "per"), str(sweep / "bn"), "--layers", "layer2"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed and all(p.startswith(str(figures / "bn+per") + "/") for p in printed)
+    assert {p.name: p.read_bytes() for p in figures.iterdir() if p.is_file()} == before  # the sweep's untouched
+    assert main([str(sweep / "per"), str(sweep / "bn"), str(sweep / "vanilla")]) == 0  # every run: the sweep's
+    assert all(p.rsplit("/", 1)[0] == str(figures) for p in capsys.readouterr().out.split())
+
+
+def test_cli_help_documents_where_the_figures_go(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "figures/<selection>/" in out and analysis.plot.MANIFEST in out
+
+
+def test_metrics_draw_one_panel_per_validation_metric(tmp_path):
+    # before: the first of val_ppl, val_error, val_loss that any run had: the CNN's val_error disappeared
+    fake_run(tmp_path / "cnn", "vanilla", epochs_of(0, [1.0, 1.0]))  # val_error, train_loss, per_penalty
+    lm = fake_run(tmp_path / "lstm", "per", epochs_of(1, [1.0, 1.0]), metrics=False)
+    lm.write_metrics([{"epoch": e, "val_ppl": 100.0 / e, "val_loss": 4.0, "train_loss": 5.0} for e in (1, 2)])
+    fig = metrics_curves(load_run(tmp_path))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[:2] == ["validation perplexity", "validation error (%)"] and "validation loss" not in titles
+    assert [ln.get_label() for ln in fig.axes[1].get_lines()] == ["vanilla"]
+    assert [ln.get_label() for ln in fig.axes[0].get_lines()] == ["per"]
+
+
+def test_figure2_says_where_a_unit_is_narrower_than_a_bin_and_which_run_has_which_bins(tmp_path):
+    # before: a unit of std 0.02 (inside one 0.5 bin) got bands with a made-up shape, and nothing said so;
+    # mixed bins read "bins of width 0.2, 0.5" without saying whose
+    fake_run(tmp_path / "a", "vanilla", epochs_of(0, [1.0, 0.02, 1.0]))
+    fake_run(tmp_path / "b", "per", epochs_of(1, [1.0, 1.0, 1.0]), bins=100)  # width 0.2
+    fig = figure2(load_run(tmp_path), ["layer1"], [0])
+    note = texts_of(fig)
+    assert "Not resolved where the unit's std is below the bin width" in note
+    assert "vanilla layer1 unit 0 at epoch 2" in note and "per layer1" not in note
+    assert "bins of width 0.2 (per); 0.5 (vanilla)" in note
+
+
+def test_layers_sort_by_depth_within_each_run_and_the_title_stays_clear_of_the_panels(tmp_path):
+    # before: first appearance across runs (lstm1, lstm2, layer3, layer1, layer2), and with many layers the
+    # suptitle overlapped the first row of sw1_curves
+    one = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    fake_run(tmp_path / "a", "per", [{"lstm1": one, "lstm2": one}])
+    fake_run(tmp_path / "b", "per", [{"layer3": one}])
+    fake_run(tmp_path / "c", "vanilla", [{f"layer{i}": one for i in range(1, 31)}])
+    fig = sw1_curves(load_run(tmp_path), n_projections=8)
+    assert [ax.get_title() for ax in fig.axes][:6] == ["lstm1", "lstm2", "layer1", "layer2", "layer3", "layer4"]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    bottom = fig._suptitle.get_window_extent(renderer).y0
+    assert max(ax.title.get_window_extent(renderer).y1 for ax in fig.axes) < bottom
+
+
+def test_cli_out_that_is_a_file_says_so(tmp_path, capsys):
+    # before: "error: [Errno 17] File exists"
+    rd = fake_run(tmp_path / "r", "per", epochs_of(0, [1.0]))
+    (tmp_path / "file").write_text("")
+    assert main([str(rd.root), "--out", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: --out {tmp_path / 'file'} is a file: give --out a folder (it is created if missing), "
+        "or move the file away\n"
+    )
+    assert main([str(rd.root), "--out", str(tmp_path / "file" / "sub")]) == 2
+    assert f"lies in {tmp_path / 'file'}, which is a file" in capsys.readouterr().err

@@ -520,11 +520,13 @@ def _lams_of(data: RunData, method: str) -> list[Any]:
     return sorted(lam for lam in lams if lam is not None)
 
 
-def _run_title(data: RunData, run: str) -> str:
-    """The run's label, with its lambda when its method's runs have several."""
-    lam = data.configs.get(run, {}).get("lam")
-    several = len(_lams_of(data, data.methods[run])) > 1
-    return _label(data, run) + (f", λ = {lam:g}" if several and lam is not None else "")
+def _run_title(data: RunData, run: str, head: str = "", tail: str = "") -> str:
+    """A panel title for one run: ``head``, its method, its lambda when its method's runs have
+    several, ``tail``; then the run on a second line when :func:`_label` names it."""
+    method, lam = data.methods[run], data.configs.get(run, {}).get("lam")
+    several = len(_lams_of(data, method)) > 1
+    first = f"{head}{method}{f', λ = {lam:g}' if several and lam is not None else ''}{tail}"
+    return first if _label(data, run) == method else f"{first}\nrun {run}"
 
 
 def _runs_note(data: RunData, runs: Sequence[str], chosen: str | None = None) -> str:
@@ -824,7 +826,7 @@ def _pyplot():
 
 def _epoch_axis(axes: Any) -> None:
     """Integer epoch ticks on every axes of ``axes``, call after drawing: an x range narrower than
-    two epochs (a single recorded epoch) is widened to one epoch either side, so that the ticks are
+    one epoch (a single recorded epoch) is widened to one epoch either side, so that the ticks are
     whole epochs and a lone point is not at the edge. Shared axes keep their common range (every
     run's epochs)."""
     from matplotlib.ticker import MaxNLocator
@@ -832,7 +834,7 @@ def _epoch_axis(axes: Any) -> None:
     for ax in np.ravel(axes):
         ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
         lo, hi = ax.get_xlim()
-        if hi - lo < 2:
+        if hi - lo < 1:  # one epoch (x range of about 0.2)
             mid = round((lo + hi) / 2)
             ax.set_xlim(mid - 1, mid + 1)
 
@@ -998,7 +1000,8 @@ def figure2(
             for row in rows:
                 ax = axes[row, col]
                 if row == 0 or row == rows[0]:  # the top panel, and the first of another run than the top's
-                    ax.set_title(f"({letters[col]}) {_run_title(data, run)}: quantile bands", color=color)
+                    title = _run_title(data, run, f"({letters[col]}) ", ": quantile bands")
+                    ax.set_title(title, color=method_color(method))  # the method's full colour: legible
                 layer, unit = pairs[row]
                 _mark_nonfinite(ax, bad.get((run, layer), []), color)
                 h = hists[pairs[row]]
@@ -1089,7 +1092,7 @@ def figure2(
             else ""
         )
         + ". Mean and variance: exact moments of all recorded values. Dotted: N(0, 1) (mean 0, variance 1)."
-        + _runs_note(data, recorded, "Bands: the first run of each method, titled and coloured as its curve")
+        + _runs_note(data, recorded, "Bands: the first run of each method (named in its title), in its curve's shade")
         + "".join(f" {line}." for line in _nonfinite_notes(data, split, layers))
     )
     _finish(fig, [(runs_h, runs_l, min(len(runs_h), 6)), (bands_h, bands_l, 3)], note)
@@ -1286,8 +1289,8 @@ def ridgeline(data: RunData, layer: str, unit: int = 0, split: str | None = None
         ax.axvline(0.0, color=_GREY, ls=":", lw=1, zorder=0)
         total = h["counts"].sum() + h["under"].sum() + h["over"].sum()
         share = (h["under"].sum() + h["over"].sum()) / total if total else 0.0
-        title = _run_title(data, runs[0])
-        ax.set_title(title + (f" ({share:.1%} outside the histogram range)" if share > 0 else ""), color=color)
+        outside = f" ({share:.1%} outside the histogram range)" if share > 0 else ""
+        ax.set_title(_run_title(data, runs[0], tail=outside), color=method_color(data.methods[runs[0]]))
         ax.set_xlabel("activation value")
         ax.grid(axis="y", alpha=0)
     axes[0, 0].set_ylabel("epoch")

@@ -333,7 +333,7 @@ def test_sw1_curves_panels_bound_dashed_and_collapse_marked(data):
 def test_ridgeline_and_metrics_panels(data):
     fig = ridgeline(data, "layer2", 1)
     titles = [ax.get_title() for ax in fig.get_axes()]
-    assert titles[1:] == ["bn (bn/seed0)", "per"]  # one panel per method (first bn seed), titled with its run
+    assert titles[1:] == ["bn\nrun bn/seed0", "per"]  # one panel per method (first bn seed), titled with its run
     assert titles[0].startswith("vanilla (") and "outside the histogram range" in titles[0]  # 2.5 x exponential
     assert all(has_data(ax) for ax in fig.get_axes())
     fig = metrics_curves(data)
@@ -355,7 +355,7 @@ def test_same_method_same_colour_in_every_figure(data):
     bands = {ax.get_title(): ax for ax in f2.get_axes()[:3]}
     assert list(bands) == [
         "(a) vanilla: quantile bands",
-        "(b) bn (bn/seed0): quantile bands",
+        "(b) bn: quantile bands\nrun bn/seed0",
         "(c) per: quantile bands",
     ]
     for (title, ax), hex_ in zip(bands.items(), want.values(), strict=True):
@@ -642,11 +642,10 @@ def test_a_lambda_sweep_colours_and_titles_the_bands_and_ridges_by_their_run(tmp
     weak = {to_hex(ln.get_color()) for ln in mean.get_lines() if ln.get_label() == "per (per-lam0.01/seed0)"}
     assert len(weak) == 1 and weak != {method_color("per").lower()}
     assert to_hex(band.collections[0].get_facecolor()[0], keep_alpha=False) in weak
-    assert band.get_title() == "(a) per (per-lam0.01/seed0), λ = 0.01: quantile bands"
-    assert to_hex(band.title.get_color()) in weak
+    assert band.get_title() == "(a) per, λ = 0.01: quantile bands\nrun per-lam0.01/seed0"
     assert "lightest (smallest) to the method's full colour (largest): per 0.01, 1" in texts_of(fig)
     rl = ridgeline(data, "layer1")
-    assert rl.axes[0].get_title() == "per (per-lam0.01/seed0), λ = 0.01"
+    assert rl.axes[0].get_title() == "per, λ = 0.01\nrun per-lam0.01/seed0"
     assert {to_hex(ln.get_color()) for ln in rl.axes[0].get_lines() if ln.get_linestyle() == "-"} == weak
 
 

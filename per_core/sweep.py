@@ -6,10 +6,11 @@
 
 Layout: ``OUT/<method>/seed<S>/`` for methods without lambda and ``OUT/<method>-lam<L>/seed<S>/`` for
 the regularizers (per, vcl, l1, l2). A finished run is skipped and an unfinished one resumed, so an
-interrupted sweep continues where it stopped. The table reports, per method (and lambda), the
-final-epoch validation metric as mean +- sample std over seeds, with the number of seeds, and
-marks the lambda with the best mean, the way the paper's tables report the best of its grid
-(:func:`best_lambdas`: the lowest mean as shown; on a tie, the smallest lambda).
+interrupted sweep continues where it stopped. The table reports, per task and method (and lambda),
+the validation metric as mean +- sample std over seeds, with the number of seeds, and marks the lambda
+with the best mean, the way the paper's tables report the best of its grid (:func:`best_lambdas`: the
+lowest mean as shown; on a tie, the smallest lambda). Image nets count their last epoch; language
+models their best validation epoch, validation and test of its model (as PyTorch's word-LM example).
 """
 
 from __future__ import annotations
@@ -252,6 +253,7 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
         key = (_task(cfg), cfg["method"], cfg["lam"] if cfg["method"] in REGULARIZERS else None, cfg["seed"])
         seeds.setdefault(key, []).append((status, run, cfg, rows))
     twice = []
+    counted: dict[tuple[Task, str, float | None], list[tuple[RunDir, dict]]] = {}  # finished runs of each row
     for (task, method, lam, seed), found in seeds.items():
         key = (task, method, lam)
         groups.setdefault(key, [])
@@ -265,6 +267,7 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
             failed[key] = failed.get(key, 0) + 1
         elif status == 0:
             groups[key].append(_final_metrics(rows))
+            counted.setdefault(key, []).append((run, cfg))
             ends.setdefault(task, set()).add(len(rows))
             presets.setdefault(task, set()).add(cfg.get("preset"))
         else:
@@ -311,6 +314,7 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
                 f"unequal training; run the sweep again with --epochs {max(epochs)} to extend the shorter ones"
             )
     lines += [f"note: {t}" for t in twice]
+    lines += [f"note: {t}" for t in _mixed_rows(counted)]
     if unfinished:
         shown = ", ".join(unfinished[:5]) + (f" and {len(unfinished) - 5} more" if len(unfinished) > 5 else "")
         lines.append(
@@ -323,6 +327,19 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
             own = [e for e, t in zip(entries, tasks, strict=True) if t == task]
             lines += ["", *_paper_layout(preset, best_lambdas(own), smoke=task[4])]
     return "\n".join(lines), entries
+
+
+def _mixed_rows(counted: Mapping[tuple[Any, str, float | None], list[tuple[RunDir, dict]]]) -> list[str]:
+    """A line per table row whose seeds were trained with other settings (beyond seed, epochs and recording):
+    their mean mixes recipes (e.g. a ResNet-110 run from before its warm-up epoch beside one after)."""
+    lines = []
+    for (_, method, lam), runs in counted.items():
+        first, cfg = runs[0]
+        for run, other in runs[1:]:
+            if diff := config_differences(other, TrainConfig.from_dict(cfg), ignore=_RECORDING | {"seed", "epochs"}):
+                row = method if lam is None else f"{method} lambda {_lam_text(lam)}"
+                lines.append(f"the {row} row mixes settings: {run.root} vs {first.root} ({diff})")
+    return lines
 
 
 def _metric_table(entries: list[dict], metric: str) -> tuple[list[str], bool]:

@@ -329,7 +329,7 @@ def save_checkpoint(run: RunDir, s: Setup, epoch: int, metrics: list[dict[str, A
             "metrics": metrics,
             "best": None
             if s.best is None
-            else {  # the model of the best epoch, unless it is this one's (stored once, above)
+            else {  # the model of the best epoch; None for this epoch's own (stored once, above) or where unknown
                 "epoch": s.best["epoch"],
                 "val_loss": s.best["val_loss"],
                 "model": None if s.best["epoch"] == epoch else s.best["state"],
@@ -377,18 +377,32 @@ def load_checkpoint(run: RunDir, s: Setup) -> tuple[int, list[dict[str, Any]]]:
 
 
 def _saved_best(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The best validation epoch of a checkpoint; a checkpoint from before best-model tracking holds only its
-    own epoch's model, so another best epoch's state is None (its test metrics cannot be measured)."""
+    """The best validation epoch of a checkpoint and its model's state: the checkpoint's own model when that epoch
+    is the checkpoint's, else the one stored apart; None where unknown (a checkpoint from before best-model
+    tracking holds only its own epoch's model: another best epoch's test metrics cannot be measured)."""
     if (best := ckpt.get("best")) is not None:
-        state = ckpt["model"] if best["model"] is None else best["model"]
+        state = ckpt["model"] if best["epoch"] == ckpt["epoch"] else best["model"]
         return {"epoch": best["epoch"], "val_loss": best["val_loss"], "state": state}
-    row = min(ckpt["metrics"], key=lambda r: r["val_loss"])  # the first of equal losses, as the strict < keeps it
-    state = ckpt["model"] if row is ckpt["metrics"][-1] else None
+    row = min(ckpt["metrics"], key=_validation_rank)  # the first of equal losses, as the strict < keeps it
+    state = ckpt["model"] if row["epoch"] == ckpt["epoch"] else None
     return {"epoch": row["epoch"], "val_loss": row["val_loss"], "state": state}
 
 
+def _validation_rank(row: dict[str, Any]) -> tuple[bool, float]:
+    """Sort key of epochs by validation loss, a non-finite loss after every finite one."""
+    return not math.isfinite(row["val_loss"]), row["val_loss"]
+
+
 def _state_copy(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+    """A copy of ``module``'s state in which tensors that share memory (tied weights) still share it."""
+    copies: dict[tuple[Any, ...], torch.Tensor] = {}
+    state = {}
+    for k, v in module.state_dict().items():
+        key = (v.data_ptr(), v.shape, v.stride(), v.dtype)
+        if key not in copies:
+            copies[key] = v.detach().clone()
+        state[k] = copies[key]
+    return state
 
 
 def _track_best(s: Setup, row: dict[str, Any], final: bool) -> None:
@@ -398,7 +412,7 @@ def _track_best(s: Setup, row: dict[str, Any], final: bool) -> None:
     the test split is measured on that epoch's model (``best_test_ppl``), next to the last model's (``test_ppl``).
     Every rank calls this (the evaluation is collective).
     """
-    if s.best is None or row["val_loss"] < s.best["val_loss"]:
+    if s.best is None or _validation_rank(row) < _validation_rank(s.best):
         s.best = {"epoch": row["epoch"], "val_loss": row["val_loss"], "state": _state_copy(s.module)}
     if not final:
         return

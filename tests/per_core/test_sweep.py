@@ -322,3 +322,26 @@ def test_smoke_runs_and_real_runs_of_one_preset_are_two_tasks(tmp_path):
     text, entries = results_table(tmp_path)
     assert sorted(e["mean"] for e in entries) == [2.0, 90.0]
     assert "small_cnn(activation=elu, depth=6, width=32) on digits (--smoke: synthetic data):" in text
+
+
+def test_a_row_whose_seeds_differ_in_settings_says_so(tmp_path):
+    # a review: an old ResNet-110 run (no warm-up epoch) and a new one averaged into one row without a note
+    def run(seed, **changes):
+        r = RunDir(tmp_path / f"run{seed}")
+        r.write_config(
+            get_preset("table1-resnet110").replace(method="vanilla", epochs=1, seed=seed, **changes).to_dict()
+        )
+        r.write_metrics([{"epoch": 1, "val_error": 6.0 + seed, "val_loss": 0.3}])
+        return r
+
+    run(0)
+    run(1, record_every=3)  # recording settings do not change what a row measures
+    text, _ = results_table(tmp_path)
+    assert "mixes settings" not in text
+    old = run(2, warmup_epochs=0)
+    text, entries = results_table(tmp_path)
+    assert entries[0]["n"] == 3
+    assert (
+        f"note: the vanilla row mixes settings: {old.root} vs {tmp_path / 'run0'} (warmup_epochs: saved 0 vs now 1)"
+        in text
+    )

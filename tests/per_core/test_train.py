@@ -1,6 +1,7 @@
 """The trainer and the run directory: determinism, exact resume, refusals and clear errors."""
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -112,8 +113,34 @@ def test_a_language_model_reports_the_test_perplexity_of_its_best_validation_epo
     resumed_old = train(cfg, tmp_path / "old", resume=True, progress=False)[-1]
     assert resumed_old["best_epoch"] == best["epoch"] == 1 and "best_test_ppl" not in resumed_old
     assert "note: the best validation epoch, 1, was trained before the trainer kept" in capsys.readouterr().out
+    # ... and resumed twice (a kill after epoch 3): still unknown, never the last checkpoint's model under its name
+    train(cfg.replace(epochs=2), tmp_path / "twice", progress=False)
+    old = torch.load(RunDir(tmp_path / "twice").checkpoint_path, weights_only=False)
+    del old["best"]
+    torch.save(old, RunDir(tmp_path / "twice").checkpoint_path)
+    train(cfg.replace(epochs=3), tmp_path / "twice", resume=True, progress=False)
+    twice = train(cfg, tmp_path / "twice", resume=True, progress=False)[-1]
+    assert strip_time([twice]) == strip_time([resumed_old])
     # image tasks choose nothing on their validation split (it is CIFAR's test batch)
     assert not any(k.startswith("best_") for k in train(small(epochs=1), tmp_path / "img", progress=False)[-1])
+
+
+def test_the_best_epoch_skips_a_nan_validation_loss_and_keeps_tied_weights_tied():
+    # a review: a NaN validation loss in the first epoch stayed "best" for the whole run (nothing is below NaN); and
+    # the copy of the best model untied the tied embedding and decoder (25 MiB more per RE-LSTM checkpoint)
+    s = train_module.build(get_preset("corpus-lstm").as_smoke().replace(record=None), train_module.DistEnv())
+    assert s.module.decoder.weight is s.module.encoder.weight  # the preset ties them
+    for epoch, loss in enumerate([math.nan, 4.1, 4.0, 4.0, math.nan], start=1):
+        train_module._track_best(s, {"epoch": epoch, "val_loss": loss}, final=False)
+        assert s.best["epoch"] == (1 if epoch == 1 else 2 if epoch == 2 else 3)
+    state = s.best["state"]
+    assert state["decoder.weight"] is state["encoder.weight"]
+    assert state["decoder.weight"].data_ptr() != s.module.decoder.weight.data_ptr()  # a copy, not the live weight
+    assert sum(t.numel() for t in {id(t): t for t in state.values()}.values()) == sum(
+        p.numel() for p in s.module.parameters()
+    ) + sum(b.numel() for b in s.module.buffers())
+    saved = {"epoch": 5, "model": {}, "metrics": [{"epoch": e, "val_loss": v} for e, v in [(1, math.nan), (2, 4.1)]]}
+    assert train_module._saved_best(saved)["epoch"] == 2
 
 
 def test_the_plateau_schedule_keeps_the_lr_after_any_improvement_as_the_word_lm_example():

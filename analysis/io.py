@@ -79,6 +79,10 @@ class RunData:
         none) and ``path``.
     skipped : list of str
         With ``skip_bad=True``, one message per file or run left out, naming it.
+    metrics_logged : DataFrame
+        Booleans shaped like ``metrics`` (same index and columns): True where that line of
+        ``metrics.jsonl`` holds the key. It tells a logged NaN (a diverged run) from a metric the run
+        never logs (NaN where the frame joins runs that log other metrics).
     """
 
     root: Path
@@ -89,6 +93,7 @@ class RunData:
     metrics: pd.DataFrame
     index: pd.DataFrame
     skipped: list[str] = field(default_factory=list)
+    metrics_logged: pd.DataFrame = field(default_factory=pd.DataFrame)
     _cache: tuple[Path, dict[str, np.ndarray]] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -220,6 +225,7 @@ def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False, metrics: b
     configs: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
     metric_frames: list[pd.DataFrame] = []
+    logged_frames: list[pd.DataFrame] = []  # True where a line of metrics.jsonl holds the key
     blocks: list[_Block] = []
 
     def bad(err: RunDirError) -> None:
@@ -241,7 +247,9 @@ def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False, metrics: b
         runs[label], configs[label] = rd, config
         methods[label] = str(config.get("method") or rd.root.name)
         if metrics:
-            metric_frames.append(pd.DataFrame(rd.read_metrics(on_bad=bad)).assign(run=label, method=methods[label]))
+            rows = rd.read_metrics(on_bad=bad)
+            metric_frames.append(pd.DataFrame(rows).assign(run=label, method=methods[label]))
+            logged_frames.append(pd.DataFrame([dict.fromkeys(row, True) for row in rows]))
         for epoch in rd.activation_epochs():
             file = rd.activation_path(epoch)
             try:
@@ -249,13 +257,15 @@ def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False, metrics: b
             except RunDirError as err:
                 bad(err)
 
+    metrics_frame = _front(pd.concat(metric_frames, ignore_index=True) if metric_frames else pd.DataFrame())
     return RunData(
         root=root,
         runs=runs,
         methods=methods,
         configs=configs,
         stats=_stats_frame(blocks, methods),
-        metrics=_front(pd.concat(metric_frames, ignore_index=True) if metric_frames else pd.DataFrame()),
+        metrics=metrics_frame,
+        metrics_logged=logged_mask(logged_frames, metrics_frame),
         index=_front(
             pd.DataFrame(
                 [
@@ -267,6 +277,14 @@ def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False, metrics: b
         ),
         skipped=skipped,
     )
+
+
+def logged_mask(parts: list[pd.DataFrame], metrics: pd.DataFrame) -> pd.DataFrame:
+    """:attr:`RunData.metrics_logged` for ``metrics`` from its parts in order (True where a key was logged;
+    a part lacks the columns its runs never logged)."""
+    mask = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    mask = mask.reindex(index=metrics.index, columns=metrics.columns)
+    return mask.astype("boolean").fillna(False).astype(bool)
 
 
 def _front(frame: pd.DataFrame) -> pd.DataFrame:

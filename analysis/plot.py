@@ -39,8 +39,11 @@ figures go to ``PATH/figures/``; for several paths to ``figures/`` in their comm
 that parent holds other runs too (a selection from a sweep, ``demo/per demo/bn``), to
 ``figures/<selection>/`` there (``figures/bn+per/``), so that the sweep's own figures are kept. Each
 written path is printed on its own line. The folder's manifest (:data:`MANIFEST`) lists the files a
-call wrote; the next call into the folder removes those of them it does not write again (in its
-format), never any other file. User errors (not a run directory, no activations, unknown layer,
+call wrote with their size and time; the next call into the folder removes those of them it does not
+write again (in its format) and that nobody changed since, never any other file, and says when it
+replaces a file of its names that no earlier call wrote as it is. Paths that share no folder below
+``/`` or the home folder, or a selection whose folder name would exceed 100 characters, need
+``--out``. User errors (not a run directory, no activations, unknown layer,
 unit or split, damaged file, an output folder that is a file) exit with status 2 and a one-line
 message.
 
@@ -58,8 +61,10 @@ References
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -79,7 +84,7 @@ from analysis.bounds import (
     per_bound_slices,
 )
 from analysis.distances import GAUSSIAN_SAMPLE_W1, _projections, sliced_w1_to_normal_slices
-from analysis.io import RunData, load_run, no_activations
+from analysis.io import RunData, load_run, logged_mask, no_activations
 from analysis.recorder import layer_stats
 from analysis.style import METHOD_COLORS, method_color, use_style
 from per_core.checks import is_integer
@@ -287,18 +292,18 @@ def _bin_width(edges: np.ndarray) -> float:
 
 
 def _nonfinite_epochs(
-    data: RunData, split: str, layers: Sequence[str] | None = None
-) -> dict[tuple[str, str], list[int]]:
-    """Per (run, layer): the epochs of ``split`` where NaN or +-inf values were recorded (in any unit)."""
-    return {
-        key: g["epoch"].tolist() for key, g in _nonfinite(data, split, layers).groupby(["run", "layer"], sort=False)
-    }
+    data: RunData, split: str, layers: Sequence[str] | None = None, *, by_unit: bool = False
+) -> dict[tuple[Any, ...], list[int]]:
+    """Per (run, layer), or per (run, layer, unit) with ``by_unit``: the epochs of ``split`` where NaN or
+    +-inf values were recorded (in any unit of the layer, or in that unit)."""
+    keys = ["run", "layer", "unit"] if by_unit else ["run", "layer"]
+    return {key: g["epoch"].tolist() for key, g in _nonfinite(data, split, layers, by_unit).groupby(keys, sort=False)}
 
 
-def _nonfinite(data: RunData, split: str, layers: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per (run, layer, epoch) of ``split`` with NaN or +-inf values recorded: ``nan``,
-    ``posinf``, ``neginf`` summed over the layer's units (the recorder leaves them out of the
-    histograms, moments and reservoirs)."""
+def _nonfinite(data: RunData, split: str, layers: Sequence[str] | None = None, by_unit: bool = False) -> pd.DataFrame:
+    """One row per (run, layer, epoch) of ``split`` with NaN or +-inf values recorded (per unit with
+    ``by_unit``): ``nan``, ``posinf``, ``neginf`` summed over the layer's units (the recorder leaves
+    them out of the histograms, moments and reservoirs)."""
     s = data.stats
     rows = s[(s["split"] == split) & ((s["nan"] + s["posinf"] + s["neginf"]) > 0)]
     if layers is not None:
@@ -307,11 +312,12 @@ def _nonfinite(data: RunData, split: str, layers: Sequence[str] | None = None) -
         {
             "run": rows["run"].astype(str),
             "layer": rows["layer"].astype(str),
+            **({"unit": rows["unit"].astype(int)} if by_unit else {}),
             "epoch": rows["epoch"].astype(int),
             **{c: rows[c].astype(np.int64) for c in ("nan", "posinf", "neginf")},
         }
     )
-    return frame.groupby(["run", "layer", "epoch"], sort=True).sum().reset_index()
+    return frame.groupby([*frame.columns[: 4 if by_unit else 3]], sort=True).sum().reset_index()
 
 
 def _nonfinite_notes(data: RunData, split: str, layers: Sequence[str] | None = None) -> list[str]:
@@ -885,20 +891,30 @@ _LPER_MARKER: dict[str, Any] = {"marker": "s", "mfc": "white"}
 _COLLAPSED_WORDS = (
     f"x: projected std < {COLLAPSE_STD:g} and L_per < 1.128: small activations, shrunk or small from the start"
 )
-_NONFINITE, _NONFINITE_LABEL = "#FF0000", "NaN/inf recorded that epoch (left out; see the note)"
+_NONFINITE = "#FF0000"
+_NONFINITE_LABEL = "NaN/inf recorded in the layer that epoch (left out; see the note)"
+_NONFINITE_UNIT_LABEL = "NaN/inf recorded in the unit that epoch (left out; see the note)"
+_NARROW_LABEL = "std below the bin width that epoch (band not resolved)"
 
 
-def _mark_nonfinite(ax: Axes, epochs: Sequence[int], color: Any) -> None:
-    """A red diamond edged in the run's ``color`` on the x axis at each of ``epochs`` (NaN/inf there)."""
+def _on_x_axis(ax: Axes, epochs: Sequence[int], **style: Any) -> None:
+    """Markers on the x axis of ``ax`` at each of ``epochs`` (x: epoch; y: the bottom of the axes)."""
     if len(epochs) == 0:
         return
     from matplotlib.transforms import blended_transform_factory
 
-    on_axis = blended_transform_factory(ax.transData, ax.transAxes)  # x: epoch; y: the bottom of the axes
-    ax.plot(
-        list(epochs), [0.0] * len(epochs), ls="", marker="D", ms=5, mfc=_NONFINITE, mec=color, mew=1.2,
-        transform=on_axis, clip_on=False, zorder=6, label="_nonfinite",
-    )  # fmt: skip
+    on_axis = blended_transform_factory(ax.transData, ax.transAxes)
+    ax.plot(list(epochs), [0.0] * len(epochs), ls="", transform=on_axis, clip_on=False, zorder=6, **style)
+
+
+def _mark_nonfinite(ax: Axes, epochs: Sequence[int], color: Any) -> None:
+    """A red diamond edged in the run's ``color`` on the x axis at each of ``epochs`` (NaN/inf there)."""
+    _on_x_axis(ax, epochs, marker="D", ms=5, mfc=_NONFINITE, mec=color, mew=1.2, label="_nonfinite")
+
+
+def _mark_narrow(ax: Axes, epochs: Sequence[int]) -> None:
+    """A grey tick on the x axis at each of ``epochs`` (the unit narrower than a bin there)."""
+    _on_x_axis(ax, epochs, marker="|", ms=9, mew=1.6, color=_GREY, label="_narrow")
 
 
 def _nonfinite_key() -> Any:
@@ -978,10 +994,10 @@ def figure2(
         len(pairs), ncols, figsize=(2.55 * ncols + 0.6, 2.35 * len(pairs) + 0.9), squeeze=False, sharex=True
     )
     widths: dict[str, list[str]] = {}  # bin width (3 digits: float32 edges) -> the runs whose bands use it
-    narrow: list[str] = []  # the bands of units narrower than a bin
+    narrow = 0  # bands with epochs where the unit is narrower than a bin
     outside = False
     by_run = _layers_by_run(data, split)
-    bad = _nonfinite_epochs(data, split, layers)
+    bad = _nonfinite_epochs(data, split, layers, by_unit=True)
     letters = "abcdefghijklmnopqrstuvwxyz"
     for col, method in enumerate(methods):
         chosen: dict[str, list[int]] = {}  # run -> rows it draws: the method's first run with the row's layer
@@ -994,16 +1010,15 @@ def figure2(
                 ax.text(
                     0.5, 0.5, f"{layer} not recorded", transform=ax.transAxes, ha="center", va="center", color=_GREY
                 )
-        for run, rows in chosen.items():
+        for i, (run, rows) in enumerate(chosen.items()):  # in the order of their first rows
             hists = _unit_histograms(data, run, split, [pairs[row] for row in rows])
             color = _line_style(data, run)["color"]  # the colour of this run's (method, lambda) in the curves
+            title = _run_title(data, run, f"({letters[col]}) ", ": quantile bands")
+            axes[0 if i == 0 else rows[0], col].set_title(title, color=method_color(method))  # full colour: legible
             for row in rows:
                 ax = axes[row, col]
-                if row == 0 or row == rows[0]:  # the top panel, and the first of another run than the top's
-                    title = _run_title(data, run, f"({letters[col]}) ", ": quantile bands")
-                    ax.set_title(title, color=method_color(method))  # the method's full colour: legible
                 layer, unit = pairs[row]
-                _mark_nonfinite(ax, bad.get((run, layer), []), color)
+                _mark_nonfinite(ax, bad.get((run, layer, unit), []), color)
                 h = hists[pairs[row]]
                 if not len(h["epoch"]):
                     continue
@@ -1014,15 +1029,15 @@ def figure2(
                     widths.setdefault(w, []).append(_label(data, run))
                 with np.errstate(invalid="ignore"):
                     below = np.sqrt(h["var"]) < bin_widths  # NaN (nothing recorded): not below
-                if below.any():
-                    narrow.append(f"{_label(data, run)} {layer} unit {unit} at {_epoch_list(h['epoch'][below])}")
+                _mark_narrow(ax, h["epoch"][below])
+                narrow += bool(below.any())
                 drawn = qs[np.isfinite(qs)]
                 lo, hi = h["edges"][:, 0].min(), h["edges"][:, -1].max()
                 for edge, beyond in ((lo, (drawn < lo).any()), (hi, (drawn > hi).any())):
                     if beyond:  # a band crosses the range's edge: beyond it, a model
                         ax.axhline(edge, color=_GREY, ls=":", lw=0.8)
                         outside = True
-        if not axes[0, col].get_title():  # the top row's layer not recorded by this method
+        if not chosen:  # no run of this method recorded any chosen layer
             axes[0, col].set_title(f"({letters[col]}) {method}: quantile bands", color=method_color(method))
     for row in range(len(pairs)):  # one activation scale per row, so methods compare at a glance
         lims = np.array([axes[row, c].get_ylim() for c in range(len(methods))])
@@ -1044,7 +1059,7 @@ def figure2(
                 ax_m.plot(e, mean, **style, **_marker(len(e)))
                 ax_v.plot(e, np.minimum(var, var_clip), **style, **_marker(len(e)))
                 for ax in (ax_m, ax_v):
-                    _mark_nonfinite(ax, bad.get((run, layer), []), style["color"])
+                    _mark_nonfinite(ax, bad.get((run, layer, unit), []), style["color"])
                 over = var > var_clip
                 if over.any():
                     clipped_any = True
@@ -1065,11 +1080,14 @@ def figure2(
     if clipped_any:
         runs_h.append(Line2D([], [], ls="", marker="^", mfc="white", mec="k", ms=5))
         runs_l.append(f"variance > {var_clip:g} (clipped)")
-    if bad:
+    if any(bad.get((run, *pair)) for run in recorded for pair in pairs):
         runs_h.append(_nonfinite_key())
-        runs_l.append(_NONFINITE_LABEL)
+        runs_l.append(_NONFINITE_UNIT_LABEL)
     bands_h = [Patch(color="k", alpha=0.18), Patch(color="k", alpha=0.45), Line2D([], [], color="k", lw=1.5)]
     bands_l = ["bands: 5-95% of the unit's values", "25-75%", "median"]
+    if narrow:
+        bands_h.append(Line2D([], [], ls="", marker="|", ms=9, mew=1.6, color=_GREY))
+        bands_l.append(_NARROW_LABEL)
     what = ", ".join(f"{layer} unit {unit}" for layer, unit in pairs)
     fig.suptitle(f"Activation evolution of {what} over training, {_split_words(split)}")
     if len(widths) > 1:  # which run has which bins
@@ -1086,8 +1104,9 @@ def figure2(
             else ""
         )
         + (
-            ". Not resolved where the unit's std is below the bin width (its values fill one or two bins, and the "
-            "band's shape within them is the interpolation's, not the data's): " + "; ".join(narrow)
+            f". Grey ticks on the x axis of {narrow} band panel(s): epochs where the unit's std is below the bin "
+            "width; there its values fill one or two bins, and the band's shape within them is the "
+            "interpolation's, not the data's"
             if narrow
             else ""
         )
@@ -1320,13 +1339,13 @@ def metrics_curves(data: RunData) -> Figure:
     Figure
         One axes per metric found in ``metrics.jsonl`` (at most four).
     """
-    m = data.metrics
+    m, present = data.metrics, data.metrics_logged  # present: the line of metrics.jsonl holds the key
     if m.empty or "epoch" not in m:
         raise PlotError(f"no metrics recorded in {data.root}")
 
     def logged(col: str, runs: Sequence[str] | None = None) -> bool:
-        rows = m if runs is None else m[m["run"].isin(list(runs))]
-        return col in rows and bool(rows[col].notna().any())
+        rows = present if runs is None else present[m["run"].isin(list(runs))]
+        return col in rows and bool(rows[col].any())
 
     vals = [c for c in ("val_ppl", "val_error") if logged(c)]
     without = [r for r in data.runs_list if not any(logged(c, [r]) for c in vals)]
@@ -1349,11 +1368,11 @@ def metrics_curves(data: RunData) -> Figure:
     for ax, col in zip(axes[0], panels, strict=True):
         for runs in _runs_by_method(data).values():
             for run in runs:
-                r = m[m["run"] == run].sort_values("epoch")
+                r = m[(m["run"] == run) & present[col]].sort_values("epoch")  # the epochs that logged col
+                if r.empty:
+                    continue  # never logged by this run (a task of another metric)
                 values = r[col].to_numpy(np.float64)
                 finite = np.isfinite(values)
-                if not finite.any() and not np.isinf(values).any():
-                    continue  # never logged by this run (NaN where the frame joins runs of other metrics)
                 style = _line_style(data, run)
                 ax.plot(r["epoch"][finite], values[finite], **style, **_marker(int(finite.sum())))
                 if not finite.all():  # NaN or inf logged: the run diverged there
@@ -1400,7 +1419,7 @@ def _load(paths: Sequence[str | os.PathLike[str]], skip_bad: bool) -> RunData:
     if common in roots:  # one path is a run inside another: label from one level up
         common = common.parent
     runs, methods, configs, skipped = {}, {}, {}, []
-    stats, metrics, index = [], [], []
+    stats, metrics, index, logged = [], [], [], []
     for d in loaded:
         skipped += d.skipped
         rename = {}
@@ -1412,15 +1431,18 @@ def _load(paths: Sequence[str | os.PathLike[str]], skip_bad: bool) -> RunData:
         for frame, out in ((d.stats, stats), (d.metrics, metrics), (d.index, index)):
             keep = frame[frame["run"].isin(list(rename))]
             out.append(keep.assign(run=keep["run"].astype(str).map(rename)))
+        logged.append(d.metrics_logged[d.metrics["run"].isin(list(rename))])
+    metrics_frame = pd.concat(metrics, ignore_index=True)
     return RunData(
         root=common,
         runs=runs,
         methods=methods,
         configs=configs,
         stats=pd.concat(stats, ignore_index=True),
-        metrics=pd.concat(metrics, ignore_index=True),
+        metrics=metrics_frame,
         index=pd.concat(index, ignore_index=True),
         skipped=skipped,
+        metrics_logged=logged_mask(logged, metrics_frame),
     )
 
 
@@ -1477,25 +1499,45 @@ MANIFEST = ".analysis-plot-manifest.json"
 def _default_out(paths: Sequence[str | os.PathLike[str]], data: RunData) -> Path:
     """Where the figures go without ``--out``: ``PATH/figures`` for one path; for several,
     ``figures/`` in their common parent when they hold every run below it, else
-    ``figures/<selection>/`` there, named for the paths (``bn+per``), so that a selection never
-    overwrites the figures of the whole sweep."""
+    ``figures/<selection>/`` there, named for the paths (``bn+per``; a short hash of the selection is
+    added where a name had to be changed or holds ``+``, so two selections never share a folder), so
+    that a selection never overwrites the figures of the whole sweep."""
     root = Path(data.root)
     given = list(dict.fromkeys(Path(p).resolve() for p in paths))
     if len(given) == 1:
         return root / "figures"
-    selected = {rd.root.resolve() for p in given for rd in find_runs(p)}
-    everything = {rd.root.resolve() for rd in find_runs(root)}
-    if everything <= selected:
-        return root / "figures"
     parent = root.resolve()
-    names = sorted(p.relative_to(parent).as_posix() if p.is_relative_to(parent) else p.name for p in given)
-    name = "+".join("".join(c if c.isalnum() or c in "._-" else "_" for c in n) for n in names)
+    if parent == Path(parent.anchor) or parent == Path.home().resolve():
+        raise PlotError(
+            f"the {len(given)} paths share no folder below {parent}, where their figures would go: give --out DIR"
+        )
+    selected = {rd.root.resolve() for p in given for rd in find_runs(p)}
+    if not _other_run_below(parent, selected):
+        return root / "figures"
+    names = sorted(p.relative_to(parent).as_posix() for p in given)
+    safe = ["".join(c if c.isalnum() or c in "._-" else "_" for c in n) for n in names]
+    name = "+".join(safe)
+    if safe != names or any("+" in n for n in names):  # a changed or ambiguous name: the selection's own hash
+        name += "-" + hashlib.sha256("\0".join(names).encode()).hexdigest()[:8]
     if len(name) > 100:
         raise PlotError(
             f"the {len(given)} paths are part of {root}, which holds other runs too: their figures would go to a "
             "subfolder of its figures/ named for them, but the name is too long; give --out DIR"
         )
     return root / "figures" / name
+
+
+def _other_run_below(root: Path, selected: set[Path]) -> bool:
+    """Whether a run directory below ``root`` is not in ``selected``; the walk stops at the first one, and
+    never enters a run's own folders, hidden folders or symlinks."""
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        if "config.json" in files:
+            if here.resolve() not in selected:
+                return True
+            dirs.clear()  # a run's activations/, checkpoints/, figures/ hold no runs
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not (here / d).is_symlink()]
+    return False
 
 
 def _check_out(out: Path, given: bool) -> None:
@@ -1508,29 +1550,63 @@ def _check_out(out: Path, given: bool) -> None:
     raise PlotError(f"{where} {what}: give --out a folder (it is created if missing), or move the file away")
 
 
-def _replace_manifest(out: Path, written: Sequence[Path], fmt: str) -> list[Path]:
-    """Record in ``out/MANIFEST`` the files this call wrote, and remove the ``fmt`` files that the
-    previous call listed there and this call did not write (figures of layers no longer chosen, a
-    figure no longer drawn). Nothing else is removed: files the manifest does not name, files of
-    another format, anything that is not a plain file in ``out``. Returns the removed files."""
+#: What ``main`` writes: a name the manifest lists is only ever removed when it is one of these.
+_OWN_FILE = re.compile(r"(figure2|sw1_curves|metrics|ridgeline_.+_unit\d+)\.(png|pdf)")
+
+
+def _fingerprint(path: Path) -> list[int] | None:
+    """Size and modification time of a plain file (None for anything else): what the manifest compares."""
+    if path.is_symlink() or not path.is_file():
+        return None
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _read_manifest(out: Path) -> dict[str, list[int]] | None:
+    """The files the previous call wrote into ``out`` with their fingerprints; None without a readable manifest."""
     import json
 
-    path = out / MANIFEST
     try:
-        before = json.loads(path.read_text())["written"]
-        before = [n for n in before if isinstance(n, str) and n == Path(n).name and not n.startswith(".")]
-    except (OSError, ValueError, KeyError, TypeError):  # missing or damaged: remove nothing
-        before = []
-    now = [w.name for w in written]
-    stale = [n for n in before if n not in now and Path(n).suffix == f".{fmt}"]
-    kept = [n for n in before if n not in now and n not in stale and (out / n).is_file()]  # other formats
-    atomic_write(path, lambda f: f.write(json.dumps({"written": now + kept}, indent=1).encode()))
-    removed = []
-    for name in stale:
-        if (out / name).is_file() and not (out / name).is_symlink():
-            (out / name).unlink()
-            removed.append(out / name)
-    return removed
+        listed = json.loads((out / MANIFEST).read_text())["written"]
+        return {n: list(f) for n, f in listed.items() if isinstance(n, str) and _OWN_FILE.fullmatch(n)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing or damaged: claims nothing
+        return None
+
+
+def _unclaimed(out: Path, before: dict[str, list[int]] | None) -> set[str]:
+    """Files in ``out`` with a name ``main`` writes that the previous call's manifest does not claim as they are
+    (not listed, or changed since: a user's file, or a figure edited after it was written); empty without a
+    manifest (a folder from before manifests: its figures are this tool's)."""
+    if before is None or not out.is_dir():
+        return set()
+    return {
+        f.name
+        for f in out.iterdir()
+        if _OWN_FILE.fullmatch(f.name) and _fingerprint(f) is not None and before.get(f.name) != _fingerprint(f)
+    }
+
+
+def _replace_manifest(out: Path, written: Sequence[Path], fmt: str, before: dict[str, list[int]] | None) -> list[Path]:
+    """Record in ``out/MANIFEST`` the files this call wrote, and remove the ``fmt`` files that the
+    previous call wrote (``before``) and this call did not (figures of layers no longer chosen, a
+    figure no longer drawn). Only a file of a name this tool writes, unchanged since that call (same
+    size and modification time), is removed; nothing else: files the manifest does not name, files
+    changed since, files of another format, links, folders. Returns the removed files."""
+    import json
+
+    now = {w.name: _fingerprint(w) for w in written}
+    stale, kept = [], {}
+    for name, mark in (before or {}).items():
+        if name in now or _fingerprint(out / name) != mark:
+            continue  # written again, or gone, or changed since (then it is the user's)
+        if name.endswith(f".{fmt}"):
+            stale.append(out / name)
+        else:
+            kept[name] = mark  # another format's figures: removed by a call in that format
+    atomic_write(out / MANIFEST, lambda f: f.write(json.dumps({"written": {**now, **kept}}, indent=1).encode()))
+    for path in stale:
+        path.unlink()
+    return stale
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1551,9 +1627,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog=(
             "Output: PATH/figures/ for one path; for several, figures/ in their common parent, or, when that "
             "parent holds other runs too (a selection from a sweep), figures/<selection>/ there, e.g. "
-            "figures/bn+per/, so the sweep's own figures are kept. A manifest (" + MANIFEST + ") lists the files "
-            "a call wrote; the next call into the same folder removes those it does not write again (same "
-            "format only), and never any other file."
+            "figures/bn+per/, so the sweep's own figures are kept (paths that share no folder below / or ~, or "
+            "a selection named in over 100 characters, need --out). A manifest (" + MANIFEST + ") lists the "
+            "files a call wrote; the next call into the same folder removes those it does not write again (same "
+            "format only) if unchanged since, never any other file, and says when it replaces a file of its "
+            "names that it did not write."
         ),
     )
     p.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run directories or sweep directories")
@@ -1575,6 +1653,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"skipped: {msg}", file=sys.stderr)
         out = args.out if args.out is not None else _default_out(args.paths, data)
         _check_out(out, args.out is not None)
+        before = _read_manifest(out)
+        unclaimed = _unclaimed(out, before)
         fmt = args.format
         written: list[Path] = []
         if data.index.empty:  # e.g. a --no-record sweep: its metrics are still worth a figure
@@ -1586,7 +1666,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(written[-1], flush=True)
         else:
             _draw_all(data, layers, args, out, written)
-        for path in _replace_manifest(out, written, fmt):
+        for path in written:
+            if path.name in unclaimed:
+                print(
+                    f"note: replaced {path}, which no earlier call of this command wrote as it was",
+                    file=sys.stderr,
+                )
+        for path in _replace_manifest(out, written, fmt, before):
             print(f"note: removed {path}: an earlier call wrote it and this one did not", file=sys.stderr)
         return 0
 

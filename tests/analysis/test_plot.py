@@ -617,10 +617,16 @@ def test_nonfinite_activations_and_metrics_are_noted_and_marked(tmp_path, capsys
     band1, mean1, var1, band2 = fig.axes[0], fig.axes[1], fig.axes[2], fig.axes[3]
     assert nonfinite_marks(band1) == nonfinite_marks(mean1) == nonfinite_marks(var1) == [2, 3]
     assert nonfinite_marks(band2) == []
-    assert "NaN/inf recorded that epoch" in texts_of(fig) and "epochs 2-3" in texts_of(fig)
+    assert "NaN/inf recorded in the unit that epoch" in texts_of(fig) and "epochs 2-3" in texts_of(fig)
     sw = sw1_curves(data)
     assert [nonfinite_marks(ax) for ax in sw.axes] == [[2, 3], [], []]
-    assert "NaN/inf recorded that epoch" in texts_of(sw)
+    assert "NaN/inf recorded in the layer that epoch" in texts_of(sw)
+    # a review: Figure 2 marked a layer's NaN on every unit's panels; only the unit that recorded them is marked
+    epochs = epochs_of(0, [1.0, 1.0, 1.0])
+    epochs[1]["layer1"][:5, 2] = np.nan
+    one = load_run(fake_run(tmp_path / "u", "per", epochs).root)
+    fig = figure2(one, ["layer1"], [0, 2])
+    assert nonfinite_marks(fig.axes[0]) == [] and nonfinite_marks(fig.axes[3]) == [2]
     mc = metrics_curves(data)
     marks = {ax.get_title(): nonfinite_marks(ax) for ax in mc.axes}
     assert marks == {
@@ -720,8 +726,12 @@ def test_figure2_says_where_a_unit_is_narrower_than_a_bin_and_which_run_has_whic
     fake_run(tmp_path / "b", "per", epochs_of(1, [1.0, 1.0, 1.0]), bins=100)  # width 0.2
     fig = figure2(load_run(tmp_path), ["layer1"], [0])
     note = texts_of(fig)
-    assert "Not resolved where the unit's std is below the bin width" in note
-    assert "vanilla layer1 unit 0 at epoch 2" in note and "per layer1" not in note
+    # a review: the note listed every such band (9 lines for 13 rows x 3 methods); now grey ticks mark the epochs
+    assert "Grey ticks on the x axis of 1 band panel(s): epochs where the unit's std is below the bin width" in note
+    ticks = [
+        sorted(x for ln in ax.get_lines() if ln.get_marker() == "|" for x in ln.get_xdata()) for ax in fig.axes[:2]
+    ]
+    assert ticks == [[2], []]  # vanilla's band at epoch 2, nothing on per's
     assert "bins of width 0.2 (per); 0.5 (vanilla)" in note
 
 
@@ -752,3 +762,122 @@ def test_cli_out_that_is_a_file_says_so(tmp_path, capsys):
     )
     assert main([str(rd.root), "--out", str(tmp_path / "file" / "sub")]) == 2
     assert f"lies in {tmp_path / 'file'}, which is a file" in capsys.readouterr().err
+
+
+def test_the_manifest_never_removes_or_silently_replaces_a_users_file(tmp_path, capsys, monkeypatch):
+    # a review: any bare name the manifest listed was deleted (an edited manifest naming holiday.png); a figure
+    # edited after a call was deleted by the next; a user's own file of a name the tool writes was overwritten
+    # without a word; a pdf -> png -> pdf sequence and symlinks were untested
+    import json
+
+    run = fake_run(tmp_path / "r", "per", epochs_of(0, [1.0, 1.0])).root
+    figures = run / "figures"
+    assert main([str(run), "--layers", "layer1"]) == 0
+    manifest = json.loads((figures / analysis.plot.MANIFEST).read_text())["written"]
+    assert set(manifest) == {"figure2.png", "ridgeline_layer1_unit0.png", "sw1_curves.png", "metrics.png"}
+    (figures / "holiday.png").write_bytes(b"mine")
+    st_ = (figures / "holiday.png").stat()
+    manifest["holiday.png"] = [st_.st_size, st_.st_mtime_ns]  # listed, with its very fingerprint
+    (figures / analysis.plot.MANIFEST).write_text(json.dumps({"written": manifest}))
+    (figures / "ridgeline_layer1_unit0.png").write_bytes(b"edited after the call")
+    (figures / "ridgeline_layer2_unit0.png").write_bytes(b"the user's own")  # this call writes that name
+    (figures / "ridgeline_layer9_unit0.png").symlink_to(figures / "holiday.png")
+    capsys.readouterr()
+    assert main([str(run), "--layers", "layer2"]) == 0
+    err = capsys.readouterr().err
+    assert (figures / "holiday.png").read_bytes() == b"mine"  # not a name this tool writes
+    assert (figures / "ridgeline_layer1_unit0.png").read_bytes() == b"edited after the call"  # changed: the user's
+    assert (figures / "ridgeline_layer9_unit0.png").is_symlink()
+    assert "removed" not in err
+    assert f"note: replaced {figures / 'ridgeline_layer2_unit0.png'}, which no earlier call" in err
+    assert f"note: replaced {figures / 'ridgeline_layer1_unit0.png'}" not in err  # not written this time
+    # pdf -> png -> pdf: the first pdf call's stale pdfs are removed by the second pdf call, the pngs stay
+    assert main([str(run), "--layers", "layer3", "--format", "pdf"]) == 0
+    assert main([str(run), "--layers", "layer2"]) == 0
+    capsys.readouterr()
+    assert main([str(run), "--layers", "layer2", "--format", "pdf"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: removed {figures / 'ridgeline_layer3_unit0.pdf'}" in err
+    assert (figures / "ridgeline_layer2_unit0.png").is_file() and (figures / "ridgeline_layer2_unit0.pdf").is_file()
+    assert not (figures / "ridgeline_layer3_unit0.pdf").exists()
+
+
+def test_a_selections_folder_is_its_own_and_a_selection_without_a_common_folder_needs_out(tmp_path, monkeypatch):
+    # a review: {"a b", c} and {a_b, c} both wrote figures/a_b+c/; paths sharing only / or ~ walked the whole tree
+    sweep = tmp_path / "sweep"
+    for name in ("a b", "a_b", "c", "other"):
+        fake_run(sweep / name, "per", epochs_of(0, [1.0]))
+    data = load_run(sweep)
+    one = analysis.plot._default_out([sweep / "a b", sweep / "c"], data)
+    two = analysis.plot._default_out([sweep / "a_b", sweep / "c"], data)
+    assert one != two and one.parent == two.parent == sweep / "figures"
+    assert analysis.plot._default_out([sweep / "c", sweep / "other"], data) == sweep / "figures" / "c+other"
+    monkeypatch.setattr(Path, "home", lambda: sweep)
+    with pytest.raises(analysis.plot.PlotError, match="share no folder below .* give --out DIR"):
+        analysis.plot._default_out([sweep / "c", sweep / "other"], data)
+
+
+def test_band_titles_name_each_shown_run_once(tmp_path):
+    # a review: a method whose run lacked the top row's layer got its column title twice
+    fake_run(tmp_path / "cnn", "per", epochs_of(0, [1.0, 1.0]))
+    lstm = {"lstm1": known_data(5, 600, 1.0)}
+    fake_run(tmp_path / "lm", "vanilla", [lstm, lstm])
+    fig = figure2(load_run(tmp_path), ["lstm1", "layer1"], [0])
+    titles = [ax.get_title() for ax in fig.axes if "quantile bands" in ax.get_title()]
+    assert len(titles) == len(set(titles)) == 2
+
+
+def test_figure_details_a_review_found_untested(tmp_path):
+    # two-epoch ranges are not widened; +inf and -inf are counted apart; a unit between one and two bin widths
+    # wide gets no tick; NaN marks stay on the run that recorded them
+    epochs = epochs_of(0, [1.0, 0.5])  # unit 0: std 0.75, above the 0.5 bin width, below two
+    epochs[1]["layer1"][:3, 0] = np.inf
+    epochs[1]["layer1"][3:5, 0] = -np.inf
+    fake_run(tmp_path / "a", "per", epochs)
+    fake_run(tmp_path / "b", "vanilla", epochs_of(1, [1.0, 0.5]))
+    data = load_run(tmp_path)
+    fig = figure2(data, ["layer1"], [0])
+    lo, hi = fig.axes[0].get_xlim()
+    assert 0.9 < lo < 1 and 2 < hi < 2.1
+    assert not any(ln.get_marker() == "|" for ax in fig.axes for ln in ax.get_lines())
+    assert [nonfinite_marks(ax) for ax in fig.axes[:2]] == [[], [2]]  # b's column (vanilla) first, then a's
+    notes = analysis.plot._nonfinite_notes(data, "eval")
+    assert len(notes) == 1 and "(3 +inf, 2 -inf values)" in notes[0]
+
+
+def test_metrics_mark_a_run_that_logged_nan_every_epoch_and_not_one_that_skipped_a_key(tmp_path):
+    # a review: a run whose val_ppl was NaN at every epoch vanished from the figure without a word, and a run
+    # missing the key at one epoch was said to have logged a non-finite value there
+    for name, rows in (
+        ("diverged", [{"epoch": e, "val_ppl": float("nan"), "train_loss": 5.0} for e in (1, 2, 3)]),
+        ("sparse", [{"epoch": 1, "val_ppl": 50.0}, {"epoch": 2, "train_loss": 4.0}, {"epoch": 3, "val_ppl": 40.0}]),
+    ):
+        rd = RunDir(tmp_path / name)
+        rd.write_config({"method": "per" if name == "sparse" else "vanilla", "epochs": 3})
+        rd.write_metrics(rows)
+    fig = metrics_curves(load_run(tmp_path))
+    ppl = next(ax for ax in fig.axes if ax.get_title() == "validation perplexity")
+    assert nonfinite_marks(ppl) == [1, 2, 3]
+    note = texts_of(fig)
+    assert "run diverged logged a non-finite val_ppl at epochs 1-3" in note
+    assert "run sparse logged a non-finite" not in note
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.sampled_from("abcdefg"), max_size=6, unique=True), max_size=5))
+def test_merging_layer_orders_keeps_every_layer_once_and_each_order_without_cycles(orders):
+    import graphlib
+    import itertools
+
+    merged = analysis.plot._merge_orders(orders)
+    assert sorted(merged) == sorted({n for o in orders for n in o})  # none lost, none twice (cycles too)
+    pairs = {(a, b) for o in orders for a, b in itertools.pairwise(o)}
+    graph: dict[str, set[str]] = {}
+    for a, b in pairs:
+        graph.setdefault(b, set()).add(a)
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError:
+        return  # the orders contradict each other: any order of the names will do
+    pos = {n: i for i, n in enumerate(merged)}
+    assert all(pos[a] < pos[b] for a, b in pairs)

@@ -79,10 +79,11 @@ class RunData:
         none) and ``path``.
     skipped : list of str
         With ``skip_bad=True``, one message per file or run left out, naming it.
-    metrics_logged : DataFrame
+    metrics_logged : DataFrame or None
         Booleans shaped like ``metrics`` (same index and columns): True where that line of
         ``metrics.jsonl`` holds the key. It tells a logged NaN (a diverged run) from a metric the run
-        never logs (NaN where the frame joins runs that log other metrics).
+        never logs (NaN where the frame joins runs that log other metrics). Rows and columns of
+        ``metrics`` it lacks (a frame built or extended by hand) read as logged where not NaN.
     """
 
     root: Path
@@ -93,7 +94,7 @@ class RunData:
     metrics: pd.DataFrame
     index: pd.DataFrame
     skipped: list[str] = field(default_factory=list)
-    metrics_logged: pd.DataFrame = field(default_factory=pd.DataFrame)
+    metrics_logged: pd.DataFrame | None = None
     _cache: tuple[Path, dict[str, np.ndarray]] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -107,6 +108,15 @@ class RunData:
         rows = [{**cfg, "run": run, "method": self.methods[run]} for run, cfg in self.configs.items()]
         frame = pd.json_normalize(rows) if rows else pd.DataFrame(columns=["run", "method"])
         return frame[["run", "method", *[c for c in frame.columns if c not in ("run", "method")]]]
+
+    def logged(self) -> pd.DataFrame:
+        """:attr:`metrics_logged` for the rows and columns ``metrics`` has now (it may have been filtered or
+        built by hand): where it knows nothing, a value is logged when it is not NaN."""
+        guess = self.metrics.notna()
+        if self.metrics_logged is None:
+            return guess
+        known = self.metrics_logged.reindex(index=self.metrics.index, columns=self.metrics.columns)
+        return known.astype("boolean").fillna(guess).astype(bool)
 
     def _arrays(self, run: str, epoch: int) -> tuple[Path, dict[str, np.ndarray]]:
         if run not in self.runs:

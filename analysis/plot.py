@@ -1339,7 +1339,7 @@ def metrics_curves(data: RunData) -> Figure:
     Figure
         One axes per metric found in ``metrics.jsonl`` (at most four).
     """
-    m, present = data.metrics, data.metrics_logged  # present: the line of metrics.jsonl holds the key
+    m, present = data.metrics, data.logged()  # present: the line of metrics.jsonl holds the key
     if m.empty or "epoch" not in m:
         raise PlotError(f"no metrics recorded in {data.root}")
 
@@ -1528,16 +1528,9 @@ def _default_out(paths: Sequence[str | os.PathLike[str]], data: RunData) -> Path
 
 
 def _other_run_below(root: Path, selected: set[Path]) -> bool:
-    """Whether a run directory below ``root`` is not in ``selected``; the walk stops at the first one, and
-    never enters a run's own folders, hidden folders or symlinks."""
-    for folder, dirs, files in os.walk(root):
-        here = Path(folder)
-        if "config.json" in files:
-            if here.resolve() not in selected:
-                return True
-            dirs.clear()  # a run's activations/, checkpoints/, figures/ hold no runs
-        dirs[:] = [d for d in dirs if not d.startswith(".") and not (here / d).is_symlink()]
-    return False
+    """Whether a run directory below ``root`` is not in ``selected``: one that :func:`find_runs` would find
+    (a folder holding config.json; symlinked folders are not entered); the walk stops at the first one."""
+    return any("config.json" in files and Path(d).resolve() not in selected for d, _, files in os.walk(root))
 
 
 def _check_out(out: Path, given: bool) -> None:
@@ -1554,26 +1547,26 @@ def _check_out(out: Path, given: bool) -> None:
 _OWN_FILE = re.compile(r"(figure2|sw1_curves|metrics|ridgeline_.+_unit\d+)\.(png|pdf)")
 
 
-def _fingerprint(path: Path) -> list[int] | None:
-    """Size and modification time of a plain file (None for anything else): what the manifest compares."""
+def _fingerprint(path: Path) -> str | None:
+    """The SHA-256 of a plain file's bytes (None for anything else): what the manifest compares, so that a
+    copied folder (new times, same bytes) keeps its record."""
     if path.is_symlink() or not path.is_file():
         return None
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns]
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _read_manifest(out: Path) -> dict[str, list[int]] | None:
+def _read_manifest(out: Path) -> dict[str, str] | None:
     """The files the previous call wrote into ``out`` with their fingerprints; None without a readable manifest."""
     import json
 
     try:
         listed = json.loads((out / MANIFEST).read_text())["written"]
-        return {n: list(f) for n, f in listed.items() if isinstance(n, str) and _OWN_FILE.fullmatch(n)}
+        return {n: f for n, f in listed.items() if isinstance(n, str) and _OWN_FILE.fullmatch(n) and isinstance(f, str)}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing or damaged: claims nothing
         return None
 
 
-def _unclaimed(out: Path, before: dict[str, list[int]] | None) -> set[str]:
+def _unclaimed(out: Path, before: dict[str, str] | None) -> set[str]:
     """Files in ``out`` with a name ``main`` writes that the previous call's manifest does not claim as they are
     (not listed, or changed since: a user's file, or a figure edited after it was written); empty without a
     manifest (a folder from before manifests: its figures are this tool's)."""
@@ -1586,12 +1579,15 @@ def _unclaimed(out: Path, before: dict[str, list[int]] | None) -> set[str]:
     }
 
 
-def _replace_manifest(out: Path, written: Sequence[Path], fmt: str, before: dict[str, list[int]] | None) -> list[Path]:
+def _replace_manifest(
+    out: Path, written: Sequence[Path], fmt: str, before: dict[str, str] | None, *, finished: bool = True
+) -> list[Path]:
     """Record in ``out/MANIFEST`` the files this call wrote, and remove the ``fmt`` files that the
     previous call wrote (``before``) and this call did not (figures of layers no longer chosen, a
     figure no longer drawn). Only a file of a name this tool writes, unchanged since that call (same
-    size and modification time), is removed; nothing else: files the manifest does not name, files
-    changed since, files of another format, links, folders. Returns the removed files."""
+    bytes), is removed; nothing else: files the manifest does not name, files changed since, files of
+    another format, links, folders. A call that did not finish (``finished=False``) removes nothing and
+    keeps the previous call's files on record beside its own. Returns the removed files."""
     import json
 
     now = {w.name: _fingerprint(w) for w in written}
@@ -1599,11 +1595,12 @@ def _replace_manifest(out: Path, written: Sequence[Path], fmt: str, before: dict
     for name, mark in (before or {}).items():
         if name in now or _fingerprint(out / name) != mark:
             continue  # written again, or gone, or changed since (then it is the user's)
-        if name.endswith(f".{fmt}"):
+        if name.endswith(f".{fmt}") and finished:
             stale.append(out / name)
         else:
-            kept[name] = mark  # another format's figures: removed by a call in that format
-    atomic_write(out / MANIFEST, lambda f: f.write(json.dumps({"written": {**now, **kept}}, indent=1).encode()))
+            kept[name] = mark  # another format's figures (removed by a call in that format), or an unfinished call
+    if out.is_dir():
+        atomic_write(out / MANIFEST, lambda f: f.write(json.dumps({"written": {**now, **kept}}, indent=1).encode()))
     for path in stale:
         path.unlink()
     return stale
@@ -1665,7 +1662,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"note: {no_activations(data.root)}; only the metrics are drawn", file=sys.stderr)
             print(written[-1], flush=True)
         else:
-            _draw_all(data, layers, args, out, written)
+            try:
+                _draw_all(data, layers, args, out, written)
+            except BaseException:  # what was written stays on record, so that a later call can remove it
+                _replace_manifest(out, written, fmt, before, finished=False)
+                raise
         for path in written:
             if path.name in unclaimed:
                 print(

@@ -77,8 +77,13 @@ def _other_settings(saved: dict[str, Any], cfg: TrainConfig, resumes: bool) -> s
     """
     if resumes:
         return config_differences(saved, cfg)
-    ignored = _RECORDING | (set() if cfg.method == "per" else {"per_locations", "n_slices"})
-    return config_differences(saved, cfg, ignore=ignored)
+    return config_differences(saved, cfg, ignore=_unreported(cfg.method))
+
+
+def _unreported(method: str) -> set[str]:
+    """Settings that do not change what a run of ``method`` reports: recording, and PER's settings for the
+    other methods (there PER only monitors L_per, at lambda 0)."""
+    return _RECORDING | (set() if method == "per" else {"per_locations", "n_slices"})
 
 
 def run_sweep(
@@ -273,10 +278,12 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
         else:
             unfinished.append(f"{run.root} (epoch {len(rows)} of {cfg['epochs']})")
     order = {m: i for i, m in enumerate(METHODS)}
+
+    def row_order(key: tuple[Task, str, float | None]) -> tuple[Any, ...]:  # task, METHODS' order, lambda
+        return key[0], order.get(key[1], 99), key[2] or 0
+
     entries, tasks = [], []
-    for (task, method, lam), finals in sorted(
-        groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99), kv[0][2] or 0)
-    ):
+    for (task, method, lam), finals in sorted(groups.items(), key=lambda kv: row_order(kv[0])):
         metric = next((k for k in _METRICS if finals and k in finals[0]), task[0])
         mean, std = _mean_std([f[metric] for f in finals if metric in f])
         e = {"task": _task_title(task), "method": method, "lam": lam, "metric": metric}
@@ -314,7 +321,7 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
                 f"unequal training; run the sweep again with --epochs {max(epochs)} to extend the shorter ones"
             )
     lines += [f"note: {t}" for t in twice]
-    lines += [f"note: {t}" for t in _mixed_rows(counted)]
+    lines += [f"note: {t}" for t in _mixed_rows(dict(sorted(counted.items(), key=lambda kv: row_order(kv[0]))))]
     if unfinished:
         shown = ", ".join(unfinished[:5]) + (f" and {len(unfinished) - 5} more" if len(unfinished) > 5 else "")
         lines.append(
@@ -330,15 +337,34 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
 
 
 def _mixed_rows(counted: Mapping[tuple[Any, str, float | None], list[tuple[RunDir, dict]]]) -> list[str]:
-    """A line per table row whose seeds were trained with other settings (beyond seed, epochs and recording):
-    their mean mixes recipes (e.g. a ResNet-110 run from before its warm-up epoch beside one after)."""
+    """A line per table row whose seeds were trained with other settings than the row's most common ones
+    (beyond seed, epochs and what :func:`_unreported` leaves out): their mean mixes recipes (e.g. a
+    ResNet-110 run from before its warm-up epoch beside one after). The line names the runs apart from
+    the most common settings (the first group on a tie) and how they differ; rows in ``counted``'s order."""
     lines = []
     for (_, method, lam), runs in counted.items():
-        first, cfg = runs[0]
-        for run, other in runs[1:]:
-            if diff := config_differences(other, TrainConfig.from_dict(cfg), ignore=_RECORDING | {"seed", "epochs"}):
-                row = method if lam is None else f"{method} lambda {_lam_text(lam)}"
-                lines.append(f"the {row} row mixes settings: {run.root} vs {first.root} ({diff})")
+        ignored = _unreported(method) | {"seed", "epochs"}
+        groups: list[tuple[TrainConfig, list[RunDir]]] = []  # settings -> the runs trained with them
+        for run, cfg in runs:
+            settings = TrainConfig.from_dict(cfg)
+            same = next((g for g in groups if not config_differences(cfg, g[0], ignore=ignored)), None)
+            if same is None:
+                groups.append((settings, [run]))
+            else:
+                same[1].append(run)
+        if len(groups) < 2:
+            continue
+        common = max(groups, key=lambda g: len(g[1]))  # max keeps the first of equal size
+        row = method if lam is None else f"{method} lambda {_lam_text(lam)}"
+        apart = [
+            f"{', '.join(str(r.root) for r in g_runs)} ({config_differences(g.to_dict(), common[0], ignore=ignored)})"
+            for g, g_runs in groups
+            if g_runs is not common[1]
+        ]
+        lines.append(
+            f"the {row} row mixes settings: {'; '.join(apart)}, against {len(common[1])} run(s) like "
+            f"{common[1][0].root}"
+        )
     return lines
 
 

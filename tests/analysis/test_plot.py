@@ -881,3 +881,51 @@ def test_merging_layer_orders_keeps_every_layer_once_and_each_order_without_cycl
         return  # the orders contradict each other: any order of the names will do
     pos = {n: i for i, n in enumerate(merged)}
     assert all(pos[a] < pos[b] for a, b in pairs)
+
+
+def test_a_failed_or_copied_figures_folder_keeps_its_record(tmp_path, capsys, monkeypatch):
+    # a review: a call failing midway left rewritten figures that later calls called "replaced" and never removed;
+    # a copied folder (new modification times) lost its record the same way
+    import shutil
+
+    run = fake_run(tmp_path / "r", "per", epochs_of(0, [1.0, 1.0])).root
+    figures = run / "figures"
+    assert main([str(run), "--layers", "layer1"]) == 0
+    real_save, calls = analysis.plot._save, []
+
+    def failing(fig, path, fmt):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real_save(fig, path, fmt)
+
+    monkeypatch.setattr(analysis.plot, "_save", failing)
+    assert main([str(run), "--layers", "layer2", "layer3"]) == 2  # figure2, ridgeline layer2, then the failure
+    monkeypatch.setattr(analysis.plot, "_save", real_save)
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)  # new times, same bytes
+    for folder in (run, copy):
+        capsys.readouterr()
+        assert main([str(folder), "--layers", "layer3"]) == 0
+        err = capsys.readouterr().err
+        assert "replaced" not in err
+        names = sorted(p.name for p in (folder / "figures").glob("*.png"))
+        assert names == ["figure2.png", "metrics.png", "ridgeline_layer3_unit0.png", "sw1_curves.png"], folder
+    assert figures.is_dir()
+
+
+def test_figures_of_a_hand_built_or_filtered_run_data_and_a_selection_beside_a_hidden_run(tmp_path):
+    # a review: metrics_curves failed on RunData built by hand (no metrics_logged) or with metrics filtered after
+    # loading (unalignable mask); a selection beside a run in a hidden folder (which find_runs finds and the sweep
+    # plot draws) wrote into the sweep's own figures/
+    import dataclasses
+
+    fake_run(tmp_path / "a", "per", epochs_of(0, [1.0, 1.0, 1.0]))
+    fake_run(tmp_path / "c", "vanilla", epochs_of(1, [1.0, 1.0, 1.0]))
+    data = load_run(tmp_path)
+    data.metrics = data.metrics[data.metrics["epoch"] <= 2]
+    assert len(metrics_curves(data).axes) >= 2
+    plain = dataclasses.replace(data, metrics_logged=None)
+    assert len(metrics_curves(plain).axes) >= 2
+    fake_run(tmp_path / ".old" / "x", "bn", epochs_of(2, [1.0]))
+    assert analysis.plot._default_out([tmp_path / "a", tmp_path / "c"], load_run(tmp_path)).name == "a+c"

@@ -39,7 +39,7 @@ figures go to ``PATH/figures/``; for several paths to ``figures/`` in their comm
 that parent holds other runs too (a selection from a sweep, ``demo/per demo/bn``), to
 ``figures/<selection>/`` there (``figures/bn+per/``), so that the sweep's own figures are kept. Each
 written path is printed on its own line. The folder's manifest (:data:`MANIFEST`) lists the files a
-call wrote with their size and time; the next call into the folder removes those of them it does not
+call wrote with a hash of their bytes; the next call into the folder removes those of them it does not
 write again (in its format) and that nobody changed since, never any other file, and says when it
 replaces a file of its names that no earlier call wrote as it is. Paths that share no folder below
 ``/`` or the home folder, or a selection whose folder name would exceed 100 characters, need

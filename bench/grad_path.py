@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from bench import memory
-from bench.timing import emit, interleaved, progress, standalone_parser, sync
+from bench.timing import emit, interleaved, progress, quiet_wait, standalone_parser, sync
 from per_core.per import DEFAULT_CHUNK_ELEMENTS, grad_and_loss, per_grad, per_loss, sample_slices
 
 __all__ = ["CASES", "memory_setup", "run"]
@@ -77,7 +77,7 @@ def run(quick: bool = False, device: str = "cpu") -> list[str]:
             "autograd": timed(lambda h=h, theta=theta: _autograd(h, theta)),
         }
         reps = 3 if quick else (5 if n * d > 5e6 else 11)
-        t = interleaved(fns, repeats=reps, warmup=1, quiet_wait=0 if quick else 30)
+        t = interleaved(fns, repeats=reps, warmup=1, quiet_wait=quiet_wait(quick, device))
         ms = {k: 1e3 * t.median(k) for k in fns}
         lines.append(
             emit(

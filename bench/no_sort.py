@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.timing import emit, interleaved, progress, standalone_parser, sync
+from bench.timing import emit, interleaved, progress, quiet_wait, standalone_parser, sync
 from per_core.per import per_grad, sample_slices
 
 __all__ = ["ROWS", "plot", "run", "sw1_grad_sort"]
@@ -115,7 +115,7 @@ def run(quick: bool = False, device: str = "cpu", figure: Path | None = None) ->
             "sort": lambda x=x, theta=theta: (sw1_grad_sort(x, theta), sync(device)),
         }
         reps = 3 if quick else max(2, min(11, int(3e6 / n)))
-        t = interleaved(fns, repeats=reps, warmup=1 if n < 1_000_000 else 0, quiet_wait=0 if quick else 30)
+        t = interleaved(fns, repeats=reps, warmup=1 if n < 1_000_000 else 0, quiet_wait=quiet_wait(quick, device))
         ratios.append(t.ratio("sort", "per"))
         per_ms.append(1e3 * t.median("per"))
         sort_ms.append(1e3 * t.median("sort"))

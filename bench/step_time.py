@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from bench import memory
 from bench.common import RECOMMENDED_LOCATIONS, SHAPES, make_step
-from bench.timing import emit, interleaved, progress, standalone_parser
+from bench.timing import emit, interleaved, progress, quiet_wait, standalone_parser
 
 __all__ = ["memory_setup", "run"]
 
@@ -50,7 +50,7 @@ def run(quick: bool = False, device: str = "cpu", models: tuple[str, ...] = ("re
             fns[name], _, per = make_step(shape, quick=quick, device=device, **kw)
             if name == "per":
                 per_obj = per
-        t = interleaved(fns, repeats=2 if quick else repeats[model], warmup=1, quiet_wait=0 if quick else 30)
+        t = interleaved(fns, repeats=2 if quick else repeats[model], warmup=1, quiet_wait=quiet_wait(quick, device))
         base_ms = 1e3 * t.median("vanilla")
         locs = per_obj.locations if per_obj is not None else None
         for name in fns:
@@ -63,6 +63,11 @@ def run(quick: bool = False, device: str = "cpu", models: tuple[str, ...] = ("re
             if name == "per":
                 ctx.update(slices=per_obj.n_slices, locations=locs if locs is not None else "all")
             lines.append(emit(f"step_time/{model}/{name}", t.ratio(name, "vanilla"), device=device, **ctx))
+        if "per" in fns and "bn" in fns:  # goal 1's "at or below BN": one paired ratio, not two medians compared
+            lo, hi = t.spread("per", "bn")
+            rounds = f"{t.quiet_rounds('per', 'bn')}/{len(t.seconds['per'])}"
+            lines.append(emit(f"step_time/{model}/per_vs_bn", t.ratio("per", "bn"), device=device, per="bn",
+                              batch=batch, spread=f"{lo:.3f}-{hi:.3f}", quiet_rounds=rounds))  # fmt: skip
         if not device.startswith("cuda") and not memory.available():
             progress("peak memory: /proc/self/clear_refs unavailable here; skipped")
             continue

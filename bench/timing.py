@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import os
 import platform
 import statistics
@@ -20,11 +21,25 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Timings", "emit", "external_load", "interleaved", "machine", "progress", "sync", "wait_for_quiet"]
+__all__ = [
+    "Timings",
+    "emit",
+    "external_load",
+    "interleaved",
+    "machine",
+    "progress",
+    "quiet_wait",
+    "sync",
+    "wait_for_quiet",
+]
 
 
 #: A call during which other processes kept more cores busy than this counts as disturbed.
 DISTURBED = 0.5
+#: Clock ticks a call must last for its outside load to be measured: /proc/stat counts whole ticks (10 ms), so
+#: a shorter call that crosses one tick reads as over half a core busy with nothing else running (a review
+#: measured a filter that kept the rounds by the calls' own lengths, ratio 2.67 for a true 1.00).
+MIN_TICKS = 20
 
 
 @dataclass
@@ -34,7 +49,8 @@ class Timings:
     Ratios use the *quiet* rounds only, those where other processes kept fewer than
     :data:`DISTURBED` cores busy during both calls of the pair (on a 2-core machine one busy
     neighbour can stall every 2-thread op for a scheduler time slice), when at least 3 rounds are
-    quiet; otherwise all rounds.
+    quiet; otherwise all rounds. A call shorter than :data:`MIN_TICKS` clock ticks has no measured
+    load (NaN) and counts as quiet: only the wait before the rounds guards it.
     """
 
     seconds: dict[str, list[float]] = field(default_factory=dict)
@@ -43,7 +59,7 @@ class Timings:
 
     def external_load(self) -> float:
         """Median over all calls of the cores other processes kept busy (NaN where /proc/stat is missing)."""
-        values = [v for vs in self.external.values() for v in vs]
+        values = [v for vs in self.external.values() for v in vs if not math.isnan(v)]
         return statistics.median(values) if values else float("nan")
 
     def _rounds(self, name: str, baseline: str) -> list[int]:
@@ -51,7 +67,7 @@ class Timings:
         ext_a, ext_b = self.external.get(name, []), self.external.get(baseline, [])
         if len(ext_a) != n or len(ext_b) != n:
             return list(range(n))
-        quiet = [r for r in range(n) if max(ext_a[r], ext_b[r]) < DISTURBED]
+        quiet = [r for r in range(n) if not (ext_a[r] >= DISTURBED or ext_b[r] >= DISTURBED)]  # NaN: quiet
         return quiet if len(quiet) >= 3 else list(range(n))
 
     def quiet_rounds(self, name: str, baseline: str) -> int:
@@ -103,6 +119,12 @@ def external_load(seconds: float = 0.5) -> float | None:
     return (os.cpu_count() or 1) * (b[0] - a[0]) / (b[1] - a[1])
 
 
+def quiet_wait(quick: bool, device: str) -> float:
+    """Seconds :func:`interleaved` waits for quiet cores: none in ``--quick`` runs, 5 on CUDA (a GPU run must end
+    within ``bench/gpu.sh``'s time limit: 15 interleavings of 30 s would not), else 30."""
+    return 0.0 if quick else 5.0 if device.startswith("cuda") else 30.0
+
+
 def wait_for_quiet(max_wait: float = 30.0, threshold: float = 0.3) -> float | None:
     """Wait (up to ``max_wait`` s) until other processes use fewer than ``threshold`` cores; returns the last load."""
     deadline = time.monotonic() + max_wait
@@ -143,7 +165,8 @@ def interleaved(
                 out.seconds[name].append(wall)
                 out.cpu_seconds[name].append(cpu)
                 if j0 is not None and j1 is not None:  # machine busy time minus ours, in cores
-                    out.external[name].append(max(0.0, ((j1[0] - j0[0]) / _CLK_TCK - cpu) / wall))
+                    load = max(0.0, ((j1[0] - j0[0]) / _CLK_TCK - cpu) / wall)
+                    out.external[name].append(load if wall * _CLK_TCK >= MIN_TICKS else math.nan)
     finally:
         if enabled:
             gc.enable()

@@ -64,3 +64,22 @@ def test_no_sort_torch_gradient_matches_the_numpy_reference():
     from bench.no_sort import check_against_numpy
 
     assert check_against_numpy() < 1e-10
+
+
+def test_short_calls_have_no_measured_load_and_do_not_filter_rounds():
+    # a review: /proc/stat counts 10 ms ticks, so a 3 ms call crossing one tick read as over half a core busy with
+    # nothing else running; the quiet-round filter then kept rounds by the calls' own lengths (ratio 2.67 for 1.00)
+    import math
+
+    from bench.timing import DISTURBED, Timings, interleaved
+
+    t = interleaved({"a": lambda: None, "b": lambda: sum(range(1000))}, repeats=5, warmup=1, quiet_wait=0)
+    assert all(math.isnan(v) for vs in t.external.values() for v in vs)
+    assert t.quiet_rounds("b", "a") == 5
+    fake = Timings(
+        {"a": [1.0] * 4, "b": [1.0, 3.0, 1.0, 1.0]},
+        {"a": [1.0] * 4, "b": [1.0] * 4},
+        {"a": [math.nan] * 4, "b": [0.0, DISTURBED, math.nan, 0.1]},
+    )
+    assert fake.quiet_rounds("b", "a") == 3 and fake.ratio("b", "a") == 1.0  # the disturbed round left out
+    assert fake.external_load() == 0.1  # the median of the measured calls only (0.0, 0.5, 0.1)

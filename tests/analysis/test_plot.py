@@ -17,10 +17,8 @@ from torch import nn
 import analysis.plot
 from analysis.io import load_run
 from analysis.plot import (
-    QUANTILES,
     PlotError,
     figure2,
-    hist_quantiles,
     main,
     metrics_curves,
     ridgeline,
@@ -28,6 +26,7 @@ from analysis.plot import (
     sw1_table,
     unit_evolution,
 )
+from analysis.quantiles import QUANTILES, hist_quantiles
 from analysis.recorder import ActivationRecorder
 from analysis.style import method_color
 from analysis.tables import layer_bounds

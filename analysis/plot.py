@@ -1406,35 +1406,35 @@ def _read_manifest(out: Path) -> dict[str, str] | None:
         return None
 
 
-def _unclaimed(out: Path, before: dict[str, str] | None) -> set[str]:
-    """Files in ``out`` with a name ``main`` writes that the previous call's manifest does not claim as they are
-    (not listed, or changed since: a user's file, or a figure edited after it was written); empty without a
-    manifest (a folder from before manifests: its figures are this tool's)."""
+def _claimed(out: Path) -> tuple[dict[str, str], set[str]]:
+    """What ``out`` holds before a call draws: the files the previous call's manifest lists that are still as it
+    wrote them (same bytes), with their fingerprints; and the other plain files of names ``main`` writes, which
+    it did not write as they are (a user's file, or a figure edited after it was written). Without a readable
+    manifest (a folder from before manifests: its figures are this tool's) neither."""
+    before = _read_manifest(out)
     if before is None or not out.is_dir():
-        return set()
-    return {
-        f.name
-        for f in out.iterdir()
-        if _OWN_FILE.fullmatch(f.name) and _fingerprint(f) is not None and before.get(f.name) != _fingerprint(f)
-    }
+        return {}, set()
+    present = {f.name: _fingerprint(f) for f in out.iterdir() if _OWN_FILE.fullmatch(f.name)}
+    claimed = {n: mark for n, mark in before.items() if present.get(n) == mark}
+    return claimed, {n for n, mark in present.items() if mark is not None and n not in claimed}
 
 
 def _replace_manifest(
-    out: Path, written: Sequence[Path], fmt: str, before: dict[str, str] | None, *, finished: bool = True
+    out: Path, written: Sequence[Path], fmt: str, claimed: dict[str, str], *, finished: bool = True
 ) -> list[Path]:
     """Record in ``out/MANIFEST`` the files this call wrote, and remove the ``fmt`` files that the
-    previous call wrote (``before``) and this call did not (figures of layers no longer chosen, a
-    figure no longer drawn). Only a file of a name this tool writes, unchanged since that call (same
-    bytes), is removed; nothing else: files the manifest does not name, files changed since, files of
-    another format, links, folders. A call that did not finish (``finished=False``) removes nothing and
-    keeps the previous call's files on record beside its own. Returns the removed files."""
+    previous call wrote and nobody changed since (``claimed``, see :func:`_claimed`) and that this call
+    did not write (figures of layers no longer chosen, a figure no longer drawn). Nothing else is
+    removed: files the manifest does not name, files changed since, files of another format, links,
+    folders. A call that did not finish (``finished=False``) removes nothing and keeps the previous
+    call's files on record beside its own. Returns the removed files."""
     import json
 
     now = {w.name: _fingerprint(w) for w in written}
     stale, kept = [], {}
-    for name, mark in (before or {}).items():
-        if name in now or _fingerprint(out / name) != mark:
-            continue  # written again, or gone, or changed since (then it is the user's)
+    for name, mark in claimed.items():
+        if name in now:
+            continue  # written again
         if name.endswith(f".{fmt}") and finished:
             stale.append(out / name)
         else:
@@ -1490,8 +1490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"skipped: {msg}", file=sys.stderr)
         out = args.out if args.out is not None else _default_out(args.paths, data)
         _check_out(out, args.out is not None)
-        before = _read_manifest(out)
-        unclaimed = _unclaimed(out, before)
+        claimed, unclaimed = _claimed(out)
         fmt = args.format
         written: list[Path] = []
         if data.index.empty:  # e.g. a --no-record sweep: its metrics are still worth a figure
@@ -1505,7 +1504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 _draw_all(data, layers, args, out, written)
             except BaseException:  # what was written stays on record, so that a later call can remove it
-                _replace_manifest(out, written, fmt, before, finished=False)
+                _replace_manifest(out, written, fmt, claimed, finished=False)
                 raise
         for path in written:
             if path.name in unclaimed:
@@ -1513,7 +1512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"note: replaced {path}, which no earlier call of this command wrote as it was",
                     file=sys.stderr,
                 )
-        for path in _replace_manifest(out, written, fmt, before):
+        for path in _replace_manifest(out, written, fmt, claimed):
             print(f"note: removed {path}: an earlier call wrote it and this one did not", file=sys.stderr)
         return 0
 

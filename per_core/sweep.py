@@ -181,7 +181,11 @@ def _label(metric: str) -> str:
 BEST_RULE = "lowest mean as shown; on a tie the smallest lambda, the least regularization"
 
 
-def _task(cfg: Mapping[str, Any]) -> tuple[str, str, str, str, bool]:
+#: What a run measures (:func:`_task`): its metric's kind, data, model, model arguments (JSON), smoke or not.
+Task = tuple[str, str, str, str, bool]
+
+
+def _task(cfg: Mapping[str, Any]) -> Task:
     """What a run measures: its metric's kind, data, model and model arguments, and whether it is a smoke run.
 
     Runs of different tasks never share a row (e.g. CIFAR-10 and CIFAR-100 at one lambda, or ResNet-56
@@ -192,7 +196,7 @@ def _task(cfg: Mapping[str, Any]) -> tuple[str, str, str, str, bool]:
     return kind, str(cfg.get("data")), str(cfg["model"]), args, bool(cfg.get("smoke"))
 
 
-def _task_title(task: tuple[str, str, str, str, bool]) -> str:
+def _task_title(task: Task) -> str:
     """A task as the tables head it, e.g. ``cnn11(activation=elu) on cifar100`` or ``resnet56 on cifar10``."""
     _, data, model, args, smoke = task
     shown = ", ".join(f"{k}={v}" for k, v in json.loads(args).items())
@@ -237,7 +241,6 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
     # groups are keyed (task, method, lambda), so that runs of two tasks with one method and lambda never share
     # a row: their numbers are no samples of one quantity (an LM's perplexity and an image error; CIFAR-10 and
     # CIFAR-100)
-    Task = tuple[str, str, str, str, bool]
     groups: dict[tuple[Task, str, float | None], list[dict[str, float]]] = {}
     failed: dict[tuple[Task, str, float | None], int] = {}
     presets: dict[Task, set] = {}  # task -> presets of its finished runs
@@ -336,7 +339,7 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
     return "\n".join(lines), entries
 
 
-def _mixed_rows(counted: Mapping[tuple[Any, str, float | None], list[tuple[RunDir, dict]]]) -> list[str]:
+def _mixed_rows(counted: Mapping[tuple[Task, str, float | None], list[tuple[RunDir, dict]]]) -> list[str]:
     """A line per table row whose seeds were trained with other settings than the row's most common ones
     (beyond seed, epochs and what :func:`_unreported` leaves out): their mean mixes recipes (e.g. a
     ResNet-110 run from before its warm-up epoch beside one after). The line names the runs apart from

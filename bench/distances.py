@@ -8,8 +8,9 @@
 
 The truth is the closed form (``w1_to_normal`` is exact up to about n * machine epsilon), so POT's
 error is measured directly: the mean absolute relative error over a few seeds of z. For every m the
-line ``distances/<which>/pot_m<m> RATIO`` is time(POT) / time(closed form) with POT's relative error in
-the context; then ``.../error_at_equal_time`` gives POT's relative error at the m whose time equals
+line ``distances/<which>/pot_m<m> RATIO`` is time(POT) / time(closed form), the two interleaved at that
+m (median of the paired ratios, :func:`bench.timing.interleaved`), with POT's relative error in the
+context; then ``.../error_at_equal_time`` gives POT's relative error at the m whose time equals
 the closed form's (interpolated in log-log), and ``.../time_at_equal_error`` the time ratio POT needs
 to reach a relative error of 1e-3 (interpolated, or extrapolated with the fitted m^-1/2 law when the
 largest m tried is not enough; the closed form's own error is ~1e-12).
@@ -19,27 +20,15 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
 
-from bench.timing import emit, progress, standalone_parser
+from bench.timing import emit, interleaved, progress, quiet_wait, standalone_parser
 
 __all__ = ["run"]
 
 TARGET_ERROR = 1e-3
-
-
-def _time(fn: Callable[[], object], repeats: int) -> float:
-    """Median seconds of ``repeats`` calls after one warm-up call."""
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def _loglog_at(xs: list[float], ys: list[float], x: float) -> float:
@@ -56,24 +45,32 @@ def _loglog_at(xs: list[float], ys: list[float], x: float) -> float:
 
 
 def _study(
-    name: str, exact: Callable[[], float], pot: Callable[[int, int], float], ms: list[int], seeds: int, reps: int
+    name: str,
+    exact: Callable[[], float],
+    pot: Callable[[int, int], float],
+    ms: list[int],
+    seeds: int,
+    reps: int,
+    wait: float,
 ) -> list[str]:
     truth = exact()
-    t_exact = _time(exact, reps)
     lines, errs, ratios = [], [], []
     for m in ms:
         err = statistics.mean(abs(pot(m, seed) / truth - 1.0) for seed in range(seeds))
-        t_pot = _time(lambda m=m: pot(m, 10_000), max(1, reps // 2))
+        # side by side at every m: the paired ratio of POT's call and the closed form's in the same round
+        t = interleaved({"closed_form": exact, "pot": lambda m=m: pot(m, 10_000)}, repeats=reps, quiet_wait=wait)
         errs.append(err)
-        ratios.append(t_pot / t_exact)
+        ratios.append(t.ratio("pot", "closed_form"))
         lines.append(
             emit(
                 f"distances/{name}/pot_m{m}",
                 ratios[-1],
                 what="time_POT/time_closed_form",
                 pot_rel_error=err,
-                closed_form_ms=1e3 * t_exact,
+                closed_form_ms=1e3 * t.median("closed_form"),
+                pot_ms=1e3 * t.median("pot"),
                 truth=truth,
+                repeats=reps,
             )
         )
     # POT's error at the m where its time equals the closed form's (time ratio 1)
@@ -126,8 +123,15 @@ def run(quick: bool = False, device: str = "cpu") -> list[str]:
         return float(ot.wasserstein_1d(x, z, p=1))
 
     ms_1d = [1_000, 10_000] if quick else [1_000, 10_000, 100_000, 1_000_000]
+    wait = quiet_wait(quick, device)
     lines += _study(
-        "w1_to_normal", lambda: w1_to_normal(x), pot_1d, ms_1d, seeds=2 if quick else 5, reps=3 if quick else 9
+        "w1_to_normal",
+        lambda: w1_to_normal(x),
+        pot_1d,
+        ms_1d,
+        seeds=2 if quick else 5,
+        reps=3 if quick else 9,
+        wait=wait,
     )
 
     n2, d = (500, 8) if quick else (2_000, 16)
@@ -149,6 +153,7 @@ def run(quick: bool = False, device: str = "cpu") -> list[str]:
         ms_sl,
         seeds=2 if quick else 3,
         reps=3 if quick else 5,
+        wait=wait,
     )
     return lines
 

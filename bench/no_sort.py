@@ -11,7 +11,8 @@ Both use the same s = 256 slices on rows of dimension d = 64, for 1e3 to 1e6 row
 
 They are not the same quantity: PER's is the gradient of an upper bound (no interaction between
 rows), the sort path is the gradient of the distance itself (rows coupled through their ranks).
-The line ``no_sort/<rows> RATIO`` is time(sort path) / time(PER): above 1, PER is faster.
+The line ``no_sort/<rows> RATIO`` is time(sort path) / time(PER), the two interleaved after a warm-up
+round at every size (:func:`bench.timing.interleaved`): above 1, PER is faster.
 The curve is drawn to ``figures/no_sort.png``.
 """
 
@@ -115,7 +116,7 @@ def run(quick: bool = False, device: str = "cpu", figure: Path | None = None) ->
             "sort": lambda x=x, theta=theta: (sw1_grad_sort(x, theta), sync(device)),
         }
         reps = 3 if quick else max(2, min(11, int(3e6 / n)))
-        t = interleaved(fns, repeats=reps, warmup=1 if n < 1_000_000 else 0, quiet_wait=quiet_wait(quick, device))
+        t = interleaved(fns, repeats=reps, warmup=1, quiet_wait=quiet_wait(quick, device))
         ratios.append(t.ratio("sort", "per"))
         per_ms.append(1e3 * t.median("per"))
         sort_ms.append(1e3 * t.median("sort"))

@@ -8,8 +8,9 @@ captures its step would pay. Each variant is warmed up on a side stream (3 eager
 once, then replayed; PER's generators are registered with the graph so that every replay draws new
 locations and slices. Lines: ``step_graph/<model>/<variant> RATIO`` (graphed variant / graphed
 vanilla) with ``eager_ratio`` (the same variant's eager step / eager vanilla, this run) and
-``graph_speedup`` (eager / graphed, the variant's own). A variant whose capture fails prints why and
-is left out. Needs CUDA: on a CPU it prints one SKIPPED line.
+``graph_speedup`` (eager / graphed, the variant's own), all from one interleaving of the eager and
+the graphed steps (paired by round). A variant whose capture fails prints why and is left out.
+Needs CUDA: on a CPU it prints one SKIPPED line.
 """
 
 from __future__ import annotations
@@ -79,21 +80,22 @@ def run(quick: bool = False, device: str = "cpu", models: tuple[str, ...] = MODE
                 progress(f"step_graph/{model}/{name}: capture failed: {type(exc).__name__}: {exc}"[:400])
         if "vanilla" not in graphs:
             continue
-        t_graph = interleaved(graphs, repeats=3 if quick else 21, warmup=1, quiet_wait=0)
-        t_eager = interleaved(eager, repeats=2 if quick else 11, warmup=1, quiet_wait=0)
+        # eager and graphed steps in one interleaving: every ratio below is paired by round
+        fns = {**graphs, **{f"eager_{name}": eager[name] for name in graphs}}
+        t = interleaved(fns, repeats=3 if quick else 21, warmup=1, quiet_wait=0)
         for name in graphs:
             if name == "vanilla":
                 continue
-            lo, hi = t_graph.spread(name, "vanilla")
+            lo, hi = t.spread(name, "vanilla")
             lines.append(
                 emit(
                     f"step_graph/{model}/{name}",
-                    t_graph.ratio(name, "vanilla"),
+                    t.ratio(name, "vanilla"),
                     device=device,
-                    vanilla_graph_ms=1e3 * t_graph.median("vanilla"),
-                    vanilla_eager_ms=1e3 * t_eager.median("vanilla"),
-                    eager_ratio=t_eager.ratio(name, "vanilla"),
-                    graph_speedup=t_eager.median(name) / t_graph.median(name),
+                    vanilla_graph_ms=1e3 * t.median("vanilla"),
+                    vanilla_eager_ms=1e3 * t.median("eager_vanilla"),
+                    eager_ratio=t.ratio(f"eager_{name}", "eager_vanilla"),
+                    graph_speedup=t.ratio(f"eager_{name}", name),
                     spread=f"{lo:.3f}-{hi:.3f}",
                 )
             )

@@ -135,13 +135,20 @@ def wait_for_quiet(max_wait: float = 30.0, threshold: float = 0.3) -> float | No
 
 
 def interleaved(
-    fns: Mapping[str, Callable[[], object]], repeats: int = 5, warmup: int = 1, quiet_wait: float = 30.0
+    fns: Mapping[str, Callable[[], object]],
+    repeats: int = 5,
+    warmup: int = 1,
+    quiet_wait: float = 30.0,
+    collect: bool = False,
 ) -> Timings:
     """Time every callable ``repeats`` times, interleaved, after ``warmup`` untimed rounds.
 
     Round r calls the variants in the order of ``fns`` rotated by r (A B C, B C A, ...), so that no
     variant always runs first (cold caches) or right after the heaviest one. First it waits up to
-    ``quiet_wait`` seconds for other processes to leave the cores (:func:`wait_for_quiet`).
+    ``quiet_wait`` seconds for other processes to leave the cores (:func:`wait_for_quiet`). The
+    garbage collector is off during the rounds (a collection inside a timed call would land on one
+    variant only); ``collect=True`` runs it, untimed, before every call, for calls that leave
+    reference cycles behind (matplotlib figures), which would otherwise pile up over the rounds.
     """
     names = list(fns)
     if quiet_wait > 0:
@@ -152,11 +159,13 @@ def interleaved(
     out = Timings({n: [] for n in names}, {n: [] for n in names}, {n: [] for n in names})
     gc.collect()
     enabled = gc.isenabled()
-    gc.disable()  # a collection inside a timed call would land on one variant only
+    gc.disable()
     try:
         for r in range(repeats):
             k = r % len(names)
             for name in names[k:] + names[:k]:
+                if collect:
+                    gc.collect()
                 j0 = _busy_jiffies()
                 c0, t0 = time.process_time(), time.perf_counter()
                 fns[name]()

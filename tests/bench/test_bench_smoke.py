@@ -83,3 +83,21 @@ def test_short_calls_have_no_measured_load_and_do_not_filter_rounds():
     )
     assert fake.quiet_rounds("b", "a") == 3 and fake.ratio("b", "a") == 1.0  # the disturbed round left out
     assert fake.external_load() == 0.1  # the median of the measured calls only (0.0, 0.5, 0.1)
+
+
+def test_step_graph_logic_runs_with_the_capture_faked(monkeypatch, one_thread):
+    # step_graph needs CUDA, so its quick run above is one SKIPPED line; its timing and reporting code would
+    # otherwise first run on a lent GPU, with minutes to spare: here the capture is replaced by the eager step
+    import bench.step_graph as sg
+
+    real = sg.make_step
+    monkeypatch.setattr(sg, "make_step", lambda shape, sync=True, device="cpu", **kw: real(shape, device="cpu", **kw))
+    monkeypatch.setattr(sg, "graphed", lambda step, per, device: step)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    lines = sg.run(quick=True, device="cuda", models=("resnet56",))
+    assert [line.split()[0] for line in lines] == ["step_graph/resnet56/bn", "step_graph/resnet56/per"]
+    for line in lines:
+        _check_line(line)
+        context = dict(item.split("=", 1) for item in line.split()[2:])
+        assert {"eager_ratio", "graph_speedup", "vanilla_graph_ms", "vanilla_eager_ms"} <= context.keys()
+        assert 0.2 < float(context["graph_speedup"]) < 5  # the same step timed twice in one interleaving

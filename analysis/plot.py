@@ -38,14 +38,14 @@ A path is a run directory or a sweep of them; all runs found under all paths are
 figures go to ``PATH/figures/``; for several paths to ``figures/`` in their common parent, or, when
 that parent holds other runs too (a selection from a sweep, ``demo/per demo/bn``), to
 ``figures/<selection>/`` there (``figures/bn+per/``), so that the sweep's own figures are kept. Each
-written path is printed on its own line. The folder's manifest (:data:`MANIFEST`) lists the files a
-call wrote with a hash of their bytes; the next call into the folder removes those of them it does not
-write again (in its format) and that nobody changed since, never any other file, and says when it
-replaces a file of its names that no earlier call wrote as it is. Paths that share no folder below
-``/`` or the home folder, or a selection whose folder name would exceed 100 characters, need
-``--out``. User errors (not a run directory, no activations, unknown layer,
-unit or split, damaged file, an output folder that is a file) exit with status 2 and a one-line
-message.
+written path is printed on its own line (the folder's rules are in :mod:`analysis.figdir`). The
+folder's manifest (:data:`MANIFEST`) lists the files a call wrote with a hash of their bytes; the
+next call into the folder removes those of them it does not write again (in its format) and that
+nobody changed since, never any other file, and says when it replaces a file of its names that no
+earlier call wrote as it is. Paths that share no folder below ``/`` or the home folder, or a
+selection whose folder name would exceed 100 characters, need ``--out``. User errors (not a run
+directory, no activations, unknown layer, unit or split, damaged file, an output folder that is a
+file) exit with status 2 and a one-line message.
 
 Cost: :func:`analysis.io.load_run` reads every activation file once; the figures then decompress
 only the members they draw (the histograms of the chosen layers, the reservoirs of the reservoir
@@ -61,10 +61,8 @@ References
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -84,12 +82,21 @@ from analysis.bounds import (
     per_bound_slices,
 )
 from analysis.distances import GAUSSIAN_SAMPLE_W1, _projections, sliced_w1_to_normal_slices
+from analysis.figdir import (
+    MANIFEST,
+    FiguresFolderError,
+    check_out,
+    claimed,
+    default_out,
+    replace_manifest,
+    save_figure,
+)
 from analysis.io import RunData, load_run, logged_mask, no_activations
 from analysis.quantiles import QUANTILES, bin_width, hist_quantiles
 from analysis.recorder import layer_stats
 from analysis.style import METHOD_COLORS, method_color, use_style
 from per_core.checks import is_integer
-from per_core.rundir import RunDirError, atomic_write, find_runs
+from per_core.rundir import RunDirError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -1323,129 +1330,6 @@ def _missing_epochs(data: RunData, run: str, epochs: set[int]) -> list[int]:
     return [e for e in range(every, max(epochs) + 1, every) if e not in epochs]
 
 
-def _save(fig: Figure, path: Path, fmt: str) -> Path:
-    import matplotlib.pyplot as plt
-
-    try:
-        return atomic_write(path, lambda f: fig.savefig(f, format=fmt))
-    finally:
-        plt.close(fig)
-
-
-#: In a figures folder: the names of the files the last ``python -m analysis.plot`` call wrote there.
-MANIFEST = ".analysis-plot-manifest.json"
-
-
-def _default_out(paths: Sequence[str | os.PathLike[str]], data: RunData) -> Path:
-    """Where the figures go without ``--out``: ``PATH/figures`` for one path; for several,
-    ``figures/`` in their common parent when they hold every run below it, else
-    ``figures/<selection>/`` there, named for the paths (``bn+per``; a short hash of the selection is
-    added where a name had to be changed or holds ``+``, so two selections never share a folder), so
-    that a selection never overwrites the figures of the whole sweep."""
-    root = Path(data.root)
-    given = list(dict.fromkeys(Path(p).resolve() for p in paths))
-    if len(given) == 1:
-        return root / "figures"
-    parent = root.resolve()
-    if parent == Path(parent.anchor) or parent == Path.home().resolve():
-        raise PlotError(
-            f"the {len(given)} paths share no folder below {parent}, where their figures would go: give --out DIR"
-        )
-    selected = {rd.root.resolve() for p in given for rd in find_runs(p)}
-    if not _other_run_below(parent, selected):
-        return root / "figures"
-    names = sorted(p.relative_to(parent).as_posix() for p in given)
-    safe = ["".join(c if c.isalnum() or c in "._-" else "_" for c in n) for n in names]
-    name = "+".join(safe)
-    if safe != names or any("+" in n for n in names):  # a changed or ambiguous name: the selection's own hash
-        name += "-" + hashlib.sha256("\0".join(names).encode()).hexdigest()[:8]
-    if len(name) > 100:
-        raise PlotError(
-            f"the {len(given)} paths are part of {root}, which holds other runs too: their figures would go to a "
-            "subfolder of its figures/ named for them, but the name is too long; give --out DIR"
-        )
-    return root / "figures" / name
-
-
-def _other_run_below(root: Path, selected: set[Path]) -> bool:
-    """Whether a run directory below ``root`` is not in ``selected``: one that :func:`find_runs` would find
-    (a folder holding config.json; symlinked folders are not entered); the walk stops at the first one."""
-    return any("config.json" in files and Path(d).resolve() not in selected for d, _, files in os.walk(root))
-
-
-def _check_out(out: Path, given: bool) -> None:
-    """A one-line error when ``out`` or a folder above it is a file."""
-    blocker = next((q for q in (out, *out.parents) if q.exists() and not q.is_dir()), None)
-    if blocker is None:
-        return
-    where = f"--out {out}" if given else f"the figures folder {out}"
-    what = "is a file" if blocker == out else f"lies in {blocker}, which is a file"
-    raise PlotError(f"{where} {what}: give --out a folder (it is created if missing), or move the file away")
-
-
-#: What ``main`` writes: a name the manifest lists is only ever removed when it is one of these.
-_OWN_FILE = re.compile(r"(figure2|sw1_curves|metrics|ridgeline_.+_unit\d+)\.(png|pdf)")
-
-
-def _fingerprint(path: Path) -> str | None:
-    """The SHA-256 of a plain file's bytes (None for anything else): what the manifest compares, so that a
-    copied folder (new times, same bytes) keeps its record."""
-    if path.is_symlink() or not path.is_file():
-        return None
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _read_manifest(out: Path) -> dict[str, str] | None:
-    """The files the previous call wrote into ``out`` with their fingerprints; None without a readable manifest."""
-    import json
-
-    try:
-        listed = json.loads((out / MANIFEST).read_text())["written"]
-        return {n: f for n, f in listed.items() if isinstance(n, str) and _OWN_FILE.fullmatch(n) and isinstance(f, str)}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing or damaged: claims nothing
-        return None
-
-
-def _claimed(out: Path) -> tuple[dict[str, str], set[str]]:
-    """What ``out`` holds before a call draws: the files the previous call's manifest lists that are still as it
-    wrote them (same bytes), with their fingerprints; and the other plain files of names ``main`` writes, which
-    it did not write as they are (a user's file, or a figure edited after it was written). Without a readable
-    manifest (a folder from before manifests: its figures are this tool's) neither."""
-    before = _read_manifest(out)
-    if before is None or not out.is_dir():
-        return {}, set()
-    present = {f.name: _fingerprint(f) for f in out.iterdir() if _OWN_FILE.fullmatch(f.name)}
-    claimed = {n: mark for n, mark in before.items() if present.get(n) == mark}
-    return claimed, {n for n, mark in present.items() if mark is not None and n not in claimed}
-
-
-def _replace_manifest(
-    out: Path, written: Sequence[Path], fmt: str, claimed: dict[str, str], *, finished: bool = True
-) -> list[Path]:
-    """Record in ``out/MANIFEST`` the files this call wrote, and remove the ``fmt`` files that the
-    previous call wrote and nobody changed since (``claimed``, see :func:`_claimed`) and that this call
-    did not write (figures of layers no longer chosen, a figure no longer drawn). Nothing else is
-    removed: files the manifest does not name, files changed since, files of another format, links,
-    folders. A call that did not finish (``finished=False``) removes nothing and keeps the previous
-    call's files on record beside its own. Returns the removed files."""
-    import json
-
-    now = {w.name: _fingerprint(w) for w in written}
-    stale, kept = [], {}
-    for name, mark in claimed.items():
-        if name in now:
-            continue  # written again
-        if name.endswith(f".{fmt}") and finished:
-            stale.append(out / name)
-        else:
-            kept[name] = mark  # another format's figures (removed by a call in that format), or an unfinished call
-    if out.is_dir():
-        atomic_write(out / MANIFEST, lambda f: f.write(json.dumps({"written": {**now, **kept}}, indent=1).encode()))
-    for path in stale:
-        path.unlink()
-    return stale
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m analysis.plot``: write the figures of run or sweep directories; print their paths.
 
@@ -1488,14 +1372,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = _load(args.paths, args.skip_bad)
         for msg in data.skipped:
             print(f"skipped: {msg}", file=sys.stderr)
-        out = args.out if args.out is not None else _default_out(args.paths, data)
-        _check_out(out, args.out is not None)
-        claimed, unclaimed = _claimed(out)
+        out = args.out if args.out is not None else default_out(args.paths, data)
+        check_out(out, args.out is not None)
+        claimed_files, unclaimed = claimed(out)
         fmt = args.format
         written: list[Path] = []
         if data.index.empty:  # e.g. a --no-record sweep: its metrics are still worth a figure
             try:
-                written.append(_save(metrics_curves(data), out / f"metrics.{fmt}", fmt))
+                written.append(save_figure(metrics_curves(data), out / f"metrics.{fmt}", fmt))
             except PlotError as err:
                 raise PlotError(f"{no_activations(data.root)}; and {err}") from None
             print(f"note: {no_activations(data.root)}; only the metrics are drawn", file=sys.stderr)
@@ -1504,7 +1388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 _draw_all(data, layers, args, out, written)
             except BaseException:  # what was written stays on record, so that a later call can remove it
-                _replace_manifest(out, written, fmt, claimed, finished=False)
+                replace_manifest(out, written, fmt, claimed_files, finished=False)
                 raise
         for path in written:
             if path.name in unclaimed:
@@ -1512,11 +1396,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"note: replaced {path}, which no earlier call of this command wrote as it was",
                     file=sys.stderr,
                 )
-        for path in _replace_manifest(out, written, fmt, claimed):
+        for path in replace_manifest(out, written, fmt, claimed_files):
             print(f"note: removed {path}: an earlier call wrote it and this one did not", file=sys.stderr)
         return 0
 
-    return run_command(body, debug=args.debug, errors=(RunDirError, PlotError, OSError))
+    return run_command(body, debug=args.debug, errors=(RunDirError, PlotError, FiguresFolderError, OSError))
 
 
 def _draw_all(data: RunData, layers: list[str] | None, args: Any, out: Path, written: list[Path]) -> None:
@@ -1531,12 +1415,12 @@ def _draw_all(data: RunData, layers: list[str] | None, args: Any, out: Path, wri
     units = _resolve_units(data, split, layers, args.units)
     for note in [*_coverage_notes(data, split), *_nonfinite_notes(data, split)]:
         print(f"note: {note}", file=sys.stderr)
-    written.append(_save(figure2(data, layers, units, split), out / f"figure2.{fmt}", fmt))
+    written.append(save_figure(figure2(data, layers, units, split), out / f"figure2.{fmt}", fmt))
     print(written[-1], flush=True)
     for layer in layers:
         for unit in units:
             path = out / f"ridgeline_{layer.replace('/', '_')}_unit{unit}.{fmt}"
-            written.append(_save(ridgeline(data, layer, unit, split), path, fmt))
+            written.append(save_figure(ridgeline(data, layer, unit, split), path, fmt))
             print(written[-1], flush=True)
     optional = (  # drawn when their data exist; otherwise a note says why not
         ("sw1_curves", lambda: sw1_curves(data, split, n_projections=args.n_projections, seed=args.seed)),
@@ -1548,7 +1432,7 @@ def _draw_all(data: RunData, layers: list[str] | None, args: Any, out: Path, wri
         except PlotError as err:
             print(f"note: {name} not drawn: {err}", file=sys.stderr)
             continue
-        written.append(_save(fig, out / f"{name}.{fmt}", fmt))
+        written.append(save_figure(fig, out / f"{name}.{fmt}", fmt))
         print(written[-1], flush=True)
 
 

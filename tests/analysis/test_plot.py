@@ -14,6 +14,7 @@ from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_hex, to_rgb
 from torch import nn
 
+import analysis.figdir
 import analysis.plot
 from analysis.io import load_run
 from analysis.plot import (
@@ -807,13 +808,13 @@ def test_a_selections_folder_is_its_own_and_a_selection_without_a_common_folder_
     for name in ("a b", "a_b", "c", "other"):
         fake_run(sweep / name, "per", epochs_of(0, [1.0]))
     data = load_run(sweep)
-    one = analysis.plot._default_out([sweep / "a b", sweep / "c"], data)
-    two = analysis.plot._default_out([sweep / "a_b", sweep / "c"], data)
+    one = analysis.figdir.default_out([sweep / "a b", sweep / "c"], data)
+    two = analysis.figdir.default_out([sweep / "a_b", sweep / "c"], data)
     assert one != two and one.parent == two.parent == sweep / "figures"
-    assert analysis.plot._default_out([sweep / "c", sweep / "other"], data) == sweep / "figures" / "c+other"
+    assert analysis.figdir.default_out([sweep / "c", sweep / "other"], data) == sweep / "figures" / "c+other"
     monkeypatch.setattr(Path, "home", lambda: sweep)
-    with pytest.raises(analysis.plot.PlotError, match="share no folder below .* give --out DIR"):
-        analysis.plot._default_out([sweep / "c", sweep / "other"], data)
+    with pytest.raises(analysis.figdir.FiguresFolderError, match="share no folder below .* give --out DIR"):
+        analysis.figdir.default_out([sweep / "c", sweep / "other"], data)
 
 
 def test_band_titles_name_each_shown_run_once(tmp_path):
@@ -890,7 +891,7 @@ def test_a_failed_or_copied_figures_folder_keeps_its_record(tmp_path, capsys, mo
     run = fake_run(tmp_path / "r", "per", epochs_of(0, [1.0, 1.0])).root
     figures = run / "figures"
     assert main([str(run), "--layers", "layer1"]) == 0
-    real_save, calls = analysis.plot._save, []
+    real_save, calls = analysis.plot.save_figure, []
 
     def failing(fig, path, fmt):
         calls.append(path)
@@ -898,9 +899,9 @@ def test_a_failed_or_copied_figures_folder_keeps_its_record(tmp_path, capsys, mo
             raise OSError(28, "No space left on device")
         return real_save(fig, path, fmt)
 
-    monkeypatch.setattr(analysis.plot, "_save", failing)
+    monkeypatch.setattr(analysis.plot, "save_figure", failing)
     assert main([str(run), "--layers", "layer2", "layer3"]) == 2  # figure2, ridgeline layer2, then the failure
-    monkeypatch.setattr(analysis.plot, "_save", real_save)
+    monkeypatch.setattr(analysis.plot, "save_figure", real_save)
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)  # new times, same bytes
     for folder in (run, copy):
@@ -927,4 +928,4 @@ def test_figures_of_a_hand_built_or_filtered_run_data_and_a_selection_beside_a_h
     plain = dataclasses.replace(data, metrics_logged=None)
     assert len(metrics_curves(plain).axes) >= 2
     fake_run(tmp_path / ".old" / "x", "bn", epochs_of(2, [1.0]))
-    assert analysis.plot._default_out([tmp_path / "a", tmp_path / "c"], load_run(tmp_path)).name == "a+c"
+    assert analysis.figdir.default_out([tmp_path / "a", tmp_path / "c"], load_run(tmp_path)).name == "a+c"

@@ -82,17 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     matplotlib.use("Agg")
     from analysis.figure1 import figure1
     from analysis.io import load_run
-    from analysis.plot import (
+    from analysis.plot import figure2, metrics_curves, ridgeline, sw1_curves
+    from analysis.plotdata import (
         PlotError,
         _each_runs_layers,
         _NoCommonLayerError,
         _resolve_layers,
         _resolve_split,
         _resolve_units,
-        figure2,
-        metrics_curves,
-        ridgeline,
-        sw1_curves,
     )
     from per_core.rundir import RunDirError, atomic_write
 

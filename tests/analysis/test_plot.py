@@ -16,6 +16,7 @@ from torch import nn
 
 import analysis.figdir
 import analysis.plot
+import analysis.plotdata
 from analysis.io import load_run
 from analysis.plot import (
     PlotError,
@@ -841,7 +842,7 @@ def test_figure_details_a_review_found_untested(tmp_path):
     assert 0.9 < lo < 1 and 2 < hi < 2.1
     assert not any(ln.get_marker() == "|" for ax in fig.axes for ln in ax.get_lines())
     assert [nonfinite_marks(ax) for ax in fig.axes[:2]] == [[], [2]]  # b's column (vanilla) first, then a's
-    notes = analysis.plot._nonfinite_notes(data, "eval")
+    notes = analysis.plotdata._nonfinite_notes(data, "eval")
     assert len(notes) == 1 and "(3 +inf, 2 -inf values)" in notes[0]
 
 
@@ -869,7 +870,7 @@ def test_merging_layer_orders_keeps_every_layer_once_and_each_order_without_cycl
     import graphlib
     import itertools
 
-    merged = analysis.plot._merge_orders(orders)
+    merged = analysis.plotdata._merge_orders(orders)
     assert sorted(merged) == sorted({n for o in orders for n in o})  # none lost, none twice (cycles too)
     pairs = {(a, b) for o in orders for a, b in itertools.pairwise(o)}
     graph: dict[str, set[str]] = {}

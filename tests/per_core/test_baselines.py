@@ -420,3 +420,54 @@ def test_recurrent_bn_argument_errors_name_the_argument_and_what_to_pass():
     with pytest.raises(ValueError, match="at least 2 sequences per batch .* got 1"):
         lstm.train()(torch.randn(6, 1, 3))
     assert lstm.eval()(torch.randn(6, 1, 3))[0].shape == (6, 1, 4)
+
+
+@pytest.mark.parametrize("scale", [10.0, 100.0])
+def test_dbn_of_a_rank_deficient_group_at_a_large_scale_matches_float64(scale):
+    # a review: in float32 the eps of the covariance was lost to rounding once the channels' std exceeded ~5, a dead
+    # channel then gave eigenvalues below 0, clamped to the smallest float: outputs of 1e14 and NaN gradients
+    torch.manual_seed(0)
+    x = torch.randn(64, 16, 6, 6) * scale
+    x[:, 3] = 0.0
+    r = torch.randn_like(x)
+    x32, x64 = x.clone().requires_grad_(True), x.double().requires_grad_(True)
+    y32, y64 = DecorrelatedBatchNorm2d(16)(x32), DecorrelatedBatchNorm2d(16).double()(x64)
+    (y32 * r).sum().backward()
+    (y64 * r.double()).sum().backward()
+    assert (y32.double() - y64).abs().max() < 1e-4 * y64.abs().max()
+    assert torch.linalg.norm(x32.grad.double() - x64.grad) < 1e-5 * torch.linalg.norm(x64.grad)
+
+
+def test_dbn_in_half_precision_its_layout_momentum_and_second_derivative():
+    # a review: half inputs failed in training (no eigh for them); the output was laid out (C, N, H, W), slowing the
+    # next conv; momentum=None failed at the first forward; a second derivative was silently wrong
+    x = torch.randn(16, 8, 4, 4)
+    for dtype in (torch.float16, torch.bfloat16):
+        y = DecorrelatedBatchNorm2d(8, 4).to(dtype)(x.to(dtype))
+        ref = DecorrelatedBatchNorm2d(8, 4).double()(x.to(dtype).double())
+        assert y.dtype == dtype and (y.double() - ref).abs().max() < 0.05
+    assert DecorrelatedBatchNorm2d(8, 4)(x).is_contiguous()
+    cl = DecorrelatedBatchNorm2d(8, 4)(x.to(memory_format=torch.channels_last))
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    for bad in (None, 5.0, True):
+        with pytest.raises(ValueError, match="momentum must be a number in"):
+            DecorrelatedBatchNorm2d(8, momentum=bad)
+    s = torch.randn(4, 4, dtype=torch.float64)
+    s = (s @ s.T + torch.eye(4, dtype=torch.float64)).requires_grad_(True)
+    r = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)  # the incoming gradient depends on r
+    (g,) = torch.autograd.grad((inverse_sqrt_spd(s) * r).sum(), s, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()
+
+
+def test_penalty_after_a_loss_that_recorded_nothing_is_zero():
+    # a review: after a step whose passes all ran without grad, loss() returned 0 and penalty() the previous step's
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    reg = L2Penalty(net[0], lam=1.0)
+    with pytest.raises(RuntimeError, match="loss\\(\\) has not been called yet"):
+        reg.penalty()
+    net(torch.randn(8, 3))
+    assert float(reg.loss()) > 0 and reg.penalty() > 0
+    with torch.no_grad():
+        net(torch.randn(8, 3))
+    assert float(reg.loss()) == 0.0 and reg.penalty() == 0.0 and reg.penalty(per_layer=True) == {}

@@ -359,9 +359,10 @@ def w1_to_normal_hist(
         \le W_1(\nu, \nu_{mid}) \le \sum_k p_k\, r_k \le \tfrac{1}{2} \max_k w_k.
 
     Under/overflow (samples below ``edges[0]`` / above ``edges[-1]``) are located only when
-    ``data_min`` / ``data_max`` is given: they then form one more bin ``[data_min, edges[0]]``
-    (resp. ``[edges[-1], data_max]``). Without it their values are unknown: they are placed at the
-    edge and the bound is ``inf`` (the value is then only indicative).
+    ``data_min`` / ``data_max`` is given: they then form one more bin ``[data_min, min(edges[0], data_max)]``
+    (resp. ``[max(edges[-1], data_min), data_max]``: a unit whose values all lie beyond the range is then
+    located by its min and max). Without it their values are unknown: they are placed at the edge and
+    the bound is ``inf`` (the value is then only indicative).
 
     Parameters
     ----------
@@ -420,7 +421,8 @@ def w1_to_normal_hist(
     right = np.clip(e[1:], lo_d, hi_d)
     mids, radii, mass = [(left + right) / 2], [(right - left) / 2], [c]
     bound_inf = False
-    for n_out, inner, outer in ((underflow, e[0], lo_d), (overflow, e[-1], hi_d)):
+    # the out-of-range bins end where the data do: all values above the range lie in [max(e_n, data_min), data_max]
+    for n_out, inner, outer in ((underflow, min(e[0], hi_d), lo_d), (overflow, max(e[-1], lo_d), hi_d)):
         if n_out > 0:
             if math.isfinite(outer):
                 mids.append(np.array([(inner + outer) / 2]))

@@ -109,7 +109,9 @@ def figure1(n: int = 2000, seed: int = 0, n_projections: int = 256, arrows: int 
         pick = np.random.default_rng([seed, 1]).choice(len(X), size=min(arrows, len(X)), replace=False)
         picked[key] = X[pick]
         fields["exact"][key] = sliced_w1_to_normal_grad(X, projections=P)[pick]
-        fields["per"][key] = per_grad(torch.from_numpy(X[pick]), theta=torch.from_numpy(P)).numpy()
+        # both fields are gradients of a mean over all n samples (per_grad of the picked rows alone is n / arrows
+        # times larger, which the caption's scale would have shown as PER pulling ~33x harder)
+        fields["per"][key] = per_grad(torch.from_numpy(X), theta=torch.from_numpy(P)).numpy()[pick]
     # one scale per field across the four panels, so lengths compare between panels
     longest = {f: max(float(np.linalg.norm(g, axis=1).max()) for g in grads.values()) for f, grads in fields.items()}
     for col, (key, X) in enumerate(samples.items()):

@@ -277,6 +277,22 @@ def test_hist_underflow_and_overflow():
     assert abs(exact - value_wrong) > bound_wrong
 
 
+@given(st.floats(-60, 60), st.floats(0.01, 5), st.integers(1, 500), st.integers(0, 2**16))
+@settings(max_examples=40, deadline=None)
+def test_hist_of_a_unit_beyond_the_range_is_located_by_its_min_and_max(mean, std, n, seed):
+    # a review: the overflow bin was always [edges[-1], data_max], so a unit at 50 +- 1 against the recorder's
+    # [-10, 10] range was placed at 30 (w1_hist 31.7 for an exact 50.0); it lies in [max(e_n, data_min), data_max]
+    x = np.random.default_rng(seed).normal(mean, std, n)
+    edges = np.linspace(-10, 10, 41)
+    counts, _ = np.histogram(x, bins=edges)
+    under, over = int((x < edges[0]).sum()), int((x > edges[-1]).sum())
+    value, bound = w1_to_normal_hist(counts, edges, underflow=under, overflow=over, data_min=x.min(), data_max=x.max())
+    exact = w1_to_normal(x)
+    assert abs(exact - value) <= bound + 1e-9 * max(1.0, exact)
+    if under == n or over == n:  # all beyond the range: the bound is half the data's own spread
+        assert bound <= (x.max() - x.min()) / 2 + 1e-12
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

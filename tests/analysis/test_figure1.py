@@ -81,3 +81,15 @@ def test_arrows_share_one_scale_per_field_across_the_panels():
     assert exact[0].mean() < 0.8 * exact[2].mean()  # the exact field pushes the skewed (c) harder than (a)
     assert push[0] < 0.5 * push[2]  # and its net push in (a) is small
     assert "one length scale per colour" in " ".join(t.get_text() for t in fig.texts)
+
+
+def test_the_captions_gradient_scales_are_of_the_same_mean_over_all_samples():
+    # a review: PER's field was per_grad of the picked rows alone (a mean over 20 rows, not 300), so the caption read
+    # as PER pulling n / arrows times harder than the exact SW1 gradient, a mean over all rows
+    import re
+
+    fig = figure1(n=300, n_projections=32, arrows=20)
+    text = " ".join(t.get_text() for t in fig.texts)
+    found = re.findall(r"gradient norm ([0-9.e+-]+) \(orange.*?, ([0-9.e+-]+) \(purple", text)
+    per, exact = (float(v) for v in found[0])
+    assert 0.3 < per / exact < 3, text

@@ -109,6 +109,7 @@ def run_command(
     debug: bool = False,
     errors: tuple[type[Exception], ...] = (ValueError, OSError),
     interrupted: Callable[[], str] = lambda: "interrupted; every file written so far is complete (writes are atomic)",
+    who: str = "",
 ) -> int:
     """Run an entry point's body; return its exit status. How every command line of the project ends.
 
@@ -118,6 +119,9 @@ def run_command(
     - Ctrl-C: ``interrupted()`` on stderr (what was kept, how to continue), status 130.
     - The reader closed stdout (``| head``): nothing more is printed, status :data:`EXIT_PIPE` (141).
     - ``debug``: errors and interrupts propagate with their traceback.
+
+    ``who`` starts the error message (``"rank 1: "`` under data parallelism). Each message is written in
+    one call, so that lines of processes sharing the terminal do not splice into each other.
 
     Example
     -------
@@ -141,5 +145,5 @@ def run_command(
     except errors as err:
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {who}{err}\n", end="", file=sys.stderr, flush=True)
         return 2

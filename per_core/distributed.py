@@ -209,7 +209,8 @@ class CrossRankBatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        batch_stats = self.training or not self.track_running_stats  # as nn.BatchNorm2d decides
+        if not (batch_stats and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         c = x.shape[1]
         n_local = x.numel() // c
@@ -224,24 +225,36 @@ class CrossRankBatchNorm2d(nn.BatchNorm2d):
         mean64 = total[:c] / n
         mean = mean64.to(x.dtype)
         var = (total[c : 2 * c] / n - mean64 * mean64).clamp_min(0).to(x.dtype)
-        with torch.no_grad():
-            self.num_batches_tracked.add_(1)
-            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-            self.running_mean.lerp_(mean.detach(), m)
-            self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1), m)
+        if self.training and self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1), m)
         y = (x - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
         return y * self.weight[None, :, None, None] + self.bias[None, :, None, None] if self.affine else y
 
 
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Replace every BatchNorm2d by a rank-synchronized one: ``nn.SyncBatchNorm`` on GPUs, else ours."""
+    """Replace every BatchNorm2d by a rank-synchronized one: ``nn.SyncBatchNorm`` on GPUs, else ours.
+
+    As ``nn.SyncBatchNorm.convert_sync_batchnorm``: the new layer holds the old one's parameters (the same
+    objects, so a frozen BN stays frozen and an optimizer built before still sees them), its buffers and its
+    train/eval mode; ``track_running_stats=False`` is kept.
+    """
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
-            new = CrossRankBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine)
-            new.load_state_dict(child.state_dict())
-            setattr(model, name, new.to(device=child.running_mean.device, dtype=child.running_mean.dtype))
+            new = CrossRankBatchNorm2d(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
+            if child.affine:
+                new.weight, new.bias = child.weight, child.bias
+            new.running_mean, new.running_var = child.running_mean, child.running_var
+            new.num_batches_tracked = child.num_batches_tracked
+            new.train(child.training)
+            setattr(model, name, new)
         else:
             convert_sync_batchnorm(child, device)
     return model

@@ -178,11 +178,13 @@ def build(cfg: TrainConfig, env: DistEnv | None = None) -> Setup:
             f"--batch-size {cfg.batch_size} is not divisible by the {env.world_size} ranks: every rank must get an "
             f"equal share of each batch; use a multiple of {env.world_size}"
         )
-    if env.distributed and cfg.method in ("dbn", "rbn") and env.is_main:
-        _say(
-            f"note: {cfg.method} normalizes with each rank's own batch statistics (only BatchNorm2d is synchronized "
-            "across ranks); results differ from one process at the full batch"
+    if env.distributed and cfg.method in ("dbn", "rbn", "vcl") and env.is_main:
+        what = (
+            "draws its two subsets from each rank's own share of the batch"
+            if cfg.method == "vcl"
+            else "normalizes with each rank's own batch statistics (only BatchNorm2d is synchronized across ranks)"
         )
+        _say(f"note: {cfg.method} {what}; results differ from one process at the full batch")
     rank = env.rank
     torch.manual_seed(stream_seed(cfg.seed, "init"))  # the trainer owns the process: identical init on every rank
     task = build_task(cfg, device)
@@ -675,8 +677,20 @@ def _train_in_group(
     run = RunDir(out)
     env = init_from_env(cfg.device)
     try:
-        clear = prepare_run_dir(run, cfg, resume, overwrite) if env.is_main else False
-        env.barrier()
+        _check_ranks_agree(env, cfg, out, resume, overwrite)
+        clear, failed = False, None
+        if env.is_main:
+            try:
+                clear = prepare_run_dir(run, cfg, resume, overwrite)
+            except (ValueError, OSError) as err:
+                if not env.distributed:
+                    raise
+                failed = err
+        # every rank learns whether rank 0 may go on (else they would wait for it until gloo's timeout)
+        if env.distributed and any(env.all_gather_object(None if failed is None else str(failed))):
+            if failed is not None:
+                raise failed
+            raise PeerStopped("rank 0 stopped before training: its error says why")
         setup = build(cfg, env)  # data, model and recorder first: an error here leaves the old run as it was
         if clear:
             shutil.rmtree(run.root)
@@ -687,6 +701,26 @@ def _train_in_group(
     finally:
         if teardown:
             shutdown()
+
+
+class PeerStopped(RuntimeError):
+    """Another rank failed first and said why; this rank stops without a message of its own."""
+
+
+def _check_ranks_agree(env: DistEnv, cfg: TrainConfig, out: str | Path, resume: bool, overwrite: bool) -> None:
+    """Under data parallelism, refuse ranks launched with different settings (torchrun passes every rank the same
+    arguments; another launcher might not): a different seed would shuffle another permutation on each rank
+    and draw other slices, silently; a different batch size would abort inside gloo."""
+    if not env.distributed:
+        return
+    mine = {**cfg.to_dict(), "--out": str(Path(out).resolve()), "--resume": resume, "--overwrite": overwrite}
+    ranks = env.all_gather_object(mine)
+    differ = sorted({k for other in ranks if isinstance(other, dict) for k in mine if other.get(k) != mine[k]})
+    if differ:
+        raise ValueError(
+            f"the {env.world_size} ranks were started with different settings ({', '.join(differ)}); "
+            "start every rank with the same arguments (torchrun does)"
+        )
 
 
 def _shown(key: str, value: float) -> str:
@@ -901,6 +935,7 @@ def flag_notes(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
 
     def body() -> int:
         if args.resume and args.overwrite:
@@ -911,15 +946,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--resume needs --out RUN_DIR (the run to continue)")
         cfg = config_from_args(args)
         validate_config(cfg)
-        if int(os.environ.get("RANK", "0")) == 0:
+        if rank == 0:
             lam_flag = "--lam" if args.lam is not None else None
             for line in flag_notes(cfg, [cfg.method], lam_flag=lam_flag, per_locations=args.per_locations is not None):
                 note(line)
         if args.out is None:
             args.out = Path("runs") / f"{cfg.preset}-{cfg.method}-seed{cfg.seed}{'-smoke' if cfg.smoke else ''}"
         # the process group stays up until the process ends (below): gloo's is then left without a teardown
-        metrics = _train_in_group(cfg, args.out, args.resume, args.overwrite, not args.no_progress, teardown=False)
-        if int(os.environ.get("RANK", "0")) == 0:  # rank 0 reports
+        try:
+            metrics = _train_in_group(cfg, args.out, args.resume, args.overwrite, not args.no_progress, teardown=False)
+        except PeerStopped:  # rank 0 printed the error
+            return 2
+        if rank == 0:  # rank 0 reports
             last = metrics[-1] if metrics else {}
             shown = ", ".join(_shown(k, last[k]) for k in ("val_error", "val_ppl", "val_loss") if k in last)
             say(f"done: {args.out} (epoch {last.get('epoch')}, {shown})")
@@ -930,6 +968,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             body,
             debug=args.debug,
             errors=(ValueError, OSError, TrainingError),
+            who="" if rank == 0 else f"rank {rank}: ",  # every rank that fails says so, the others marked
             interrupted=lambda: _interrupted(args.out),
         )
     except BaseException:  # --debug re-raises: the group is torn down as train() would

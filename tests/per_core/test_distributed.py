@@ -359,3 +359,67 @@ def test_ranks_share_the_evaluation_and_report_what_one_process_does(tmp_path, p
     assert rank0.keys() == single.keys()
     for k in single:  # images: the batches of one process, summed in float64 (rounding only); LM: narrower batches
         assert rank0[k] == pytest.approx(single[k], rel=1e-12 if preset == "demo" else 1e-6), k
+
+
+def test_conversion_keeps_frozen_parameters_untracked_statistics_and_the_mode():
+    # a review: BatchNorm2d(track_running_stats=False) failed to convert (missing buffers), a frozen BN came back
+    # trainable (new parameters), and an optimizer built before the conversion held parameters no longer used
+    model = nn.Sequential(nn.BatchNorm2d(4).requires_grad_(False), nn.BatchNorm2d(4, track_running_stats=False))
+    model[0].running_mean.fill_(0.5)
+    model[0].eval()
+    before = list(model.parameters())
+    converted = convert_sync_batchnorm(model, torch.device("cpu"))
+    assert all(isinstance(m, CrossRankBatchNorm2d) for m in converted)
+    assert [id(p) for p in converted.parameters()] == [id(p) for p in before]
+    assert not any(p.requires_grad for p in converted[0].parameters())
+    assert not converted[0].training and converted[1].training
+    assert torch.equal(converted[0].running_mean, torch.full((4,), 0.5)) and converted[1].running_mean is None
+    x = torch.randn(8, 4, 3, 3)
+    reference = nn.BatchNorm2d(4, track_running_stats=False)
+    torch.testing.assert_close(converted[1](x), reference(x))  # one process: plain batch statistics
+    converted.eval()
+    torch.testing.assert_close(converted[1](x), reference.eval()(x))  # untracked: batch statistics in eval too
+
+
+def torchrun_failing(out, nproc, *args):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd += ["-m", "per_core.train", "--out", str(out), "--no-progress", "--device", "cpu", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    return [line for line in proc.stderr.splitlines() if line.startswith("error:")], proc.stderr
+
+
+def test_a_failing_start_under_torchrun_is_one_clean_line_per_failing_rank(tmp_path):
+    # a review: rank 0 refused a non-empty --out and rank 1, waiting for it, printed a 20-line gloo traceback
+    # ("Connection reset by peer"); an error raised on both ranks spliced into one line ("...of 2error: ...")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    errors, stderr = torchrun_failing(run, 2, "--preset", "demo", "--smoke", "--epochs", "1")
+    assert len(errors) == 1 and "is not empty; pass --resume" in errors[0], stderr[-3000:]
+    assert "Connection" not in stderr and "per_core/train.py" not in stderr  # no worker traceback
+    errors, stderr = torchrun_failing(tmp_path / "new", 2, "--preset", "demo", "--smoke", "--batch-size", "63")
+    assert sorted(e.split(" is ")[0] for e in errors) == ["error: --batch-size 63", "error: rank 1: --batch-size 63"]
+
+
+def ranks_with_their_own_seed(rank, world):
+    import dataclasses
+
+    from per_core.configs import PRESETS
+    from per_core.distributed import DistEnv
+    from per_core.train import _check_ranks_agree
+
+    env = DistEnv(rank=rank, world_size=world)
+    cfg = PRESETS["demo"]()
+    _check_ranks_agree(env, cfg, "out", False, False)  # the same settings pass
+    try:
+        _check_ranks_agree(env, dataclasses.replace(cfg, seed=rank), "out", False, False)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def test_ranks_started_with_different_settings_are_refused(tmp_path):
+    # a review: a launcher giving rank 1 another --seed trained silently (another permutation, other slices per rank)
+    messages = on_two_ranks(tmp_path, ranks_with_their_own_seed)
+    assert messages[0] == messages[1] and "different settings (seed)" in messages[0]

@@ -70,14 +70,14 @@ def sole_owner_counts(device: str) -> tuple[int, int, int] | None:
 def owns(grad: Tensor, probe: tuple[dict[str, tuple[int, int, int]], str] | None = None) -> bool:
     """Whether a tensor hook may add into its argument ``grad`` in place instead of into a copy.
 
-    True only when nothing else can observe the change: no other reference to the tensor or its
-    storage, C++ or Python (an addition hands the same tensor to both of its inputs, a user may
-    pass their own tensor to ``backward``, an earlier hook may have kept it), no graph through it
-    (double backward), a plain contiguous tensor. Autograd applies the same test before it sums two
-    gradients of one tensor in place. Call it directly from the hook, with the hook's argument:
-    the Python count includes the frames in between. ``probe`` (for :func:`sole_owner_counts`)
-    records the counts instead. Not visible to any count: memory that a custom backward shares with
-    a numpy array or a DLPack capsule it keeps and hands out as a gradient.
+    True only when nothing else can observe the change: no other reference to the tensor or its storage, C++
+    or Python (an addition hands the same tensor to both of its inputs, a user may pass their own tensor
+    to ``backward``, an earlier hook may have kept it), no graph through it (double backward), a plain
+    tensor, contiguous in the default or a channels-last layout. Autograd applies the same test before
+    it sums two gradients of one tensor in place. Call it directly from the hook, with the hook's
+    argument: the Python count includes the frames in between. ``probe`` (for :func:`sole_owner_counts`)
+    records the counts instead. Not visible to any count: memory that a custom backward shares with a
+    numpy array or a DLPack capsule it keeps and hands out as a gradient.
     """
     if type(grad) is not Tensor or grad.layout != torch.strided or grad.is_nested or grad._is_zerotensor():
         return False  # subclasses, sparse, nested and immutable zero tensors: always a copy
@@ -88,7 +88,15 @@ def owns(grad: Tensor, probe: tuple[dict[str, tuple[int, int, int]], str] | None
     if probe is not None:
         probe[0][probe[1]] = counts
         return False
-    return not grad.requires_grad and grad.is_contiguous() and counts == sole_owner_counts(str(grad.device))
+    return not grad.requires_grad and _dense(grad) and counts == sole_owner_counts(str(grad.device))
+
+
+def _dense(grad: Tensor) -> bool:
+    """Contiguous in the default or a channels-last layout (a channels-last conv's gradient is laid out so)."""
+    if grad.is_contiguous():
+        return True
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    return grad.dim() in formats and grad.is_contiguous(memory_format=formats[grad.dim()])
 
 
 def in_backward() -> bool:

@@ -11,6 +11,7 @@ References
 
 from __future__ import annotations
 
+import threading
 import warnings
 import weakref
 from collections.abc import Iterable, Mapping
@@ -90,13 +91,14 @@ def _unused_output(name: str) -> None:
 class _Sampled:
     """One forward of a layer with ``locations=m``: its chosen rows, waiting for the (batched) backward."""
 
-    __slots__ = ("__weakref__", "grad", "index", "name", "rows")
+    __slots__ = ("__weakref__", "grad", "index", "loss", "name", "rows")
 
     def __init__(self, name: str, rows: Tensor, index: Tensor) -> None:
         self.name = name
         self.rows = rows  # (N, C, m): the chosen locations' channel vectors, as gathered
         self.index = index  # (N, C, m): the chosen positions per image, expanded over channels
         self.grad: Tensor | None = None  # scale x dL_per/d rows, (N, C, m) in the compute dtype, once computed
+        self.loss: Tensor | None = None  # L_per of the rows, when tracked
 
 
 class PER:
@@ -138,7 +140,10 @@ class PER:
     Elsewhere (a GRU, float64, ``batch_first``, bidirectional or packed outputs) the unused output's
     node simply does not run, and nothing tells it apart from an output of no consequence;
     (2) PER's term enters the first-order gradient only: under ``create_graph=True`` (a gradient
-    penalty, MAML) its second derivative is missing; (3) ``torch.compile`` captures the hooks present
+    penalty, MAML) its second derivative is missing; (3) with loss scaling (``torch.amp.GradScaler``,
+    float16 training) every incoming gradient is multiplied by the scale S, and PER's term must be too,
+    or ``unscale_`` divides it by S: pass ``grad_scaler=scaler`` (a float16 output without one gets a
+    warning); (4) ``torch.compile`` captures the hooks present
     at its first call: attach PER before compiling (or call ``torch._dynamo.reset()`` after attaching),
     and the compiled model then gives the same gradients as eager mode.
 
@@ -182,6 +187,10 @@ class PER:
         ``'channels_first'`` for an activation after a Conv1d; a mapping decides for the layers it
         names, whatever their type (ConvNeXt's channels-first ``LayerNorm2d``). None (default): from
         each type, ``'auto'`` where it says nothing.
+    grad_scaler : torch.amp.GradScaler, optional
+        The scaler whose ``scale(loss)`` is backpropagated: PER's term is then multiplied by its
+        current scale (read as a tensor, no synchronization), as the task loss's gradient is, so that
+        ``unscale_`` and ``step`` see ``lambda * grad L_per`` as without scaling.
     chunk_elements : int
         Memory bound of one (rows x slices) projection block, reused by every chunk (default 2^20
         elements, 4 MiB in float32: on a 2-core CPU it ran 131,072 x 256 about 1.8x faster than
@@ -209,6 +218,7 @@ class PER:
         track_penalty: bool = False,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
         layout: Layout | Mapping[str, Layout] | None = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         locations = check_optional_positive_int(locations, "locations", "all")
         named = named_targets(modules, "PER")
@@ -221,12 +231,19 @@ class PER:
         self.chunk_elements = check_positive_int(chunk_elements, "chunk_elements")
         self.modules = named
         self.locations_seed = None if locations_seed is None else check_seed(locations_seed)
+        if grad_scaler is not None and not isinstance(grad_scaler, torch.amp.GradScaler):
+            raise TypeError(f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")
+        self.grad_scaler = grad_scaler
+        self._warned_half = False
         self._generators: dict[torch.device, torch.Generator] = {}
         self._location_generators: dict[torch.device, torch.Generator] = {}
         self._penalties: dict[str, Tensor] = {}
         self._new_pass = True  # a forward ran since the penalties were last tracked
         self._strata_cache: dict[tuple[int, int, torch.device], tuple[Tensor, Tensor]] = {}
         self._pending: list[weakref.ref[_Sampled]] = []  # sampled-location forwards awaiting their backward
+        self._prune_at = 64  # forwards never followed by a backward leave dead references: pruned past this length
+        # backward hooks of one PER can run in several threads at once (nn.DataParallel's replicas)
+        self._lock = threading.RLock()
         self._handles = [m.register_forward_hook(self._make_forward_hook(n, m)) for n, m in named.items()]
 
     # -- randomness -----------------------------------------------------------------------------
@@ -264,6 +281,20 @@ class PER:
                     self._generator(torch.device(dev), locations).set_state(st)
 
     # -- hooks ----------------------------------------------------------------------------------
+    def _scale(self) -> float | Tensor:
+        """What the gradient of L_per is multiplied by: lambda, times the loss scale of ``grad_scaler``
+        (1 when only the penalty is tracked)."""
+        if self.lam == 0.0:
+            return 1.0
+        scaler = self.grad_scaler
+        if scaler is None or not scaler.is_enabled():
+            return self.lam
+        current = scaler._get_scale_async() if hasattr(scaler, "_get_scale_async") else None
+        if current is None:
+            return self.lam * scaler.get_scale()
+        # in float64 where the device has it: lambda S / (N s) is folded into the slices in their dtype
+        return self.lam * (current if current.device.type == "mps" else current.to(torch.float64))
+
     def _make_forward_hook(self, name: str, module: nn.Module):
         def forward_hook(mod: nn.Module, args: tuple, out: object) -> None:
             h = out[0] if isinstance(out, tuple) else out
@@ -280,6 +311,14 @@ class PER:
             v = with_batch_axis(mod, h.detach())  # what PER reads: the output, a batch axis added if it had none
             lay = resolve_layout(tuple(v.shape), choose_layout(mod, v.ndim, name, self.layout))
             d = v.shape[1] if lay == "channels_first" else v.shape[-1]
+            if h.dtype == torch.float16 and self.grad_scaler is None and self.lam != 0.0 and not self._warned_half:
+                self._warned_half = True
+                warnings.warn(
+                    "PER: a float16 output and no grad_scaler: if the loss is scaled (torch.amp.GradScaler), pass "
+                    "PER(..., grad_scaler=scaler), or unscale_ divides PER's term by the loss scale",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             dtype = compute_dtype(h.dtype)
             gen = self._generator(h.device)
             sole_owner_counts(str(h.device))  # settled in a forward pass, not inside the first backward
@@ -289,13 +328,22 @@ class PER:
                 if index is not None:  # keep only the chosen locations: (N, C, m), a small copy
                     index = index.unsqueeze(1).expand(-1, flat.shape[1], -1)
                     entry = _Sampled(name, flat.gather(2, index), index)
-                    self._pending.append(weakref.ref(entry))
+                    self._remember(entry)
                     h.register_hook(self._make_sampled_grad_hook(entry))
                     return
             theta = sample_slices(self.n_slices, d, generator=gen, device=h.device, dtype=dtype)
             h.register_hook(self._make_grad_hook(name, v, h._version, theta, lay))
 
         return forward_hook
+
+    def _remember(self, entry: _Sampled) -> None:
+        """Queue a sampled forward for the next backward; drop the queue's dead references now and then
+        (forwards with grad but no backward, e.g. an evaluation outside ``no_grad``, would grow it forever)."""
+        with self._lock:
+            self._pending.append(weakref.ref(entry))
+            if len(self._pending) >= self._prune_at:
+                self._pending = [ref for ref in self._pending if ref() is not None]
+                self._prune_at = 2 * len(self._pending) + 64
 
     def _pick_locations(self, flat: Tensor, generator: torch.Generator) -> Tensor | None:
         """``locations`` = m distinct random spatial positions per image, shape (N, m), or None for all.
@@ -338,8 +386,9 @@ class PER:
                     "use out-of-place operations (e.g. nn.ELU(inplace=False)) after regularized layers"
                 )
             x = saved.to(theta.dtype)
-            scale = self.lam if self.lam != 0.0 else 1.0
-            g, loss = grad_and_loss(as_samples(x, layout), theta, self.track_penalty, self.chunk_elements, scale)
+            g, loss = grad_and_loss(
+                as_samples(x, layout), theta, self.track_penalty, self.chunk_elements, self._scale()
+            )
             if loss is not None:
                 self._track(name, loss)
             if self.lam == 0.0:
@@ -355,8 +404,11 @@ class PER:
         def grad_hook(grad: Tensor | None) -> Tensor | None:
             if grad is None:  # as in _make_grad_hook
                 return _unused_output(entry.name)
-            if entry.grad is None:
-                self._compute_pending()
+            with self._lock:
+                if entry.grad is None:
+                    self._compute_pending()
+                if entry.loss is not None:  # tracked when its own gradient is used, as the other layers'
+                    self._track(entry.name, entry.loss)
             assert entry.grad is not None
             if self.lam == 0.0:
                 return grad
@@ -381,10 +433,11 @@ class PER:
         """
         live = [e for ref in self._pending if (e := ref()) is not None and e.grad is None]
         self._pending.clear()
+        self._prune_at = 64
         groups: dict[tuple[torch.Size, torch.dtype, torch.device], list[_Sampled]] = {}
         for e in live:
             groups.setdefault((e.rows.shape, e.rows.dtype, e.rows.device), []).append(e)
-        scale = self.lam if self.lam != 0.0 else 1.0
+        scale = self._scale()
         s = self.n_slices
         for (shape, dtype, device), entries in groups.items():
             n_img, d, m = shape
@@ -400,8 +453,7 @@ class PER:
                 g, loss = grad_and_loss(x, theta[i : i + len(part)], self.track_penalty, self.chunk_elements, scale)
                 for k, e in enumerate(part):
                     e.grad = g[k].view(n_img, m, d).transpose(1, 2)  # (N*m, C) -> (N, C, m)
-                    if loss is not None:
-                        self._track(e.name, loss[k])
+                    e.loss = None if loss is None else loss[k]
 
     def _track(self, name: str, loss: Tensor) -> None:
         """Add one call's L_per to its layer's penalty of this backward pass (the first after a forward starts over).
@@ -409,20 +461,23 @@ class PER:
         Keyed on forwards rather than on autograd's graph task: a reentrant checkpoint runs its recomputation
         and backward as a nested task, inside the same backward pass.
         """
-        if self._new_pass:
-            self._penalties, self._new_pass = {}, False
-        loss = loss.detach()
-        self._penalties[name] = self._penalties[name] + loss if name in self._penalties else loss
+        with self._lock:
+            if self._new_pass:
+                self._penalties, self._new_pass = {}, False
+            loss = loss.detach()
+            self._penalties[name] = self._penalties[name] + loss if name in self._penalties else loss
 
     # -- logging and removal --------------------------------------------------------------------
     def penalty(self, per_layer: bool = False) -> float | dict[str, float]:
         r"""Last tracked :math:`\sum_{layers} L_{per}` (without :math:`\lambda`), or per layer.
 
-        Values come from the most recent backward pass run with ``track_penalty=True`` (only the
-        layers it reached); reading them synchronizes with the device, so call it when logging, not
-        every step. A module called more than once in one forward (weight sharing) gets a gradient
-        for every call, and its penalty is the sum over those calls, the objective whose gradient
-        was added: :math:`\sum_{calls} L_{per}(h_{call})`.
+        Values come from the backward passes run with ``track_penalty=True`` since the last forward
+        pass (only the layers they reached): with one backward per forward, the usual step, that
+        pass's :math:`L_{per}`; a graph differentiated twice (``retain_graph=True``), or several
+        forwards before their backward passes, add up. Reading them synchronizes with the device, so
+        call it when logging, not every step. A module called more than once in one forward (weight
+        sharing) gets a gradient for every call, and its penalty is the sum over those calls, the
+        objective whose gradient was added: :math:`\sum_{calls} L_{per}(h_{call})`.
         """
         if not self._penalties:
             raise RuntimeError(

@@ -467,7 +467,7 @@ def test_penalty_after_a_loss_that_recorded_nothing_is_zero():
     with pytest.raises(RuntimeError, match="loss\\(\\) has not been called yet"):
         reg.penalty()
     net(torch.randn(8, 3))
-    assert float(reg.loss()) > 0 and reg.penalty() > 0
+    assert float(reg.loss().detach()) > 0 and reg.penalty() > 0
     with torch.no_grad():
         net(torch.randn(8, 3))
     assert float(reg.loss()) == 0.0 and reg.penalty() == 0.0 and reg.penalty(per_layer=True) == {}

@@ -1007,3 +1007,98 @@ def test_the_sampled_hook_handles_a_none_gradient_like_the_full_one(locations):
             second.sum().backward()
     assert seen[0].filename == __file__  # the line of the backward() call
     assert torch.equal(x.grad[:, 2:], torch.ones(3, 2, 4, 4)) and not x.grad[:, :2].any()  # PER added nothing
+
+
+@pytest.mark.parametrize("locations", [None, 2])
+def test_per_under_loss_scaling_adds_what_it_adds_without(locations):
+    # a review: GradScaler multiplies every incoming gradient by its scale S and unscale_ divides by S; PER added
+    # lam * grad unscaled, so its term reached the optimizer divided by S (65536 by default): PER was off
+    def grads(scaler):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 4 * 4, 1)).double()
+        x = torch.randn(5, 2, 6, 6, generator=gen(40), dtype=F64)
+        with PER(net[0], 0.5, 16, seed=2, locations=locations, grad_scaler=scaler):
+            loss = net(x).pow(2).mean()
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        if scaler is not None:
+            opt = torch.optim.SGD(net.parameters(), lr=0.0)
+            scaler.unscale_(opt)
+        return [p.grad.clone() for p in net.parameters()]
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    for got, want in zip(grads(scaler), grads(None), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    with pytest.raises(TypeError, match="grad_scaler must be a torch.amp.GradScaler"):
+        PER(nn.Linear(2, 2), 1.0, grad_scaler=2.0**16)
+    with pytest.warns(RuntimeWarning, match="float16 output and no grad_scaler"):
+        with PER(nn.Linear(2, 2).half(), 1.0) as per:
+            per.modules["Linear"](torch.randn(3, 2, dtype=torch.float16))
+
+
+def test_sampled_backward_hooks_in_two_threads_at_once():
+    # a review: nn.DataParallel runs each replica's backward in its own thread; two hooks of one PER with locations
+    # raced in the batched computation (one emptied the queue the other was computing from: AssertionError)
+    import threading
+
+    for trial in range(10):
+        with PER(nn.Identity(), 1.0, 8, seed=trial, locations=2) as per:
+            tap = per.modules["Identity"]
+            xs = [torch.randn(4, 3, 6, 6, dtype=F64, requires_grad=True) for _ in range(2)]
+            outs = [tap(x * 1.0).pow(2).sum() for x in xs]
+            errors, barrier = [], threading.Barrier(2)
+
+            def run(out, errors=errors, barrier=barrier):
+                barrier.wait()
+                try:
+                    out.backward()
+                except Exception as err:  # any failure is the finding
+                    errors.append(err)
+
+            threads = [threading.Thread(target=run, args=(o,)) for o in outs]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not errors, errors
+            assert all(torch.isfinite(x.grad).all() for x in xs)
+
+
+def test_forwards_without_backward_do_not_pile_up_with_locations():
+    # a review: every forward with grad queued a reference for the next backward, never pruned when none came
+    with PER(nn.Identity(), 1.0, 8, locations=2) as per:
+        for _ in range(2000):
+            per.modules["Identity"](torch.randn(2, 3, 4, 4, requires_grad=True) * 1.0)
+        assert len(per._pending) < 200
+
+
+@pytest.mark.parametrize("locations", [None, 2])
+def test_the_tracked_penalty_is_the_same_on_both_paths_whatever_the_order(locations):
+    # a review: the sampled path tracked every pending layer at the first backward, so two forwards A, B and then
+    # backward A gave A + B there, A on the all-locations path
+    tap = nn.Identity()
+    xa, xb = (torch.randn(6, 3, 5, 5, generator=gen(k), dtype=F64) for k in (50, 51))
+    with PER(tap, 1.0, 16, seed=4, locations=locations, track_penalty=True) as per:
+        outs = [tap(x.clone().requires_grad_() * 1.0).sum() for x in (xa, xb)]
+        outs[0].backward()
+        after_a = per.penalty()
+        outs[1].backward()
+        after_b = per.penalty()
+    with PER(nn.Identity(), 1.0, 16, seed=4, locations=locations, track_penalty=True) as alone:
+        alone.modules["Identity"](xa.clone().requires_grad_() * 1.0).sum().backward()
+        a_alone = alone.penalty()
+    assert after_a == pytest.approx(a_alone, rel=0.3)  # A's rows (other slices, other locations: near)
+    assert after_b > 1.5 * after_a  # both forwards' layers, as the docstring says
+
+
+def test_a_channels_last_gradient_is_added_into_in_place():
+    # a review: a channels-last conv output's gradient never took the in-place path (is_contiguous() is False)
+    for locations in (None, 2):
+        tap, before, after = nn.Identity(), [], []
+        tap.register_forward_hook(_note_pointers(before))
+        with PER(tap, 0.5, 8, locations=locations):
+            tap.register_forward_hook(_note_pointers(after))
+            h = torch.randn(3, 4, 5, 5, dtype=F64).to(memory_format=torch.channels_last).requires_grad_()
+            out = tap(h * 1.0)
+            assert out.is_contiguous(memory_format=torch.channels_last)
+            out.relu().sum().backward()
+        assert before == after, locations

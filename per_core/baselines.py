@@ -313,6 +313,29 @@ def _check_momentum(momentum: object, why_no_none: str) -> float:
     return float(momentum)
 
 
+class _Covariance64(torch.autograd.Function):
+    """:math:`\\frac{1}{M} X X^T` of (G, m, M) rows computed in float64; the backward in the input's dtype.
+
+    The forward needs float64: in float32 a covariance plus eps loses eps to rounding once the entries
+    exceed ~10, and a rank-deficient group then gets eigenvalues below 0. Its gradient,
+    :math:`\\frac{1}{M}(\\bar G + \\bar G^T) X`, has no such cancellation, so it runs in the input's dtype
+    and keeps the input itself, not a float64 copy.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        x64 = x.to(torch.float64)
+        return x64 @ x64.transpose(-1, -2) / x.shape[-1]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        g = (grad + grad.transpose(-1, -2)).to(x.dtype)
+        return g @ x / x.shape[-1]
+
+
 class _InverseSqrtSPD(torch.autograd.Function):
     """:math:`\\Sigma^{-1/2}` of symmetric positive definite matrices, with a stable backward."""
 
@@ -470,9 +493,8 @@ class DecorrelatedBatchNorm2d(nn.Module):
                     continue
                 # in float64: in float32, eps (1e-5) is lost to rounding once the channels' variance exceeds
                 # ~10, and a rank-deficient group (a dead channel) then got eigenvalues below 0 and a 1e14 output
-                g64 = g.to(torch.float64)
                 eye = torch.eye(g.shape[1], device=x.device, dtype=torch.float64)
-                sigma = g64 @ g64.transpose(1, 2) / g.shape[2] + self.eps * eye  # (G, m, m)
+                sigma = _Covariance64.apply(g) + self.eps * eye  # (G, m, m)
                 w = inverse_sqrt_spd(sigma, min_eigenvalue=self.eps).to(x.dtype)  # eigenvalues are >= eps
                 outs.append((w @ g).reshape(-1, g.shape[2]))  # (G, m, M) -> (G*m, M)
                 if not singular:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from analysis.io import RunData
+from analysis.plotdata import PlotError
 from per_core.rundir import atomic_write, find_runs
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 
-class FiguresFolderError(ValueError):
+class FiguresFolderError(PlotError):
     """The figures cannot go where they would: no common folder, a name too long, or a file in the way."""
 
 

@@ -82,7 +82,6 @@ from analysis.bounds import (
 from analysis.distances import GAUSSIAN_SAMPLE_W1
 from analysis.figdir import (
     MANIFEST,
-    FiguresFolderError,
     check_out,
     claimed,
     default_out,
@@ -937,7 +936,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"note: removed {path}: an earlier call wrote it and this one did not", file=sys.stderr)
         return 0
 
-    return run_command(body, debug=args.debug, errors=(RunDirError, PlotError, FiguresFolderError, OSError))
+    return run_command(body, debug=args.debug, errors=(RunDirError, PlotError, OSError))
 
 
 def _draw_all(data: RunData, layers: list[str] | None, args: Any, out: Path, written: list[Path]) -> None:

@@ -319,21 +319,27 @@ class _Covariance64(torch.autograd.Function):
     The forward needs float64: in float32 a covariance plus eps loses eps to rounding once the entries
     exceed ~10, and a rank-deficient group then gets eigenvalues below 0. Its gradient,
     :math:`\\frac{1}{M}(\\bar G + \\bar G^T) X`, has no such cancellation, so it runs in the input's dtype
-    and keeps the input itself, not a float64 copy.
+    and keeps the input itself, not a float64 copy. On MPS, which has no float64, the covariance is
+    computed and returned on the CPU.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
         ctx.save_for_backward(x)
-        x64 = x.to(torch.float64)
+        x64 = x.to(device=_float64_device(x.device), dtype=torch.float64)
         return x64 @ x64.transpose(-1, -2) / x.shape[-1]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
-        g = (grad + grad.transpose(-1, -2)).to(x.dtype)
+        g = (grad + grad.transpose(-1, -2)).to(device=x.device, dtype=x.dtype)
         return g @ x / x.shape[-1]
+
+
+def _float64_device(device: torch.device) -> torch.device:
+    """Where float64 work for a tensor on ``device`` runs: there, or on the CPU for MPS (no float64)."""
+    return torch.device("cpu") if device.type == "mps" else device
 
 
 class _InverseSqrtSPD(torch.autograd.Function):
@@ -493,13 +499,13 @@ class DecorrelatedBatchNorm2d(nn.Module):
                     continue
                 # in float64: in float32, eps (1e-5) is lost to rounding once the channels' variance exceeds
                 # ~10, and a rank-deficient group (a dead channel) then got eigenvalues below 0 and a 1e14 output
-                eye = torch.eye(g.shape[1], device=x.device, dtype=torch.float64)
+                eye = torch.eye(g.shape[1], device=_float64_device(x.device), dtype=torch.float64)
                 sigma = _Covariance64.apply(g) + self.eps * eye  # (G, m, m)
-                w = inverse_sqrt_spd(sigma, min_eigenvalue=self.eps).to(x.dtype)  # eigenvalues are >= eps
-                outs.append((w @ g).reshape(-1, g.shape[2]))  # (G, m, M) -> (G*m, M)
+                w64 = inverse_sqrt_spd(sigma, min_eigenvalue=self.eps)  # eigenvalues are >= eps
+                outs.append((w64.to(device=x.device, dtype=x.dtype) @ g).reshape(-1, g.shape[2]))  # (G*m, M)
                 if not singular:
                     with torch.no_grad():
-                        buf.lerp_(w.detach().to(buf.dtype), self.momentum)
+                        buf.lerp_(w64.detach().to(device=buf.device, dtype=buf.dtype), self.momentum)
             with torch.no_grad():
                 self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
         else:

@@ -209,8 +209,8 @@ class CrossRankBatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        batch_stats = self.training or not self.track_running_stats  # as nn.BatchNorm2d decides
-        if not (batch_stats and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        # synchronized in training only, as nn.SyncBatchNorm (an untracked BN in eval uses its local batch)
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         c = x.shape[1]
         n_local = x.numel() // c
@@ -225,7 +225,7 @@ class CrossRankBatchNorm2d(nn.BatchNorm2d):
         mean64 = total[:c] / n
         mean = mean64.to(x.dtype)
         var = (total[c : 2 * c] / n - mean64 * mean64).clamp_min(0).to(x.dtype)
-        if self.training and self.track_running_stats:
+        if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)

@@ -255,6 +255,16 @@ class PER:
             gens[device] = torch.Generator(device=device).manual_seed(seed)
         return gens[device]
 
+    def __getstate__(self) -> dict[str, object]:
+        """For copy and pickle: everything but the lock (a new one is made)."""
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
     def state_dict(self) -> dict[str, object]:
         """Generator states (for exact resume) and settings."""
         return {
@@ -281,9 +291,10 @@ class PER:
                     self._generator(torch.device(dev), locations).set_state(st)
 
     # -- hooks ----------------------------------------------------------------------------------
-    def _scale(self) -> float | Tensor:
-        """What the gradient of L_per is multiplied by: lambda, times the loss scale of ``grad_scaler``
-        (1 when only the penalty is tracked)."""
+    def _scale(self, device: torch.device) -> float | Tensor:
+        """What the gradient of L_per at a layer on ``device`` is multiplied by: lambda, times the loss scale
+        of ``grad_scaler`` (moved to ``device``: under nn.DataParallel the scale lives on the first GPU
+        only); 1 when only the penalty is tracked."""
         if self.lam == 0.0:
             return 1.0
         scaler = self.grad_scaler
@@ -293,7 +304,8 @@ class PER:
         if current is None:
             return self.lam * scaler.get_scale()
         # in float64 where the device has it: lambda S / (N s) is folded into the slices in their dtype
-        return self.lam * (current if current.device.type == "mps" else current.to(torch.float64))
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        return self.lam * current.to(device=device, dtype=dtype, non_blocking=True)
 
     def _make_forward_hook(self, name: str, module: nn.Module):
         def forward_hook(mod: nn.Module, args: tuple, out: object) -> None:
@@ -387,7 +399,7 @@ class PER:
                 )
             x = saved.to(theta.dtype)
             g, loss = grad_and_loss(
-                as_samples(x, layout), theta, self.track_penalty, self.chunk_elements, self._scale()
+                as_samples(x, layout), theta, self.track_penalty, self.chunk_elements, self._scale(x.device)
             )
             if loss is not None:
                 self._track(name, loss)
@@ -437,9 +449,9 @@ class PER:
         groups: dict[tuple[torch.Size, torch.dtype, torch.device], list[_Sampled]] = {}
         for e in live:
             groups.setdefault((e.rows.shape, e.rows.dtype, e.rows.device), []).append(e)
-        scale = self._scale()
         s = self.n_slices
         for (shape, dtype, device), entries in groups.items():
+            scale = self._scale(device)
             n_img, d, m = shape
             n = n_img * m
             dtype = compute_dtype(dtype)

@@ -13,6 +13,7 @@ finished epoch and reaches bit-identical results on the CPU with the same number
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -682,12 +683,12 @@ def _train_in_group(
         if env.is_main:
             try:
                 clear = prepare_run_dir(run, cfg, resume, overwrite)
-            except (ValueError, OSError) as err:
+            except Exception as err:
                 if not env.distributed:
                     raise
                 failed = err
         # every rank learns whether rank 0 may go on (else they would wait for it until gloo's timeout)
-        if env.distributed and any(env.all_gather_object(None if failed is None else str(failed))):
+        if env.distributed and any(env.all_gather_object(failed is not None)):
             if failed is not None:
                 raise failed
             raise PeerStopped("rank 0 stopped before training: its error says why")
@@ -713,7 +714,9 @@ def _check_ranks_agree(env: DistEnv, cfg: TrainConfig, out: str | Path, resume: 
     and draw other slices, silently; a different batch size would abort inside gloo."""
     if not env.distributed:
         return
-    mine = {**cfg.to_dict(), "--out": str(Path(out).resolve()), "--resume": resume, "--overwrite": overwrite}
+    settings = {**cfg.to_dict(), "--out": str(Path(out).resolve()), "--resume": resume, "--overwrite": overwrite}
+    # compared as text: a NaN is not equal to itself, an array's == is not a bool
+    mine = {k: json.dumps(v, sort_keys=True, default=repr) for k, v in settings.items()}
     ranks = env.all_gather_object(mine)
     differ = sorted({k for other in ranks if isinstance(other, dict) for k in mine if other.get(k) != mine[k]})
     if differ:
@@ -935,7 +938,8 @@ def flag_notes(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
+    rank_text = os.environ.get("RANK", "0")  # a malformed one is reported by init_from_env, as an error line
+    rank = int(rank_text) if rank_text.isdigit() else 0
 
     def body() -> int:
         if args.resume and args.overwrite:

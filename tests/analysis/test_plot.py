@@ -814,7 +814,7 @@ def test_a_selections_folder_is_its_own_and_a_selection_without_a_common_folder_
     assert one != two and one.parent == two.parent == sweep / "figures"
     assert analysis.figdir.default_out([sweep / "c", sweep / "other"], data) == sweep / "figures" / "c+other"
     monkeypatch.setattr(Path, "home", lambda: sweep)
-    with pytest.raises(analysis.figdir.FiguresFolderError, match="share no folder below .* give --out DIR"):
+    with pytest.raises(analysis.plot.PlotError, match="share no folder below .* give --out DIR"):
         analysis.figdir.default_out([sweep / "c", sweep / "other"], data)
 
 

@@ -471,3 +471,17 @@ def test_penalty_after_a_loss_that_recorded_nothing_is_zero():
     with torch.no_grad():
         net(torch.randn(8, 3))
     assert float(reg.loss()) == 0.0 and reg.penalty() == 0.0 and reg.penalty(per_layer=True) == {}
+
+
+def test_dbn_keeps_no_float64_copy_of_the_activation_for_backward():
+    # a review: the float64 covariance kept a float64 copy of the whole activation for backward (twice the memory)
+    x = torch.randn(32, 16, 8, 8, requires_grad=True)
+    saved: list[torch.Tensor] = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        DecorrelatedBatchNorm2d(16)(x)
+    assert not [t for t in saved if t.dtype == torch.float64 and t.numel() >= x.numel()]  # only m x m ones

@@ -423,3 +423,63 @@ def test_ranks_started_with_different_settings_are_refused(tmp_path):
     # a review: a launcher giving rank 1 another --seed trained silently (another permutation, other slices per rank)
     messages = on_two_ranks(tmp_path, ranks_with_their_own_seed)
     assert messages[0] == messages[1] and "different settings (seed)" in messages[0]
+
+
+def rank_0_refuses_with_an_empty_message(rank, world, out):
+    import dataclasses
+
+    import per_core.train as train
+    from per_core.configs import PRESETS
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0")  # the group is up: joined as is
+
+    def refuse(*args, **kwargs):
+        raise OSError()  # str() of it is empty
+
+    train.prepare_run_dir = refuse
+    cfg = dataclasses.replace(PRESETS["demo"](), smoke=True, epochs=1, record=None)
+    try:
+        train._train_in_group(cfg, out, False, False, False, teardown=False)
+    except BaseException as err:  # what each rank ends with is the result
+        return type(err).__name__
+    return "trained"
+
+
+def test_rank_0_failing_with_an_empty_message_stops_every_rank(tmp_path):
+    # a review: ranks were told of rank 0's failure by its message, so an OSError() with none let all of them
+    # train, rank 0 into the folder it had refused
+    assert on_two_ranks(tmp_path, rank_0_refuses_with_an_empty_message, str(tmp_path / "run")) == [
+        "OSError",
+        "PeerStopped",
+    ]
+
+
+def identical_ranks_with_a_nan_setting(rank, world):
+    import dataclasses
+
+    from per_core.configs import PRESETS
+    from per_core.distributed import DistEnv
+    from per_core.train import _check_ranks_agree
+
+    cfg = dataclasses.replace(PRESETS["demo"](), gamma=float("nan"))
+    _check_ranks_agree(DistEnv(rank=rank, world_size=world), cfg, "out", False, False)
+    return "agreed"
+
+
+def test_identical_ranks_with_a_nan_setting_agree(tmp_path):
+    # a review: settings were compared with !=, and NaN != NaN refused two identical ranks
+    assert on_two_ranks(tmp_path, identical_ranks_with_a_nan_setting) == ["agreed", "agreed"]
+
+
+def untracked_bn_in_eval(rank, world):
+    bn = CrossRankBatchNorm2d(3, track_running_stats=False).eval()
+    x = far_from_zero(float(rank))  # each rank its own batch; rank 1 also evaluates one batch more
+    outs = [bn(x) for _ in range(1 + rank)]
+    local = nn.functional.batch_norm(x, None, None, training=True, eps=bn.eps)
+    return all(torch.allclose(o, local) for o in outs)
+
+
+def test_an_untracked_batchnorm_in_eval_uses_its_local_batch_as_syncbatchnorm(tmp_path):
+    # a review: it all-reduced in eval (nn.SyncBatchNorm does not), so ranks evaluating different numbers of
+    # batches waited for each other's collectives
+    assert on_two_ranks(tmp_path, untracked_bn_in_eval) == [True, True]

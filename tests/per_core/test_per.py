@@ -1102,3 +1102,20 @@ def test_a_channels_last_gradient_is_added_into_in_place():
             assert out.is_contiguous(memory_format=torch.channels_last)
             out.relu().sum().backward()
         assert before == after, locations
+
+
+def test_the_loss_scale_goes_to_each_layers_device_and_per_copies():
+    # a review: the scale tensor lives where the scaled loss was (nn.DataParallel: the first GPU); a layer on another
+    # device then failed in backward ("Expected all tensors to be on the same device"). And the new lock made PER
+    # impossible to deep-copy
+    import copy
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    scaler.scale(torch.ones(()))  # the scale is made at the first scale() call
+    per = PER(nn.Linear(2, 2), 0.5, grad_scaler=scaler)
+    on_meta = per._scale(torch.device("meta"))
+    assert isinstance(on_meta, torch.Tensor) and on_meta.device.type == "meta" and on_meta.dtype == F64
+    assert float(per._scale(torch.device("cpu"))) == 4.0
+    twin = copy.deepcopy(PER(nn.Linear(2, 2), 0.5, locations=2))
+    with twin._lock:
+        assert twin.locations == 2

@@ -477,7 +477,10 @@ class DecorrelatedBatchNorm2d(nn.Module):
         if x.ndim < 2 or x.shape[1] != self.num_features:
             raise ValueError(f"expected input (N, {self.num_features}, *spatial), got {tuple(x.shape)}")
         shape = x.shape
-        x2 = x.transpose(0, 1).reshape(self.num_features, -1)  # (N, C, *S) -> (C, N*prod(S))
+        # half inputs are whitened in float32: the covariance path's gradient grows like 1/lambda^1.5 and cancels
+        # against the direct path's, each beyond float16's range for a near-singular group under loss scaling
+        work = torch.promote_types(x.dtype, torch.float32)
+        x2 = x.transpose(0, 1).reshape(self.num_features, -1).to(work)  # (N, C, *S) -> (C, N*prod(S))
         buffers = [self.running_whitening, self.running_whitening_rest]
         if self.training:
             # m channels from at most m samples: a singular covariance, whose eps eigenvalues would put 1/sqrt(eps)
@@ -502,26 +505,29 @@ class DecorrelatedBatchNorm2d(nn.Module):
                 eye = torch.eye(g.shape[1], device=_float64_device(x.device), dtype=torch.float64)
                 sigma = _Covariance64.apply(g) + self.eps * eye  # (G, m, m)
                 w64 = inverse_sqrt_spd(sigma, min_eigenvalue=self.eps)  # eigenvalues are >= eps
-                outs.append((w64.to(device=x.device, dtype=x.dtype) @ g).reshape(-1, g.shape[2]))  # (G*m, M)
+                outs.append((w64.to(device=x.device, dtype=work) @ g).reshape(-1, g.shape[2]))  # (G*m, M)
                 if not singular:
                     with torch.no_grad():
                         buf.lerp_(w64.detach().to(device=buf.device, dtype=buf.dtype), self.momentum)
             with torch.no_grad():
                 self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
         else:
-            xc = x2 - self.running_mean.to(x.dtype).unsqueeze(1)
+            xc = x2 - self.running_mean.to(work).unsqueeze(1)
             outs = [
-                (buf.to(x.dtype) @ g).reshape(-1, g.shape[2])
+                (buf.to(work) @ g).reshape(-1, g.shape[2])
                 for g, buf in zip(self._groups(xc), buffers, strict=True)
                 if g.shape[0]
             ]
         y = torch.cat(outs)  # (C, M)
         if self.weight is not None:
-            y = y * self.weight.unsqueeze(1) + self.bias.unsqueeze(1)
+            y = y * self.weight.to(work).unsqueeze(1) + self.bias.to(work).unsqueeze(1)
         y = y.reshape(shape[1], shape[0], *shape[2:]).transpose(0, 1)  # (C, M) -> (N, C, *S), a strided view
         # stored as the input is (a (C, N, *S) layout slowed the next conv by 12 %)
         channels_last = x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return y.to(torch.promote_types(x.dtype, self.weight.dtype) if self.weight is not None else x.dtype).contiguous(
+            memory_format=fmt
+        )
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, group_size={self.group_size}, eps={self.eps}, momentum={self.momentum}"

@@ -234,7 +234,7 @@ class PER:
         if grad_scaler is not None and not isinstance(grad_scaler, torch.amp.GradScaler):
             raise TypeError(f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")
         self.grad_scaler = grad_scaler
-        self._warned_half = False
+        self._warned_half = self._warned_copy = False
         self._generators: dict[torch.device, torch.Generator] = {}
         self._location_generators: dict[torch.device, torch.Generator] = {}
         self._penalties: dict[str, Tensor] = {}
@@ -255,15 +255,11 @@ class PER:
             gens[device] = torch.Generator(device=device).manual_seed(seed)
         return gens[device]
 
-    def __getstate__(self) -> dict[str, object]:
-        """For copy and pickle: everything but the lock (a new one is made)."""
-        state = self.__dict__.copy()
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
+    def __deepcopy__(self, memo: dict[int, object]) -> PER:
+        raise TypeError(
+            "PER cannot be deep-copied: a copy would hold copies of the modules, whose hooks still call this PER; "
+            "attach a new PER to the copied model's modules (and load_state_dict(per.state_dict()) for the streams)"
+        )
 
     def state_dict(self) -> dict[str, object]:
         """Generator states (for exact resume) and settings."""
@@ -305,10 +301,13 @@ class PER:
             return self.lam * scaler.get_scale()
         # in float64 where the device has it: lambda S / (N s) is folded into the slices in their dtype
         dtype = torch.float32 if device.type == "mps" else torch.float64
-        return self.lam * current.to(device=device, dtype=dtype, non_blocking=True)
+        return self.lam * current.to(device=device, dtype=dtype, non_blocking=device.type != "cpu")
 
     def _make_forward_hook(self, name: str, module: nn.Module):
         def forward_hook(mod: nn.Module, args: tuple, out: object) -> None:
+            if mod is not module:  # a copy of the module (copy.deepcopy of the model) carries this hook along
+                self._copied_module(name)
+                return
             h = out[0] if isinstance(out, tuple) else out
             if isinstance(h, PackedSequence):
                 h = h.data  # (sum of lengths, H): already rows
@@ -347,6 +346,17 @@ class PER:
             h.register_hook(self._make_grad_hook(name, v, h._version, theta, lay))
 
         return forward_hook
+
+    def _copied_module(self, name: str) -> None:
+        """Say once that a copy of a regularized module ran: PER leaves it alone."""
+        if not self._warned_copy:
+            self._warned_copy = True
+            warnings.warn(
+                f"PER: a copy of layer {name!r} ran forward (e.g. a copy.deepcopy of the model, an EMA model); PER "
+                "regularizes only the modules it was attached to: attach a new PER to the copy's modules",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _remember(self, entry: _Sampled) -> None:
         """Queue a sampled forward for the next backward; drop the queue's dead references now and then

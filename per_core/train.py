@@ -715,8 +715,7 @@ def _check_ranks_agree(env: DistEnv, cfg: TrainConfig, out: str | Path, resume: 
     if not env.distributed:
         return
     settings = {**cfg.to_dict(), "--out": str(Path(out).resolve()), "--resume": resume, "--overwrite": overwrite}
-    # compared as text: a NaN is not equal to itself, an array's == is not a bool
-    mine = {k: json.dumps(v, sort_keys=True, default=repr) for k, v in settings.items()}
+    mine = {k: _as_text(v) for k, v in settings.items()}
     ranks = env.all_gather_object(mine)
     differ = sorted({k for other in ranks if isinstance(other, dict) for k in mine if other.get(k) != mine[k]})
     if differ:
@@ -724,6 +723,19 @@ def _check_ranks_agree(env: DistEnv, cfg: TrainConfig, out: str | Path, resume: 
             f"the {env.world_size} ranks were started with different settings ({', '.join(differ)}); "
             "start every rank with the same arguments (torchrun does)"
         )
+
+
+def _as_text(value: object) -> str:
+    """A setting as text that equal settings share: a NaN is not equal to itself and an array's == is not a bool,
+    so settings are compared this way (arrays and tensors in full, mappings in key order where it exists)."""
+
+    def other(o: object) -> object:
+        return repr(o.tolist()) if hasattr(o, "tolist") else repr(o)
+
+    try:
+        return json.dumps(value, sort_keys=True, default=other)
+    except TypeError:  # keys that do not sort (int and str)
+        return json.dumps(value, default=other)
 
 
 def _shown(key: str, value: float) -> str:
@@ -938,8 +950,10 @@ def flag_notes(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rank_text = os.environ.get("RANK", "0")  # a malformed one is reported by init_from_env, as an error line
-    rank = int(rank_text) if rank_text.isdigit() else 0
+    try:
+        rank = int(os.environ.get("RANK", "0"))
+    except ValueError:  # reported by init_from_env, as an error line
+        rank = 0
 
     def body() -> int:
         if args.resume and args.overwrite:

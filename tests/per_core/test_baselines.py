@@ -485,3 +485,17 @@ def test_dbn_keeps_no_float64_copy_of_the_activation_for_backward():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         DecorrelatedBatchNorm2d(16)(x)
     assert not [t for t in saved if t.dtype == torch.float64 and t.numel() >= x.numel()]  # only m x m ones
+
+
+def test_dbn_backward_in_float16_stays_finite_on_a_near_singular_group_under_loss_scaling():
+    # a review: the covariance's backward ran in float16, and dL/dSigma (~1/lambda^1.5) overflowed: inf/NaN
+    # gradients on channels of variance 1e-6 once a loss scale applied
+    torch.manual_seed(0)
+    x = torch.randn(16, 8, 4, 4) * torch.logspace(-3, 0, 8).view(1, 8, 1, 1)
+    r = torch.randn_like(x)
+    for scale in (1.0, 256.0, 65536.0):
+        xh, x64 = x.half().requires_grad_(True), x.half().double().requires_grad_(True)
+        (DecorrelatedBatchNorm2d(8, 8).half()(xh).float() * r).mean().mul(scale).backward()
+        (DecorrelatedBatchNorm2d(8, 8).double()(x64) * r.double()).mean().mul(scale).backward()
+        assert x64.grad.abs().max() < 6e4  # the true gradient fits in float16
+        assert torch.isfinite(xh.grad).all(), scale

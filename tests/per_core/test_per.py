@@ -1106,8 +1106,7 @@ def test_a_channels_last_gradient_is_added_into_in_place():
 
 def test_the_loss_scale_goes_to_each_layers_device_and_per_copies():
     # a review: the scale tensor lives where the scaled loss was (nn.DataParallel: the first GPU); a layer on another
-    # device then failed in backward ("Expected all tensors to be on the same device"). And the new lock made PER
-    # impossible to deep-copy
+    # device then failed in backward ("Expected all tensors to be on the same device")
     import copy
 
     scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
@@ -1116,6 +1115,16 @@ def test_the_loss_scale_goes_to_each_layers_device_and_per_copies():
     on_meta = per._scale(torch.device("meta"))
     assert isinstance(on_meta, torch.Tensor) and on_meta.device.type == "meta" and on_meta.dtype == F64
     assert float(per._scale(torch.device("cpu"))) == 4.0
-    twin = copy.deepcopy(PER(nn.Linear(2, 2), 0.5, locations=2))
-    with twin._lock:
-        assert twin.locations == 2
+    # a deep copy of PER was inert (its copied modules' hooks called the original), a deep-copied model (an EMA)
+    # was regularized by the original PER: the first is refused, the second left alone with a warning
+    net = nn.Sequential(nn.Linear(2, 3), nn.Tanh())
+    per = PER(net[0], 0.5, track_penalty=True)
+    with pytest.raises(TypeError, match="PER cannot be deep-copied"):
+        copy.deepcopy(per)
+    ema = copy.deepcopy(net)
+    with pytest.warns(RuntimeWarning, match="a copy of layer 'Linear' ran forward"):
+        ema(torch.randn(4, 2)).sum().backward()
+    with pytest.raises(RuntimeError, match="no penalty was tracked yet"):
+        per.penalty()  # the copy added nothing to the original's record
+    net(torch.randn(4, 2)).sum().backward()
+    assert per.penalty() > 0.79

@@ -145,7 +145,9 @@ class PER:
     or ``unscale_`` divides it by S: pass ``grad_scaler=scaler`` (a float16 output without one gets a
     warning); (4) ``torch.compile`` captures the hooks present
     at its first call: attach PER before compiling (or call ``torch._dynamo.reset()`` after attaching),
-    and the compiled model then gives the same gradients as eager mode.
+    and the compiled model then gives the same gradients as eager mode. Copies: ``copy.deepcopy`` of
+    a PER is refused; a deep copy of the model (an EMA model) carries the hooks along, and they leave
+    the copy's modules alone (with a warning): attach a new PER to the copy to regularize it.
 
     Parameters
     ----------

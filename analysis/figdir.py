@@ -126,10 +126,10 @@ def claimed(out: Path) -> tuple[dict[str, str], set[str]]:
     """What ``out`` holds before a call draws: the files the previous call's manifest lists that are still as it
     wrote them (same bytes), with their fingerprints; and the other plain files of names ``main`` writes, which
     it did not write as they are (a user's file, or a figure edited after it was written). Without a readable
-    manifest (a folder from before manifests: its figures are this tool's) neither."""
-    before = _read_manifest(out)
-    if before is None or not out.is_dir():
+    manifest nothing is claimed, and every such file is of the second kind (a first call into a user's folder)."""
+    if not out.is_dir():
         return {}, set()
+    before = _read_manifest(out) or {}
     present = {f.name: _fingerprint(f) for f in out.iterdir() if _OWN_FILE.fullmatch(f.name)}
     kept = {n: mark for n, mark in before.items() if present.get(n) == mark}
     return kept, {n for n, mark in present.items() if mark is not None and n not in kept}

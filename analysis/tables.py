@@ -21,7 +21,9 @@ the distance of that sample: it carries the finite-sample bias of an m-point emp
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -159,6 +161,19 @@ def unit_distances(data: RunData, *, progress: bool = False) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
+def _check_writable(folder: Path) -> None:
+    """A one-line error when the tables could not be written into ``folder`` (created if missing)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise RunDirError(
+            f"cannot write the tables into {folder} ({err.strerror or err}): the run directory must be writable; "
+            "copy the run somewhere writable and analyse the copy"
+        ) from None
+
+
 def write_tables(
     path: str, *, n_projections: int = 256, seed: int = 0, skip_bad: bool = False, progress: bool = False
 ) -> tuple[list[str], pd.DataFrame, list[str]]:
@@ -178,6 +193,9 @@ def write_tables(
         for label in data.runs
         if label not in recorded
     ]
+    for label, run in data.runs.items():  # before minutes of computing: a read-only run would lose them at the end
+        if label in recorded:
+            _check_writable(run.analysis_dir)
     bounds = layer_bounds(data, n_projections=n_projections, seed=seed, progress=progress)
     units = unit_distances(data, progress=progress)
     written = []

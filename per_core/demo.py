@@ -99,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.epochs is not None:
                 cfg = cfg.replace(epochs=args.epochs)
             say(f"== training {method} into {args.out / method}")
+            earlier = RunDir(args.out / method)
+            if earlier.is_run():  # documented (the demo overwrites its folders), but said, as it replaces work
+                done = len(earlier.read_metrics(on_bad=lambda err: None))
+                say(f"note: replacing the earlier run in {earlier.root} ({done} finished epoch(s))")
             metrics = train(cfg, args.out / method, overwrite=True, progress=not args.no_progress)
             results[method] = {**metrics[-1], "seconds": sum(m["seconds"] for m in metrics) / len(metrics)}
         distances, rows = _distances(args.out, cfg.epochs)

@@ -496,6 +496,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             if args.out is None:
                 raise ValueError("--out is required to run a sweep (or use --table SWEEP_DIR)")
+            if RunDir(args.out).is_run():  # its runs would nest inside that run, and every reader stops at it
+                raise RunDirError(
+                    f"--out {args.out} is a run directory; a sweep writes its runs below --out: choose another folder"
+                )
             methods = _csv(args.methods, _method, "--methods", f"a comma-separated list of {', '.join(METHODS)}")
             seeds = _csv(args.seeds, int, "--seeds", "comma-separated integers, e.g. 0,1,2")
             lams = None

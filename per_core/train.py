@@ -496,11 +496,19 @@ def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool
     if resume:
         run.remove_stale_temporaries()
         if lines := config_differences(read_trained_config(run), cfg):
-            raise RunDirError(f"{run.config_path}: cannot resume with a different config ({lines})")
+            raise RunDirError(
+                f"{run.config_path}: cannot resume with a different config ({lines}); leave those flags out to "
+                "continue the run as it was, or train into another --out (or --overwrite it) to start anew"
+            )
     elif occupied and not overwrite:
         raise RunDirError(f"{run.root} is not empty; pass --resume to continue that run or --overwrite to replace it")
     elif occupied and (foreign := run.foreign_entries()):
         names = ", ".join(p.name for p in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        if any(RunDir(p).is_run() for p in foreign):  # a sweep (or a folder of runs), not a run
+            raise RunDirError(
+                f"{run.root} holds run directories ({names}), as a sweep does; --overwrite replaces one run "
+                "directory: choose another --out, or one of those runs"
+            )
         raise RunDirError(
             f"{run.root} holds files that no run writes ({names}); --overwrite replaces only run "
             "directories: choose another --out or move those files away"
@@ -639,12 +647,13 @@ def _non_finite_layers(s: Setup, batch: Any) -> list[str]:
 def _divergence(s: Setup, epoch: int, where: str, layers: list[str], batch: Any) -> str:
     """The message of a divergence: where, which layers (from PER's penalty, else one forward pass), what to do."""
     detail = ""
-    if layers:
-        detail = f" (layers {', '.join(layers)}: non-finite PER penalty)"
+    if layers:  # L_per is tracked for the log whatever the method: non-finite where the activations are
+        detail = f" (layers {', '.join(layers)}: non-finite activations, their tracked L_per not finite)"
     elif batch is not None and (found := _non_finite_layers(s, batch)):
         detail = f" (layers {', '.join(found)}: non-finite activations on the last batch, in forward order)"
     kept = f"the checkpoint of epoch {epoch - 1} is intact" if epoch > 1 else "no checkpoint was written"
-    return f"{where}{detail}; {kept}; lower the learning rate or lambda, or clip gradients (--grad-clip)"
+    lower = "the learning rate or lambda" if s.cfg.method in LAM_METHODS else "the learning rate"
+    return f"{where}{detail}; {kept}; lower {lower}, or clip gradients (--grad-clip)"
 
 
 def _should_record(cfg: TrainConfig, epoch: int) -> bool:

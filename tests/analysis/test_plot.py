@@ -930,3 +930,15 @@ def test_figures_of_a_hand_built_or_filtered_run_data_and_a_selection_beside_a_h
     assert len(metrics_curves(plain).axes) >= 2
     fake_run(tmp_path / ".old" / "x", "bn", epochs_of(2, [1.0]))
     assert analysis.figdir.default_out([tmp_path / "a", tmp_path / "c"], load_run(tmp_path)).name == "a+c"
+
+
+def test_a_first_call_into_a_users_folder_says_which_of_their_files_it_replaces(tmp_path, capsys):
+    # a first-user pass: without a manifest (a folder this command never wrote into) a user's figure2.png was
+    # replaced without a word
+    run = fake_run(tmp_path / "r", "per", epochs_of(0, [1.0, 1.0])).root
+    mine = tmp_path / "paper"
+    mine.mkdir()
+    (mine / "figure2.png").write_bytes(b"my own figure")
+    assert main([str(run), "--out", str(mine), "--layers", "layer1"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: replaced {mine / 'figure2.png'}, which no earlier call of this command wrote" in err

@@ -202,3 +202,20 @@ def test_nonfinite_activations_are_counted_and_named_never_dropped_silently(tmp_
         d.loc[d["epoch"] == 3, "nonfinite"].tolist() == [200, 200, 200]
         and d.loc[d["epoch"] == 3, "w1_hist"].isna().all()
     )
+
+
+def test_a_run_the_tables_cannot_be_written_into_fails_before_computing(tmp_path, capsys, monkeypatch):
+    # a first-user pass: on a read-only run directory analysis.bounds computed for a minute, then failed to write
+    fake_run(tmp_path / "ro", "vanilla", [np.random.default_rng(0).normal(size=(300, 4))])
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    def never(*args, **kwargs):
+        raise AssertionError("computed before checking that the tables can be written")
+
+    monkeypatch.setattr(tables.tempfile, "TemporaryFile", read_only)  # root ignores permission bits: simulated
+    monkeypatch.setattr(tables, "layer_bounds", never)
+    assert main([str(tmp_path / "ro")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot write the tables into {tmp_path / 'ro' / 'analysis'} (Read-only file system)" in err

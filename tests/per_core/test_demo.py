@@ -53,8 +53,12 @@ def test_the_table_shows_the_true_sw1_next_to_the_bound_measured_on_the_same_row
 
     # another run in the folder (before: KeyError after all three trainings); it is not in the table
     train(get_preset("demo").for_method("l2").replace(epochs=2), tmp_path / "l2", progress=False)
+    earlier = RunDir(tmp_path / "per")  # a run the demo replaces (documented), which it now says (a first-user pass)
+    earlier.write_config({"method": "per", "lam": 0.01})
+    earlier.write_metrics([{"epoch": e} for e in (1, 2, 3)])
     assert main(["--out", str(tmp_path), "--epochs", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
+    assert f"note: replacing the earlier run in {earlier.root} (3 finished epoch(s))" in out
     header = next(line for line in out.splitlines() if line.startswith("method"))
     assert header.split() == ["method", "val", "error", "%", "val", "loss", "SW1", "L_per", "s/epoch"]
     table = sw1_table(load_run(tmp_path), "eval", epochs=[2])

@@ -350,3 +350,13 @@ def test_a_row_whose_seeds_differ_in_settings_says_so(tmp_path):
         f"{tmp_path / 'run0'}" in text
     )
     assert text.count("mixes settings") == 1
+
+
+def test_an_out_that_is_a_run_directory_is_refused(tmp_path, capsys):
+    # a first-user pass: the sweep trained its runs inside an existing run, and every reader (the table, the plots,
+    # load_run) stopped at that run and showed it alone
+    run = RunDir(tmp_path / "A")
+    run.write_config({"method": "per", "lam": 0.01})
+    assert main(["--preset", "demo", "--methods", "vanilla", "--seeds", "0", "--smoke", "--out", str(run.root)]) == 2
+    assert "is a run directory; a sweep writes its runs below --out" in capsys.readouterr().err
+    assert [p.name for p in run.root.iterdir()] == ["config.json"]

@@ -309,7 +309,11 @@ def test_cli_divergence_is_one_line_naming_epoch_step_and_layers(tmp_path, capsy
     assert main(["--method", "per", "--lr", "1e12", "--smoke", "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: non-finite training loss at epoch 1, after step 0")
-    assert "(layers layer1" in err and "Traceback" not in err
+    assert "(layers layer1" in err and "Traceback" not in err and "lower the learning rate or lambda" in err
+    # a first-user pass: a diverged vanilla run was told of a "PER penalty" and of lambda, which it has neither
+    assert main(["--method", "vanilla", "--lr", "1e12", "--smoke", "--out", str(tmp_path / "v"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "PER penalty" not in err and "lambda" not in err and "lower the learning rate, or clip" in err
 
 
 def test_cli_smoke_run_and_resume(tmp_path, capsys):
@@ -727,3 +731,16 @@ def test_an_out_that_is_a_file_is_named_a_file(tmp_path, capsys):
     assert main(["--out", str(target), "--smoke", "--no-progress"]) == 2  # before: "[Errno 20] Not a directory"
     assert capsys.readouterr().err == f"error: --out {target} is a file, not a folder: choose a folder for the run\n"
     assert target.read_text() == "keep me"
+
+
+def test_refusals_of_a_changed_config_or_a_sweep_folder_say_what_to_do(tmp_path, capsys):
+    # a first-user pass: a changed flag on --resume gave no advice; --overwrite on a sweep folder called its runs
+    # "files that no run writes"
+    out = tmp_path / "run"
+    assert main(["--method", "per", "--smoke", "--out", str(out), "--no-progress", "--record", "none"]) == 0
+    capsys.readouterr()
+    assert main(["--resume", "--lam", "0.5", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume with a different config (lam: " in err and "leave those flags out" in err
+    assert main(["--method", "per", "--smoke", "--overwrite", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "holds run directories (run), as a sweep does" in capsys.readouterr().err

@@ -14,7 +14,8 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,18 +27,63 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "LOCK",
     "MANIFEST",
     "FiguresFolderError",
     "check_out",
     "claimed",
     "default_out",
+    "folder_lock",
     "replace_manifest",
     "save_figure",
 ]
 
+#: In a figures folder: held (``flock``) by the call writing into it.
+LOCK = ".analysis-plot.lock"
+
 
 class FiguresFolderError(PlotError):
     """The figures cannot go where they would: no common folder, a name too long, or a file in the way."""
+
+
+@contextmanager
+def folder_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/LOCK`` while a call writes into ``out``; a second call into the same folder fails at once.
+
+    The folder is created if missing, and removed again (with the lock file) if the call leaves nothing in it.
+    Without ``fcntl`` (Windows) there is no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    created = not out.exists()
+    path = out / LOCK
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")  # closed by the with below
+    except OSError as err:
+        raise FiguresFolderError(
+            f"cannot write into {out} ({err.strerror or err}): give --out a writable folder"
+        ) from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FiguresFolderError(
+                f"another python -m analysis.plot is writing into {out}: wait for it to finish, or give --out "
+                "another folder"
+            ) from None
+        try:
+            yield
+        finally:
+            left = {p.name for p in out.iterdir()}
+            if created and left <= {LOCK, MANIFEST} and not _read_manifest(out):  # a failed first call: no trace
+                for name in left:
+                    (out / name).unlink()
+                out.rmdir()
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def save_figure(fig: Figure, path: Path, fmt: str) -> Path:

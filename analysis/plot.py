@@ -42,7 +42,8 @@ written path is printed on its own line (the folder's rules are in :mod:`analysi
 folder's manifest (:data:`MANIFEST`) lists the files a call wrote with a hash of their bytes; the
 next call into the folder removes those of them it does not write again (in its format) and that
 nobody changed since, never any other file, and says when it replaces a file of its names that no
-earlier call wrote as it is. Paths that share no folder below ``/`` or the home folder, or a
+earlier call wrote as it is; a second call into a folder while one writes there is refused
+(:data:`analysis.figdir.LOCK`). Paths that share no folder below ``/`` or the home folder, or a
 selection whose folder name would exceed 100 characters, need ``--out``. User errors (not a run
 directory, no activations, unknown layer, unit or split, damaged file, an output folder that is a
 file) exit with status 2 and a one-line message.
@@ -85,6 +86,7 @@ from analysis.figdir import (
     check_out,
     claimed,
     default_out,
+    folder_lock,
     replace_manifest,
     save_figure,
 )
@@ -858,6 +860,20 @@ def _coverage_notes(data: RunData, split: str) -> list[str]:
     return notes
 
 
+def _unfinished_notes(data: RunData) -> list[str]:
+    """One line per run whose metrics end before the epochs its config asks for (still training, or stopped)."""
+    notes = []
+    for run in data.runs_list:
+        planned = data.configs.get(run, {}).get("epochs")
+        done = data.metrics.loc[data.metrics["run"] == run, "epoch"] if "epoch" in data.metrics else []
+        last = int(max(done)) if len(done) else 0
+        if isinstance(planned, int) and last < planned:
+            notes.append(
+                f"run {run} is unfinished (epoch {last} of {planned}: still training, or stopped): its curves end there"
+            )
+    return notes
+
+
 def _missing_epochs(data: RunData, run: str, epochs: set[int]) -> list[int]:
     """Multiples of the run's ``record_every`` up to its last recorded epoch that have no activations."""
     every = data.configs.get(run, {}).get("record_every")
@@ -888,7 +904,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "a selection named in over 100 characters, need --out). A manifest (" + MANIFEST + ") lists the "
             "files a call wrote; the next call into the same folder removes those it does not write again (same "
             "format only) if unchanged since, never any other file, and says when it replaces a file of its "
-            "names that it did not write."
+            "names that it did not write. A second call into a folder while one writes there is refused."
         ),
     )
     p.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run directories or sweep directories")
@@ -908,33 +924,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = _load(args.paths, args.skip_bad)
         for msg in data.skipped:
             print(f"skipped: {msg}", file=sys.stderr)
+        for msg in _unfinished_notes(data):
+            print(f"note: {msg}", file=sys.stderr)
         out = args.out if args.out is not None else default_out(args.paths, data)
         check_out(out, args.out is not None)
-        claimed_files, unclaimed = claimed(out)
-        fmt = args.format
-        written: list[Path] = []
-        if data.index.empty:  # e.g. a --no-record sweep: its metrics are still worth a figure
-            try:
-                written.append(save_figure(metrics_curves(data), out / f"metrics.{fmt}", fmt))
-            except PlotError as err:
-                raise PlotError(f"{no_activations(data.root)}; and {err}") from None
-            print(f"note: {no_activations(data.root)}; only the metrics are drawn", file=sys.stderr)
-            print(written[-1], flush=True)
-        else:
-            try:
-                _draw_all(data, layers, args, out, written)
-            except BaseException:  # what was written stays on record, so that a later call can remove it
-                replace_manifest(out, written, fmt, claimed_files, finished=False)
-                raise
-        for path in written:
-            if path.name in unclaimed:
-                print(
-                    f"note: replaced {path}, which no earlier call of this command wrote as it was",
-                    file=sys.stderr,
-                )
-        for path in replace_manifest(out, written, fmt, claimed_files):
-            print(f"note: removed {path}: an earlier call wrote it and this one did not", file=sys.stderr)
-        return 0
+        with folder_lock(out):  # two calls into one folder would mix their figures and manifests
+            claimed_files, unclaimed = claimed(out)
+            fmt = args.format
+            written: list[Path] = []
+            if data.index.empty:  # e.g. a --no-record sweep: its metrics are still worth a figure
+                try:
+                    written.append(save_figure(metrics_curves(data), out / f"metrics.{fmt}", fmt))
+                except PlotError as err:
+                    raise PlotError(f"{no_activations(data.root)}; and {err}") from None
+                print(f"note: {no_activations(data.root)}; only the metrics are drawn", file=sys.stderr)
+                print(written[-1], flush=True)
+            else:
+                try:
+                    _draw_all(data, layers, args, out, written)
+                except BaseException:  # what was written stays on record, so that a later call can remove it
+                    replace_manifest(out, written, fmt, claimed_files, finished=False)
+                    raise
+            for path in written:
+                if path.name in unclaimed:
+                    print(
+                        f"note: replaced {path}, which no earlier call of this command wrote as it was",
+                        file=sys.stderr,
+                    )
+            for path in replace_manifest(out, written, fmt, claimed_files):
+                print(f"note: removed {path}: an earlier call wrote it and this one did not", file=sys.stderr)
+            return 0
 
     return run_command(body, debug=args.debug, errors=(RunDirError, PlotError, OSError))
 

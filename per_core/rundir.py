@@ -191,6 +191,15 @@ class RunDir:
     def read_config(self) -> dict[str, Any]:
         path = self.config_path
         if not path.is_file():
+            if not self.root.is_dir():
+                raise RunDirError(f"{self.root}: no such directory")
+            runs = [p.name for p in sorted(self.root.iterdir()) if p.is_dir() and RunDir(p).is_run()]
+            if runs:  # a sweep: its runs are one level down
+                shown = ", ".join(runs[:5]) + (" ..." if len(runs) > 5 else "")
+                raise RunDirError(
+                    f"{self.root} is not a run directory but holds runs ({shown}), as a sweep does: name one of "
+                    "them (or rerun the sweep, which continues its unfinished runs)"
+                )
             raise RunDirError(f"{self.root} is not a run directory: {path.name} is missing")
         try:
             config = json.loads(path.read_text())

@@ -469,8 +469,12 @@ def _check_methods(base: TrainConfig, methods: Sequence[str], args: argparse.Nam
 def main(argv: Sequence[str] | None = None) -> int:
     p = OneLineArgumentParser(prog="python -m per_core.sweep", description="Run methods x lambdas x seeds.")
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
-    p.add_argument("--methods", default="vanilla,bn,per", help=f"comma-separated, of: {', '.join(METHODS)}")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated integer seeds")
+    p.add_argument(
+        "--methods",
+        default="vanilla,bn,per",
+        help=f"comma-separated, of: {', '.join(METHODS)} (default vanilla,bn,per)",
+    )
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated integer seeds (default 0,1,2)")
     p.add_argument(
         "--lams",
         help="comma-separated lambdas for per/vcl/l1/l2, or 'grid': the paper's grid of the preset for per, "

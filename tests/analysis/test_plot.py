@@ -686,8 +686,8 @@ def test_cli_removes_only_its_own_stale_figures_and_keeps_a_sweeps_figures_from_
     assert f"note: removed {figures / 'ridgeline_layer3_unit0.png'}: an earlier call wrote it" in err
     names = sorted(p.name for p in figures.iterdir())
     assert names == sorted(
-        [analysis.plot.MANIFEST, "figure2.png", "metrics.png", "my_notes.txt", "ridgeline_layer1_unit0.png",
-         "ridgeline_layer9_unit0.png", "sw1_curves.png"]
+        [analysis.plot.MANIFEST, analysis.figdir.LOCK, "figure2.png", "metrics.png", "my_notes.txt",
+         "ridgeline_layer1_unit0.png", "ridgeline_layer9_unit0.png", "sw1_curves.png"]
     )  # fmt: skip
     assert main([str(sweep), "--layers", "layer2", "--format", "pdf"]) == 0  # another format: the pngs stay
     assert (figures / "ridgeline_layer1_unit0.png").exists() and (figures / "ridgeline_layer2_unit0.pdf").exists()
@@ -942,3 +942,28 @@ def test_a_first_call_into_a_users_folder_says_which_of_their_files_it_replaces(
     assert main([str(run), "--out", str(mine), "--layers", "layer1"]) == 0
     err = capsys.readouterr().err
     assert f"note: replaced {mine / 'figure2.png'}, which no earlier call of this command wrote" in err
+
+
+def test_a_run_still_training_is_noted_as_unfinished(tmp_path, capsys):
+    # a first-user pass: plotting a run at epoch 17 of 30 said nothing (the sweep's table calls it unfinished)
+    run = fake_run(tmp_path / "r", "per", epochs_of(0, [1.0, 1.0]))
+    run.write_config({"method": "per", "epochs": 30, "record_every": 1})
+    assert main([str(run.root), "--layers", "layer1"]) == 0
+    assert "note: run r is unfinished (epoch 2 of 30: still training, or stopped)" in capsys.readouterr().err
+
+
+def test_a_second_call_into_a_folder_being_written_is_refused(tmp_path, capsys):
+    # a first-user pass: two calls into one --out at once mixed their figures and manifests without a word
+    import fcntl
+
+    run = fake_run(tmp_path / "r", "per", epochs_of(0, [1.0, 1.0])).root
+    out = tmp_path / "figs"
+    out.mkdir()
+    with open(out / analysis.figdir.LOCK, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a running call holds it
+        assert main([str(run), "--out", str(out), "--layers", "layer1"]) == 2
+        assert f"another python -m analysis.plot is writing into {out}" in capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == [analysis.figdir.LOCK]
+    assert main([str(run), "--out", str(out), "--layers", "layer1"]) == 0  # once it is done
+    assert main([str(run), "--out", str(tmp_path / "new" / "f"), "--layers", "nosuch"]) == 2
+    assert not (tmp_path / "new" / "f").exists()  # a failed first call leaves no folder behind

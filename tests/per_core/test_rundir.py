@@ -73,3 +73,12 @@ def test_activation_epochs_lists_only_the_names_the_recorder_writes(tmp_path):
     (rd.activations_dir / "epoch_\u00b2.npz").write_bytes(b"")  # a digit to str.isdigit, not to int()
     assert rd.activation_epochs() == [3, 12345]
     assert all(rd.activation_path(e).is_file() for e in rd.activation_epochs())
+
+
+def test_reading_the_config_of_a_missing_folder_or_a_sweep_says_which(tmp_path):
+    # a first-user pass: --resume of a missing folder, or of a sweep's folder, said "config.json is missing"
+    with pytest.raises(RunDirError, match="no such directory"):
+        RunDir(tmp_path / "nothing").read_config()
+    RunDir(tmp_path / "sweep" / "per").write_config({"method": "per"})
+    with pytest.raises(RunDirError, match=r"holds runs \(per\), as a sweep does: name one of them"):
+        RunDir(tmp_path / "sweep").read_config()

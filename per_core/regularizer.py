@@ -307,7 +307,9 @@ class PER:
 
     def _make_forward_hook(self, name: str, module: nn.Module):
         def forward_hook(mod: nn.Module, args: tuple, out: object) -> None:
-            if mod is not module:  # a copy of the module (copy.deepcopy of the model) carries this hook along
+            # a copy of the module (copy.deepcopy of the model) carries this hook along; nn.DataParallel's
+            # replicas of it are the same layer, run on other devices
+            if mod is not module and not getattr(mod, "_is_replica", False):
                 self._copied_module(name)
                 return
             h = out[0] if isinstance(out, tuple) else out

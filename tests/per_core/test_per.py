@@ -1128,3 +1128,10 @@ def test_the_loss_scale_goes_to_each_layers_device_and_per_copies():
         per.penalty()  # the copy added nothing to the original's record
     net(torch.randn(4, 2)).sum().backward()
     assert per.penalty() > 0.79
+    # nn.DataParallel's replicas are the same layer on other devices: regularized (replicate() makes them so)
+    replica = net[0]._replicate_for_data_parallel()
+    replica.weight, replica.bias = net[0].weight, net[0].bias
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        replica(torch.randn(4, 2)).sum().backward()
+    assert per.penalty(per_layer=True)["Linear"] > 0.79

@@ -328,7 +328,7 @@ def test_cli_smoke_run_and_resume(tmp_path, capsys):
 def test_cli_user_errors_are_one_line_messages(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "x"), "--resume", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "config.json is missing" in err and "Traceback" not in err
+    assert err.startswith("error: ") and "x: no such directory" in err and "Traceback" not in err
     assert main(["--out", str(tmp_path / "y"), "--lam", "-1", "--no-progress"]) == 2
     assert "lam must be >= 0" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "z"), "--record", "layer99", "--smoke", "--no-progress"]) == 2

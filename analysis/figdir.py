@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
-    "LOCK",
     "MANIFEST",
     "FiguresFolderError",
     "check_out",
@@ -38,9 +37,6 @@ __all__ = [
     "save_figure",
 ]
 
-#: In a figures folder: held (``flock``) by the call writing into it.
-LOCK = ".analysis-plot.lock"
-
 
 class FiguresFolderError(PlotError):
     """The figures cannot go where they would: no common folder, a name too long, or a file in the way."""
@@ -48,42 +44,48 @@ class FiguresFolderError(PlotError):
 
 @contextmanager
 def folder_lock(out: Path) -> Iterator[None]:
-    """Hold ``out/LOCK`` while a call writes into ``out``; a second call into the same folder fails at once.
+    """Hold a lock on the folder ``out`` (``flock`` of the folder itself: no file is left) while a call writes
+    into it; a second call into the same folder fails at once.
 
-    The folder is created if missing, and removed again (with the lock file) if the call leaves nothing in it.
-    Without ``fcntl`` (Windows) there is no lock.
+    The folder is created if missing (with its parents); when the call leaves nothing in it (a failed first
+    call) the folders it created are removed again. Without ``fcntl`` (Windows) there is no lock.
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    created = not out.exists()
-    path = out / LOCK
+    missing = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
     try:
         out.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a")  # closed by the with below
+        if not os.access(out, os.W_OK):
+            raise PermissionError(13, "Permission denied")
     except OSError as err:
         raise FiguresFolderError(
             f"cannot write into {out} ({err.strerror or err}): give --out a writable folder"
         ) from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FiguresFolderError(
-                f"another python -m analysis.plot is writing into {out}: wait for it to finish, or give --out "
-                "another folder"
-            ) from None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        fcntl = None
+    fd = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if fcntl is not None else None
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FiguresFolderError(
+                    f"another python -m analysis.plot is writing into {out}: wait for it to finish, or give "
+                    "--out another folder"
+                ) from None
         try:
             yield
-        finally:
-            left = {p.name for p in out.iterdir()}
-            if created and left <= {LOCK, MANIFEST} and not _read_manifest(out):  # a failed first call: no trace
-                for name in left:
-                    (out / name).unlink()
-                out.rmdir()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        finally:  # a failed first call leaves no trace: its empty manifest and the folders it made go
+            if missing and not _read_manifest(out) and {p.name for p in out.iterdir()} <= {MANIFEST}:
+                (out / MANIFEST).unlink(missing_ok=True)
+                for folder in missing:
+                    try:
+                        folder.rmdir()
+                    except OSError:  # another process put something there meanwhile: it stays
+                        break
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def save_figure(fig: Figure, path: Path, fmt: str) -> Path:

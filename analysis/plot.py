@@ -43,7 +43,7 @@ folder's manifest (:data:`MANIFEST`) lists the files a call wrote with a hash of
 next call into the folder removes those of them it does not write again (in its format) and that
 nobody changed since, never any other file, and says when it replaces a file of its names that no
 earlier call wrote as it is; a second call into a folder while one writes there is refused
-(:data:`analysis.figdir.LOCK`). Paths that share no folder below ``/`` or the home folder, or a
+(:func:`analysis.figdir.folder_lock`). Paths that share no folder below ``/`` or the home folder, or a
 selection whose folder name would exceed 100 characters, need ``--out``. User errors (not a run
 directory, no activations, unknown layer, unit or split, damaged file, an output folder that is a
 file) exit with status 2 and a one-line message.
@@ -865,8 +865,11 @@ def _unfinished_notes(data: RunData) -> list[str]:
     notes = []
     for run in data.runs_list:
         planned = data.configs.get(run, {}).get("epochs")
-        done = data.metrics.loc[data.metrics["run"] == run, "epoch"] if "epoch" in data.metrics else []
-        last = int(max(done)) if len(done) else 0
+        done = data.metrics.loc[data.metrics["run"] == run, "epoch"] if "epoch" in data.metrics else pd.Series()
+        done = pd.to_numeric(done, errors="coerce").dropna()
+        if len(done) == 0:  # no metrics (missing, or all skipped): nothing says how far it got
+            continue
+        last = int(done.max())
         if isinstance(planned, int) and last < planned:
             notes.append(
                 f"run {run} is unfinished (epoch {last} of {planned}: still training, or stopped): its curves end there"

@@ -101,8 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"== training {method} into {args.out / method}")
             earlier = RunDir(args.out / method)
             if earlier.is_run():  # documented (the demo overwrites its folders), but said, as it replaces work
-                done = len(earlier.read_metrics(on_bad=lambda err: None))
-                say(f"note: replacing the earlier run in {earlier.root} ({done} finished epoch(s))")
+                try:
+                    done = f"{len(earlier.read_metrics(on_bad=lambda err: None))} finished epoch(s)"
+                except (OSError, ValueError):  # a damaged run is replaced all the same
+                    done = "its metrics are unreadable"
+                say(f"note: replacing the earlier run in {earlier.root} ({done})")
             metrics = train(cfg, args.out / method, overwrite=True, progress=not args.no_progress)
             results[method] = {**metrics[-1], "seconds": sum(m["seconds"] for m in metrics) / len(metrics)}
         distances, rows = _distances(args.out, cfg.epochs)

@@ -11,6 +11,7 @@ References
 
 from __future__ import annotations
 
+import copy
 import threading
 import warnings
 import weakref
@@ -146,8 +147,9 @@ class PER:
     warning); (4) ``torch.compile`` captures the hooks present
     at its first call: attach PER before compiling (or call ``torch._dynamo.reset()`` after attaching),
     and the compiled model then gives the same gradients as eager mode. Copies: ``copy.deepcopy`` of
-    a PER is refused; a deep copy of the model (an EMA model) carries the hooks along, and they leave
-    the copy's modules alone (with a warning): attach a new PER to the copy to regularize it.
+    a PER, or of a model that holds it as an attribute, is a new PER on the copied layers with the
+    same settings and streams; a deep copy of a model that does not hold it (an EMA model) carries
+    the hooks along, and they leave the copy's layers alone (with a warning): attach a new PER to it.
 
     Parameters
     ----------
@@ -258,10 +260,30 @@ class PER:
         return gens[device]
 
     def __deepcopy__(self, memo: dict[int, object]) -> PER:
-        raise TypeError(
-            "PER cannot be deep-copied: a copy would hold copies of the modules, whose hooks still call this PER; "
-            "attach a new PER to the copied model's modules (and load_state_dict(per.state_dict()) for the streams)"
+        """A new PER with these settings and generator states, attached to the copies of the modules.
+
+        With a model that holds its PER (``self.per = PER(...)``), ``copy.deepcopy(model)`` (an EMA or SWA
+        model) gets a PER of its own on its own layers; this PER's hooks, which the copied modules carry
+        along, are taken off them.
+        """
+        modules = copy.deepcopy(self.modules, memo)  # the model's copies, when the model is being copied
+        for module in modules.values():
+            for handle in self._handles:
+                module._forward_hooks.pop(handle.id, None)
+        twin = PER(
+            modules,
+            self.lam,
+            self.n_slices,
+            seed=self.seed,
+            locations=self.locations,
+            locations_seed=self.locations_seed,
+            track_penalty=self.track_penalty,
+            chunk_elements=self.chunk_elements,
+            layout=self.layout,
+            grad_scaler=self.grad_scaler,
         )
+        twin.load_state_dict(self.state_dict())
+        return twin
 
     def state_dict(self) -> dict[str, object]:
         """Generator states (for exact resume) and settings."""

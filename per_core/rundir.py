@@ -193,7 +193,7 @@ class RunDir:
         if not path.is_file():
             if not self.root.is_dir():
                 raise RunDirError(f"{self.root}: no such directory")
-            runs = [p.name for p in sorted(self.root.iterdir()) if p.is_dir() and RunDir(p).is_run()]
+            runs = [p.name for p in sorted(self.root.iterdir()) if p.is_dir() and any(p.rglob("config.json"))]
             if runs:  # a sweep: its runs are one level down
                 shown = ", ".join(runs[:5]) + (" ..." if len(runs) > 5 else "")
                 raise RunDirError(

@@ -504,7 +504,7 @@ def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool
         raise RunDirError(f"{run.root} is not empty; pass --resume to continue that run or --overwrite to replace it")
     elif occupied and (foreign := run.foreign_entries()):
         names = ", ".join(p.name for p in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-        if any(RunDir(p).is_run() for p in foreign):  # a sweep (or a folder of runs), not a run
+        if any(p.is_dir() and any(p.rglob("config.json")) for p in foreign):  # a sweep (or a folder of runs)
             raise RunDirError(
                 f"{run.root} holds run directories ({names}), as a sweep does; --overwrite replaces one run "
                 "directory: choose another --out, or one of those runs"

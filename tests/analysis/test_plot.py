@@ -686,8 +686,8 @@ def test_cli_removes_only_its_own_stale_figures_and_keeps_a_sweeps_figures_from_
     assert f"note: removed {figures / 'ridgeline_layer3_unit0.png'}: an earlier call wrote it" in err
     names = sorted(p.name for p in figures.iterdir())
     assert names == sorted(
-        [analysis.plot.MANIFEST, analysis.figdir.LOCK, "figure2.png", "metrics.png", "my_notes.txt",
-         "ridgeline_layer1_unit0.png", "ridgeline_layer9_unit0.png", "sw1_curves.png"]
+        [analysis.plot.MANIFEST, "figure2.png", "metrics.png", "my_notes.txt", "ridgeline_layer1_unit0.png",
+         "ridgeline_layer9_unit0.png", "sw1_curves.png"]
     )  # fmt: skip
     assert main([str(sweep), "--layers", "layer2", "--format", "pdf"]) == 0  # another format: the pngs stay
     assert (figures / "ridgeline_layer1_unit0.png").exists() and (figures / "ridgeline_layer2_unit0.pdf").exists()
@@ -950,20 +950,32 @@ def test_a_run_still_training_is_noted_as_unfinished(tmp_path, capsys):
     run.write_config({"method": "per", "epochs": 30, "record_every": 1})
     assert main([str(run.root), "--layers", "layer1"]) == 0
     assert "note: run r is unfinished (epoch 2 of 30: still training, or stopped)" in capsys.readouterr().err
+    # a review: a metrics line without an epoch (NaN) crashed it; a run without metrics was called unfinished
+    run.metrics_path.write_text('{"note": "start"}\n' + run.metrics_path.read_text())
+    assert main([str(run.root), "--layers", "layer1"]) == 0
+    assert "run r is unfinished (epoch 2 of 30" in capsys.readouterr().err
+    run.metrics_path.unlink()
+    assert main([str(run.root), "--layers", "layer1"]) == 0
+    assert "unfinished" not in capsys.readouterr().err
 
 
 def test_a_second_call_into_a_folder_being_written_is_refused(tmp_path, capsys):
     # a first-user pass: two calls into one --out at once mixed their figures and manifests without a word
     import fcntl
+    import os
 
     run = fake_run(tmp_path / "r", "per", epochs_of(0, [1.0, 1.0])).root
     out = tmp_path / "figs"
     out.mkdir()
-    with open(out / analysis.figdir.LOCK, "a") as held:
+    held = os.open(out, os.O_RDONLY)
+    try:
         fcntl.flock(held, fcntl.LOCK_EX)  # as a running call holds it
         assert main([str(run), "--out", str(out), "--layers", "layer1"]) == 2
         assert f"another python -m analysis.plot is writing into {out}" in capsys.readouterr().err
-        assert sorted(p.name for p in out.iterdir()) == [analysis.figdir.LOCK]
+        assert list(out.iterdir()) == []
+    finally:
+        os.close(held)
     assert main([str(run), "--out", str(out), "--layers", "layer1"]) == 0  # once it is done
+    assert not [p for p in out.iterdir() if "lock" in p.name]  # and no lock file is left
     assert main([str(run), "--out", str(tmp_path / "new" / "f"), "--layers", "nosuch"]) == 2
-    assert not (tmp_path / "new" / "f").exists()  # a failed first call leaves no folder behind
+    assert not (tmp_path / "new").exists()  # a failed first call leaves no folder behind, parents included

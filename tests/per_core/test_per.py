@@ -1115,12 +1115,31 @@ def test_the_loss_scale_goes_to_each_layers_device_and_per_copies():
     on_meta = per._scale(torch.device("meta"))
     assert isinstance(on_meta, torch.Tensor) and on_meta.device.type == "meta" and on_meta.dtype == F64
     assert float(per._scale(torch.device("cpu"))) == 4.0
+
     # a deep copy of PER was inert (its copied modules' hooks called the original), a deep-copied model (an EMA)
-    # was regularized by the original PER: the first is refused, the second left alone with a warning
+    # was regularized by the original PER: a model holding its PER gets a PER of its own, another model's copy is
+    # left alone with a warning
+    class Holder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 3)
+            self.per = PER(self.lin, 0.5, seed=7, track_penalty=True)
+
+        def forward(self, x):
+            return torch.tanh(self.lin(x))
+
+    held = Holder()
+    twin = copy.deepcopy(held)
+    assert twin.per is not held.per and twin.per.modules["Linear"] is twin.lin and len(twin.lin._forward_hooks) == 1
+    x = torch.randn(4, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        held(x).sum().backward()
+        twin(x).sum().backward()
+    assert twin.per.penalty() == held.per.penalty()  # the same settings and slice stream, on equal weights
+    torch.testing.assert_close(twin.lin.weight.grad, held.lin.weight.grad)
     net = nn.Sequential(nn.Linear(2, 3), nn.Tanh())
     per = PER(net[0], 0.5, track_penalty=True)
-    with pytest.raises(TypeError, match="PER cannot be deep-copied"):
-        copy.deepcopy(per)
     ema = copy.deepcopy(net)
     with pytest.warns(RuntimeWarning, match="a copy of layer 'Linear' ran forward"):
         ema(torch.randn(4, 2)).sum().backward()

@@ -79,6 +79,6 @@ def test_reading_the_config_of_a_missing_folder_or_a_sweep_says_which(tmp_path):
     # a first-user pass: --resume of a missing folder, or of a sweep's folder, said "config.json is missing"
     with pytest.raises(RunDirError, match="no such directory"):
         RunDir(tmp_path / "nothing").read_config()
-    RunDir(tmp_path / "sweep" / "per").write_config({"method": "per"})
+    RunDir(tmp_path / "sweep" / "per" / "seed0").write_config({"method": "per"})  # a sweep's layout
     with pytest.raises(RunDirError, match=r"holds runs \(per\), as a sweep does: name one of them"):
         RunDir(tmp_path / "sweep").read_config()

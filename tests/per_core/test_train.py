@@ -744,3 +744,6 @@ def test_refusals_of_a_changed_config_or_a_sweep_folder_say_what_to_do(tmp_path,
     assert "cannot resume with a different config (lam: " in err and "leave those flags out" in err
     assert main(["--method", "per", "--smoke", "--overwrite", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "holds run directories (run), as a sweep does" in capsys.readouterr().err
+    RunDir(tmp_path / "sw" / "per" / "seed0").write_config({"method": "per"})  # a sweep's own layout
+    assert main(["--method", "per", "--smoke", "--overwrite", "--out", str(tmp_path / "sw"), "--no-progress"]) == 2
+    assert "holds run directories (per), as a sweep does" in capsys.readouterr().err

@@ -162,10 +162,10 @@ def unit_distances(data: RunData, *, progress: bool = False) -> pd.DataFrame:
 
 
 def _check_writable(folder: Path) -> None:
-    """A one-line error when the tables could not be written into ``folder`` (created if missing)."""
+    """A one-line error when the tables could not be written into ``folder``; nothing is created (a missing
+    folder is probed through the run directory that will hold it)."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.TemporaryFile(dir=folder if folder.is_dir() else folder.parent):
             pass
     except OSError as err:
         raise RunDirError(

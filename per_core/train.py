@@ -739,7 +739,7 @@ def _as_text(value: object) -> str:
     so settings are compared this way (arrays and tensors in full, mappings in key order where it exists)."""
 
     def other(o: object) -> object:
-        return repr(o.tolist()) if hasattr(o, "tolist") else repr(o)
+        return o.tolist() if hasattr(o, "tolist") else repr(o)  # numpy and torch values as the numbers they hold
 
     try:
         return json.dumps(value, sort_keys=True, default=other)

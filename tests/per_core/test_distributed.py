@@ -496,3 +496,4 @@ def test_settings_are_compared_as_text_that_equal_settings_share():
     assert _as_text(a) != _as_text(b) and _as_text(torch.zeros(3)) == _as_text(torch.zeros(3))
     assert _as_text({1: "x", "y": 2}) == _as_text({1: "x", "y": 2})
     assert _as_text({"a": 1, "b": 2}) == _as_text({"b": 2, "a": 1})
+    assert _as_text(np.int64(5)) == _as_text(5)  # a numpy scalar is the number it holds

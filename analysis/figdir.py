@@ -50,20 +50,21 @@ def folder_lock(out: Path) -> Iterator[None]:
     The folder is created if missing (with its parents); when the call leaves nothing in it (a failed first
     call) the folders it created are removed again. Without ``fcntl`` (Windows) there is no lock.
     """
-    missing = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        if not os.access(out, os.W_OK):
-            raise PermissionError(13, "Permission denied")
-    except OSError as err:
-        raise FiguresFolderError(
-            f"cannot write into {out} ({err.strerror or err}): give --out a writable folder"
-        ) from None
+    absolute = Path(os.path.abspath(out))  # "new/../old" must not count "old" as made here
+    missing = [p for p in (absolute, *absolute.parents) if not p.exists()]  # deepest first
     try:
         import fcntl
     except ImportError:  # pragma: no cover
         fcntl = None
-    fd = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if fcntl is not None else None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+        fd = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if fcntl is not None else None
+    except OSError as err:
+        raise FiguresFolderError(
+            f"cannot write into {out} ({err.strerror or err}): give --out a writable folder"
+        ) from None
     try:
         if fcntl is not None:
             try:

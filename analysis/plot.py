@@ -866,7 +866,8 @@ def _unfinished_notes(data: RunData) -> list[str]:
     for run in data.runs_list:
         planned = data.configs.get(run, {}).get("epochs")
         done = data.metrics.loc[data.metrics["run"] == run, "epoch"] if "epoch" in data.metrics else pd.Series()
-        done = pd.to_numeric(done, errors="coerce").dropna()
+        done = pd.to_numeric(done, errors="coerce")
+        done = done[np.isfinite(done)]
         if len(done) == 0:  # no metrics (missing, or all skipped): nothing says how far it got
             continue
         last = int(done.max())

@@ -165,6 +165,8 @@ def _check_writable(folder: Path) -> None:
     """A one-line error when the tables could not be written into ``folder``; nothing is created (a missing
     folder is probed through the run directory that will hold it)."""
     try:
+        if folder.exists() and not folder.is_dir():
+            raise FileExistsError(17, "a file is in the way")
         with tempfile.TemporaryFile(dir=folder if folder.is_dir() else folder.parent):
             pass
     except OSError as err:

@@ -280,7 +280,7 @@ class PER:
             track_penalty=self.track_penalty,
             chunk_elements=self.chunk_elements,
             layout=self.layout,
-            grad_scaler=self.grad_scaler,
+            grad_scaler=memo.get(id(self.grad_scaler), self.grad_scaler),  # the copy's scaler if it was copied too
         )
         twin.load_state_dict(self.state_dict())
         return twin

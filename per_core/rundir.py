@@ -34,6 +34,7 @@ __all__ = [
     "RunDirError",
     "atomic_write",
     "find_runs",
+    "holds_runs",
 ]
 
 #: Bumped whenever a file's layout changes in a way old readers cannot handle.
@@ -193,7 +194,7 @@ class RunDir:
         if not path.is_file():
             if not self.root.is_dir():
                 raise RunDirError(f"{self.root}: no such directory")
-            runs = [p.name for p in sorted(self.root.iterdir()) if p.is_dir() and any(p.rglob("config.json"))]
+            runs = [p.name for p in sorted(self.root.iterdir()) if holds_runs(p)]
             if runs:  # a sweep: its runs are one level down
                 shown = ", ".join(runs[:5]) + (" ..." if len(runs) > 5 else "")
                 raise RunDirError(
@@ -261,6 +262,13 @@ class RunDir:
                 f"{path}: unreadable checkpoint ({type(err).__name__}: {err}); the file is damaged: restore it, or "
                 "train the run again with --overwrite"
             ) from err
+
+
+def holds_runs(path: Path) -> bool:
+    """Whether ``path`` is a run directory or holds one a level down (a sweep's ``METHOD/seedS`` layout)."""
+    if not path.is_dir():
+        return False
+    return RunDir(path).is_run() or any(RunDir(p).is_run() for p in path.iterdir() if p.is_dir())
 
 
 def find_runs(path: str | os.PathLike[str]) -> list[RunDir]:

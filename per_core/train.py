@@ -46,7 +46,7 @@ from per_core.distributed import (
 )
 from per_core.models import MODELS, build_model
 from per_core.regularizer import PER
-from per_core.rundir import RunDir, RunDirError
+from per_core.rundir import RunDir, RunDirError, holds_runs
 from per_core.seeds import stream_seed
 from per_core.tasks import Task, build_task
 
@@ -504,7 +504,7 @@ def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool
         raise RunDirError(f"{run.root} is not empty; pass --resume to continue that run or --overwrite to replace it")
     elif occupied and (foreign := run.foreign_entries()):
         names = ", ".join(p.name for p in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-        if any(p.is_dir() and any(p.rglob("config.json")) for p in foreign):  # a sweep (or a folder of runs)
+        if any(holds_runs(p) for p in foreign):  # a sweep (or a folder of runs), not a run
             raise RunDirError(
                 f"{run.root} holds run directories ({names}), as a sweep does; --overwrite replaces one run "
                 "directory: choose another --out, or one of those runs"

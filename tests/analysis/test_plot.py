@@ -951,7 +951,7 @@ def test_a_run_still_training_is_noted_as_unfinished(tmp_path, capsys):
     assert main([str(run.root), "--layers", "layer1"]) == 0
     assert "note: run r is unfinished (epoch 2 of 30: still training, or stopped)" in capsys.readouterr().err
     # a review: a metrics line without an epoch (NaN) crashed it; a run without metrics was called unfinished
-    run.metrics_path.write_text('{"note": "start"}\n' + run.metrics_path.read_text())
+    run.metrics_path.write_text('{"note": "start"}\n{"epoch": Infinity}\n' + run.metrics_path.read_text())
     assert main([str(run.root), "--layers", "layer1"]) == 0
     assert "run r is unfinished (epoch 2 of 30" in capsys.readouterr().err
     run.metrics_path.unlink()
@@ -979,3 +979,6 @@ def test_a_second_call_into_a_folder_being_written_is_refused(tmp_path, capsys):
     assert not [p for p in out.iterdir() if "lock" in p.name]  # and no lock file is left
     assert main([str(run), "--out", str(tmp_path / "new" / "f"), "--layers", "nosuch"]) == 2
     assert not (tmp_path / "new").exists()  # a failed first call leaves no folder behind, parents included
+    (tmp_path / "old").mkdir()
+    assert main([str(run), "--out", str(tmp_path / "gone" / ".." / "old"), "--layers", "nosuch"]) == 2
+    assert (tmp_path / "old").is_dir()  # a folder that was there stays, however the path is spelled

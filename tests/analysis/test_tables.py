@@ -214,8 +214,12 @@ def test_a_run_the_tables_cannot_be_written_into_fails_before_computing(tmp_path
     def never(*args, **kwargs):
         raise AssertionError("computed before checking that the tables can be written")
 
-    monkeypatch.setattr(tables.tempfile, "TemporaryFile", read_only)  # root ignores permission bits: simulated
     monkeypatch.setattr(tables, "layer_bounds", never)
+    fake_run(tmp_path / "file", "vanilla", [np.random.default_rng(1).normal(size=(300, 4))])
+    (tmp_path / "file" / "analysis").write_text("not a folder")
+    assert main([str(tmp_path / "file")]) == 2
+    assert "(a file is in the way)" in capsys.readouterr().err
+    monkeypatch.setattr(tables.tempfile, "TemporaryFile", read_only)  # root ignores permission bits: simulated
     assert main([str(tmp_path / "ro")]) == 2
     err = capsys.readouterr().err
     assert f"error: cannot write the tables into {tmp_path / 'ro' / 'analysis'} (Read-only file system)" in err

@@ -1138,6 +1138,10 @@ def test_the_loss_scale_goes_to_each_layers_device_and_per_copies():
         twin(x).sum().backward()
     assert twin.per.penalty() == held.per.penalty()  # the same settings and slice stream, on equal weights
     torch.testing.assert_close(twin.lin.weight.grad, held.lin.weight.grad)
+    scaler = torch.amp.GradScaler("cpu", init_scale=16.0)
+    held.per.grad_scaler = scaler
+    state = copy.deepcopy({"scaler": scaler, "model": held})  # a forked run: the copy scales with its own scaler
+    assert state["model"].per.grad_scaler is state["scaler"] and copy.deepcopy(held).per.grad_scaler is scaler
     net = nn.Sequential(nn.Linear(2, 3), nn.Tanh())
     per = PER(net[0], 0.5, track_penalty=True)
     ema = copy.deepcopy(net)

@@ -525,9 +525,8 @@ class DecorrelatedBatchNorm2d(nn.Module):
         # stored as the input is (a (C, N, *S) layout slowed the next conv by 12 %)
         channels_last = x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        return y.to(torch.promote_types(x.dtype, self.weight.dtype) if self.weight is not None else x.dtype).contiguous(
-            memory_format=fmt
-        )
+        out_dtype = x.dtype if self.weight is None else torch.promote_types(x.dtype, self.weight.dtype)
+        return y.to(out_dtype).contiguous(memory_format=fmt)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, group_size={self.group_size}, eps={self.eps}, momentum={self.momentum}"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from per_core.cli import OneLineArgumentParser, run_command, say
 from per_core.configs import get_preset
-from per_core.rundir import RunDir, RunDirError
+from per_core.rundir import RunDir, RunDirError, check_not_a_run
 from per_core.train import TrainingError, train
 
 __all__ = ["main"]
@@ -90,10 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         if args.out.exists() and not args.out.is_dir():
             raise RunDirError(f"--out {args.out} is a file, not a folder: choose a folder for the demo's runs")
-        if RunDir(args.out).is_run():  # its runs would nest inside another run and mix with it
-            raise RunDirError(
-                f"{args.out} is a run directory; the demo writes its three runs below --out: choose another folder"
-            )
+        check_not_a_run(args.out, "the demo writes its three runs")
         for method in DEMO_METHODS:
             cfg = get_preset("demo").replace(method=method, seed=args.seed)
             if args.epochs is not None:

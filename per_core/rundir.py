@@ -33,6 +33,7 @@ __all__ = [
     "RunDir",
     "RunDirError",
     "atomic_write",
+    "check_not_a_run",
     "find_runs",
     "holds_runs",
 ]
@@ -262,6 +263,13 @@ class RunDir:
                 f"{path}: unreadable checkpoint ({type(err).__name__}: {err}); the file is damaged: restore it, or "
                 "train the run again with --overwrite"
             ) from err
+
+
+def check_not_a_run(path: Path, writes: str) -> None:
+    """Refuse a run directory as the folder that ``writes`` (e.g. "a sweep writes its runs") below: those runs
+    would nest inside that run, and every reader (tables, plots, ``load_run``) stops at it."""
+    if RunDir(path).is_run():
+        raise RunDirError(f"{path} is a run directory; {writes} below --out: choose another folder")
 
 
 def holds_runs(path: Path) -> bool:

@@ -29,7 +29,7 @@ import numpy as np
 from per_core.cli import OneLineArgumentParser, note, parse_per_locations, run_command, say
 from per_core.configs import METHODS, PAPER_RESULTS, PRESETS, TrainConfig, get_preset, lambda_grid
 from per_core.models import MODELS
-from per_core.rundir import FAILED, RunDir, RunDirError, atomic_write, find_runs
+from per_core.rundir import FAILED, RunDir, RunDirError, atomic_write, check_not_a_run, find_runs
 from per_core.train import (
     LAM_METHODS,
     TrainingError,
@@ -500,10 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             if args.out is None:
                 raise ValueError("--out is required to run a sweep (or use --table SWEEP_DIR)")
-            if RunDir(args.out).is_run():  # its runs would nest inside that run, and every reader stops at it
-                raise RunDirError(
-                    f"--out {args.out} is a run directory; a sweep writes its runs below --out: choose another folder"
-                )
+            check_not_a_run(args.out, "a sweep writes its runs")
             methods = _csv(args.methods, _method, "--methods", f"a comma-separated list of {', '.join(METHODS)}")
             seeds = _csv(args.seeds, int, "--seeds", "comma-separated integers, e.g. 0,1,2")
             lams = None

@@ -33,12 +33,14 @@ method  epoch split layer  unit  count  nan
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+from numpy.lib import format as npformat
 
 from analysis.recorder import COUNT_FIELDS, RECORDER_FORMAT, SPLITS, SUM_FIELDS, layer_stats, moments_from_sums
 from per_core.checks import is_integer
@@ -151,6 +153,47 @@ class RunData:
         return f["reservoir"]
 
 
+class _Header(NamedTuple):
+    """Shape and dtype of an array in an npz file, read from its ``.npy`` header without its data."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+#: The members of a block that :func:`load_run` checks by their headers alone: the stats frame does not use
+#: them, and they are most of a file (reading them made loading twice as slow and kept hundreds of MB alive).
+_ON_DEMAND = ("hist", "reservoir", "reservoir_keys")
+
+
+def _header(npz: Any, key: str) -> _Header | np.ndarray:
+    """The header of member ``key`` of an open npz (the array itself where the header cannot be read alone:
+    a member not named ``key.npy``, a header version numpy has no reader for)."""
+    readers = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}
+    if key + ".npy" in npz.zip.NameToInfo:
+        with npz.zip.open(key + ".npy") as fp:
+            version = npformat.read_magic(fp)
+            if version in readers:
+                shape, _, dtype = readers[version](fp)
+                return _Header(tuple(shape), dtype)
+    return npz[key]
+
+
+def _read_stats(rd: RunDir, path: Path) -> dict[str, np.ndarray | _Header]:
+    """What :func:`_blocks` checks of one activation file: the arrays of the stats frame and the file's
+    metadata; the headers of the histograms and reservoirs, whose data are read when a figure needs them."""
+    with rd.open_npz(path) as npz:
+        return {k: _header(npz, k) if _on_demand(k) else npz[k] for k in npz.files}
+
+
+def _on_demand(key: str) -> bool:
+    """Whether ``key`` (``split/layer/field``) is a member that :func:`load_run` does not read."""
+    return key.count("/") == 2 and key.rsplit("/", 1)[1] in _ON_DEMAND
+
+
 class _Block(NamedTuple):
     """One recorded (run, epoch, split, layer) of an activation file."""
 
@@ -159,12 +202,13 @@ class _Block(NamedTuple):
     split: str
     layer: str
     file: Path
-    fields: dict[str, np.ndarray]  # hist, counts, sums, minmax
+    fields: dict[str, np.ndarray | _Header]  # hist (its header), counts, sums, minmax
     reservoir_rows: int
 
 
-def _blocks(run: str, epoch: int, path: Path, arrays: dict[str, np.ndarray]) -> list[_Block]:
-    """The blocks of one activation file, checked against the schema of :mod:`analysis.recorder`."""
+def _blocks(run: str, epoch: int, path: Path, arrays: Mapping[str, np.ndarray | _Header]) -> list[_Block]:
+    """The blocks of one activation file, checked against the schema of :mod:`analysis.recorder`
+    (arrays or, for the members read on demand, their headers)."""
     version = arrays.get("format_version")
     if version is None or int(version) != RECORDER_FORMAT:
         raise RunDirError(f"{path}: activation format version {version}, this toolkit reads {RECORDER_FORMAT}")
@@ -193,7 +237,7 @@ def _blocks(run: str, epoch: int, path: Path, arrays: dict[str, np.ndarray]) -> 
             )
         if (keys is None) != (reservoir is None) or (keys is not None and keys.shape != reservoir.shape[:1]):
             raise RunDirError(f"{path}: {split}/{layer}: reservoir and reservoir_keys do not match (a damaged file)")
-        rows = 0 if reservoir is None else len(reservoir)
+        rows = 0 if reservoir is None else reservoir.shape[0]
         out.append(_Block(run, epoch, split, layer, path, fields, rows))
     return out
 
@@ -219,7 +263,9 @@ def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False, metrics: b
     skip_bad : bool
         False: an unreadable or inconsistent file raises :class:`RunDirError` naming it. True: the
         file (or the whole run, for a bad ``config.json``; the line, for a bad line of
-        ``metrics.jsonl``) is left out and listed in ``skipped``.
+        ``metrics.jsonl``) is left out and listed in ``skipped``. Histograms and reservoirs are
+        checked by their headers (shape, type) here and read when asked for
+        (:meth:`RunData.histogram`), so damaged bytes inside one are reported then.
     metrics : bool
         False: ``metrics.jsonl`` is not read (``metrics`` is empty), for analyses of the
         activations alone, which a damaged metrics file then does not stop.
@@ -263,7 +309,7 @@ def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False, metrics: b
         for epoch in rd.activation_epochs():
             file = rd.activation_path(epoch)
             try:
-                blocks += _blocks(label, epoch, file, rd.read_npz(file))
+                blocks += _blocks(label, epoch, file, _read_stats(rd, file))
             except RunDirError as err:
                 bad(err)
 

@@ -24,7 +24,6 @@ from analysis.quantiles import QUANTILES, bin_width, hist_quantiles
 from analysis.recorder import layer_stats
 from analysis.style import METHOD_COLORS
 from per_core.checks import is_integer
-from per_core.rundir import RunDirError
 
 __all__ = ["PlotError", "default_layers", "sw1_table", "unit_evolution"]
 
@@ -291,13 +290,10 @@ def _read(
     data: RunData, run: str, epoch: int, split: str, layers: Sequence[str], *, reservoir: bool = False
 ) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]:
     """The edges and :func:`layer_stats` of ``layers`` in one activation file, reading only those."""
-    path = data.runs[run].activation_path(epoch)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            view = _NpzView(npz, reservoir)
-            return npz["edges"], {layer: layer_stats(view, split, layer) for layer in layers}
-    except Exception as err:  # zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError ...
-        raise RunDirError(f"{path}: unreadable npz ({type(err).__name__}: {err}); the file is damaged") from err
+    rd = data.runs[run]
+    with rd.open_npz(rd.activation_path(epoch)) as npz:  # a member missing or damaged: RunDirError naming the file
+        view = _NpzView(npz, reservoir)
+        return npz["edges"], {layer: layer_stats(view, split, layer) for layer in layers}
 
 
 def _epochs(data: RunData, run: str, split: str, layers: Sequence[str], *, reservoir: bool = False) -> list[int]:

@@ -16,12 +16,13 @@ killed process leaves either the old or the new version.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -242,12 +243,25 @@ class RunDir:
         return rows
 
     def read_npz(self, path: Path) -> dict[str, np.ndarray]:
+        """Every array of the npz file ``path``."""
+        with self.open_npz(path) as z:
+            return {k: z[k] for k in z.files}
+
+    @contextlib.contextmanager
+    def open_npz(self, path: Path) -> Iterator[Any]:
+        """The npz file ``path`` opened for reading single members (``z[key]`` decompresses that one only).
+
+        A missing or damaged file, or a damaged member read inside the ``with`` block, raises
+        :class:`RunDirError` naming the file.
+        """
         try:
             with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
+                yield z
+        except RunDirError:
+            raise
         except FileNotFoundError as err:
             raise RunDirError(f"{path}: file not found") from err
-        except Exception as err:  # zipfile.BadZipFile, ValueError, EOFError, OSError ...
+        except Exception as err:  # zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError ...
             raise RunDirError(f"{path}: unreadable npz ({type(err).__name__}: {err}); the file is damaged") from err
 
     def load_checkpoint(self, map_location: Any = "cpu") -> dict[str, Any]:

@@ -14,6 +14,8 @@ The demo maps are small (8x8, 4x4, 2x2 locations), so M = 4 subsamples layers 1-
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from pathlib import Path
 
@@ -71,7 +73,8 @@ def run(quick: bool = False, device: str = "cpu") -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         for name, cfg in runs.items():
             progress(f"sw1_demo: training {name} ({cfg.epochs} epochs)")
-            metrics = train(cfg, Path(tmp) / name, progress=False)
+            with contextlib.redirect_stdout(io.StringIO()):  # its epoch lines: only result lines go to stdout
+                metrics = train(cfg, Path(tmp) / name, progress=False)
             err[name] = metrics[-1].get("val_error", float("nan"))
             sw1[name] = layer_sw1(Path(tmp) / name, x)
     sub = f"per_m{DEMO_LOCATIONS}"

@@ -32,11 +32,12 @@ method  epoch split layer  unit  count  nan
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -169,24 +170,41 @@ class _Header(NamedTuple):
 _ON_DEMAND = ("hist", "reservoir", "reservoir_keys")
 
 
-def _header(npz: Any, key: str) -> _Header | np.ndarray:
+def _header(npz: Any, key: str, verify: bool) -> _Header | np.ndarray:
     """The header of member ``key`` of an open npz (the array itself where the header cannot be read alone:
-    a member not named ``key.npy``, a header version numpy has no reader for)."""
+    a member not named ``key.npy``, a header version numpy has no reader for). ``verify``: also read the
+    member's data through, without keeping it, so that damage inside it raises here (zip's CRC at the end
+    of the member, a deflate error, fewer or more bytes than the header says)."""
     readers = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}
     if key + ".npy" in npz.zip.NameToInfo:
         with npz.zip.open(key + ".npy") as fp:
             version = npformat.read_magic(fp)
             if version in readers:
                 shape, _, dtype = readers[version](fp)
+                if verify:
+                    _read_through(fp, key, math.prod(shape) * dtype.itemsize, dtype.hasobject)
                 return _Header(tuple(shape), dtype)
     return npz[key]
 
 
-def _read_stats(rd: RunDir, path: Path) -> dict[str, np.ndarray | _Header]:
+def _read_through(fp: IO[bytes], key: str, expected: int, has_objects: bool) -> None:
+    """Read a member's data to its end in 1 MiB blocks, keeping nothing; raise ValueError where it is not
+    the ``expected`` number of bytes (the zip module checks the CRC at the end)."""
+    if has_objects:  # as np.load with allow_pickle=False
+        raise ValueError(f"{key} holds Python objects, which cannot be loaded without pickle")
+    size = 0
+    while block := fp.read(1 << 20):
+        size += len(block)
+    if size != expected:
+        raise ValueError(f"{key} holds {size} bytes of data, its header says {expected}")
+
+
+def _read_stats(rd: RunDir, path: Path, verify: bool) -> dict[str, np.ndarray | _Header]:
     """What :func:`_blocks` checks of one activation file: the arrays of the stats frame and the file's
-    metadata; the headers of the histograms and reservoirs, whose data are read when a figure needs them."""
+    metadata; the headers of the histograms and reservoirs, whose data are read when a figure needs them
+    (``verify``: read through here as well, kept nowhere)."""
     with rd.open_npz(path) as npz:
-        return {k: _header(npz, k) if _on_demand(k) else npz[k] for k in npz.files}
+        return {k: _header(npz, k, verify) if _on_demand(k) else npz[k] for k in npz.files}
 
 
 def _on_demand(key: str) -> bool:
@@ -263,9 +281,10 @@ def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False, metrics: b
     skip_bad : bool
         False: an unreadable or inconsistent file raises :class:`RunDirError` naming it. True: the
         file (or the whole run, for a bad ``config.json``; the line, for a bad line of
-        ``metrics.jsonl``) is left out and listed in ``skipped``. Histograms and reservoirs are
-        checked by their headers (shape, type) here and read when asked for
-        (:meth:`RunData.histogram`), so damaged bytes inside one are reported then.
+        ``metrics.jsonl``) is left out and listed in ``skipped``. Without ``skip_bad`` histograms and
+        reservoirs are checked by their headers (shape, type) here and read when asked for
+        (:meth:`RunData.histogram`), so damaged bytes inside one are reported then; with it, their
+        data are also read through here (kept nowhere), so that a file damaged anywhere is left out.
     metrics : bool
         False: ``metrics.jsonl`` is not read (``metrics`` is empty), for analyses of the
         activations alone, which a damaged metrics file then does not stop.
@@ -309,7 +328,7 @@ def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False, metrics: b
         for epoch in rd.activation_epochs():
             file = rd.activation_path(epoch)
             try:
-                blocks += _blocks(label, epoch, file, _read_stats(rd, file))
+                blocks += _blocks(label, epoch, file, _read_stats(rd, file, verify=skip_bad))
             except RunDirError as err:
                 bad(err)
 

@@ -55,6 +55,34 @@ def test_readers_name_the_damaged_file_and_line(tmp_path):
         rd.read_npz(path)
 
 
+def test_a_damaged_npy_header_is_a_run_dir_error_whatever_numpy_raises(tmp_path):
+    # a byte-flip sweep: a header whose ')' became '(' makes numpy's header parser raise tokenize.TokenError, which
+    # a list of "file error" types had let through as a traceback; the file must be named whatever the type
+    import gc
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((3, 40), dtype=np.int64))
+    path = tmp_path / "epoch_0001.npz"
+    with zipfile.ZipFile(path, "w") as z:  # a valid zip (its CRC matches) holding the damaged header
+        z.writestr("x.npy", buf.getvalue().replace(b"(3, 40)", b"(3, 40("))
+    rd = RunDir(tmp_path)
+    with pytest.raises(RunDirError, match=r"epoch_0001.npz: unreadable npz \(TokenError: .*the file is damaged"):
+        rd.read_npz(path)
+    with pytest.raises(RunDirError, match="epoch_0001.npz: unreadable npz"), rd.open_npz(path) as z:
+        z["x"]
+    # a truncated zip: np.load fails on the file it opened; before, that file stayed open as long as the error lived
+    cut = rd.write_npz(tmp_path / "epoch_0002.npz", {"x": np.arange(3)})
+    cut.write_bytes(cut.read_bytes()[:-1])
+    try:
+        rd.read_npz(cut)
+    except RunDirError:
+        gc.collect()
+        held = [f for f in os.listdir("/proc/self/fd") if os.path.realpath(f"/proc/self/fd/{f}") == str(cut)]
+    assert held == []
+
+
 def test_find_runs_in_a_sweep_and_a_clear_error_elsewhere(tmp_path):
     for name in ("b", "a/x"):
         RunDir(tmp_path / name).write_config({"method": "per"})

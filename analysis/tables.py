@@ -28,12 +28,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from analysis.bounds import check_bounds
 from analysis.distances import w1_to_normal, w1_to_normal_hist
 from analysis.io import RunData, load_run, no_activations
 from per_core.cli import bar_shown
+from per_core.progress import tqdm
 from per_core.rundir import RunDirError
 
 __all__ = ["BOUNDS_COLUMNS", "layer_bounds", "unit_distances", "write_tables"]

@@ -62,7 +62,14 @@ def parse_per_locations(text: str) -> int | None:
 
 def bar_shown(progress: bool) -> bool:
     """Whether a progress bar is drawn: asked for, and stderr is a terminal or a notebook (never a log or a pipe)."""
-    return progress and (sys.stderr.isatty() or "ipykernel" in sys.modules)
+    return progress and (sys.stderr.isatty() or _in_kernel())
+
+
+def _in_kernel() -> bool:
+    """Whether this process is a Jupyter kernel (not merely one that imported ipykernel, as nbclient does)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return getattr(shell, "kernel", None) is not None
 
 
 def _discard(name: str = "stdout") -> None:

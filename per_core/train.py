@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 import per_core
 from per_core.baselines import VCL, L1Penalty, L2Penalty
@@ -45,6 +44,7 @@ from per_core.distributed import (
     shutdown,
 )
 from per_core.models import MODELS, build_model
+from per_core.progress import tqdm
 from per_core.regularizer import PER
 from per_core.rundir import RunDir, RunDirError, holds_runs
 from per_core.seeds import stream_seed

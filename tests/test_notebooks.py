@@ -22,3 +22,6 @@ def test_notebook_executes(path):
     # leaves room for a loaded machine while still failing a notebook that has grown far too slow
     client = NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
     client.execute()
+    # a notebook prints nothing on stderr: before, every one that trained showed tqdm's "IProgress not found" warning
+    stderr = [o["text"] for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
+    assert stderr == []

@@ -94,3 +94,17 @@ def test_say_goes_on_when_stdout_without_a_descriptor_is_closed(monkeypatch, cap
     say("epoch 2")
     replaced.close()
     assert capsys.readouterr().err.count("stdout was closed") == 1
+
+
+def test_a_bar_is_shown_in_a_kernel_not_in_a_process_that_imported_ipykernel(monkeypatch):
+    # before: "ipykernel" in sys.modules counted as a notebook; nbclient (the notebook tests, a Jupyter server)
+    # imports it, and the bars' carriage returns then went into captured stderr
+    import ipykernel  # noqa: F401
+    import IPython
+
+    from per_core.cli import bar_shown
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert not bar_shown(True)
+    monkeypatch.setattr(IPython, "get_ipython", lambda: type("Shell", (), {"kernel": object()})())
+    assert bar_shown(True) and not bar_shown(False)

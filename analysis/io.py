@@ -32,20 +32,18 @@ method  epoch split layer  unit  count  nan
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-from numpy.lib import format as npformat
 
 from analysis.recorder import COUNT_FIELDS, RECORDER_FORMAT, SPLITS, SUM_FIELDS, layer_stats, moments_from_sums
 from per_core.checks import is_integer
-from per_core.rundir import RunDir, RunDirError, find_runs
+from per_core.rundir import NpyHeader, RunDir, RunDirError, find_runs
 
 __all__ = ["STATS_COLUMNS", "Histogram", "RunData", "load_run"]
 
@@ -154,57 +152,21 @@ class RunData:
         return f["reservoir"]
 
 
-class _Header(NamedTuple):
-    """Shape and dtype of an array in an npz file, read from its ``.npy`` header without its data."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-
 #: The members of a block that :func:`load_run` checks by their headers alone: the stats frame does not use
 #: them, and they are most of a file (reading them made loading twice as slow and kept hundreds of MB alive).
 _ON_DEMAND = ("hist", "reservoir", "reservoir_keys")
 
 
-def _header(npz: Any, key: str, verify: bool) -> _Header | np.ndarray:
-    """The header of member ``key`` of an open npz (the array itself where the header cannot be read alone:
-    a member not named ``key.npy``, a header version numpy has no reader for). ``verify``: also read the
-    member's data through, without keeping it, so that damage inside it raises here (zip's CRC at the end
-    of the member, a deflate error, fewer or more bytes than the header says)."""
-    readers = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}
-    if key + ".npy" in npz.zip.NameToInfo:
-        with npz.zip.open(key + ".npy") as fp:
-            version = npformat.read_magic(fp)
-            if version in readers:
-                shape, _, dtype = readers[version](fp)
-                if verify:
-                    _read_through(fp, key, math.prod(shape) * dtype.itemsize, dtype.hasobject)
-                return _Header(tuple(shape), dtype)
-    return npz[key]
-
-
-def _read_through(fp: IO[bytes], key: str, expected: int, has_objects: bool) -> None:
-    """Read a member's data to its end in 1 MiB blocks, keeping nothing; raise ValueError where it is not
-    the ``expected`` number of bytes (the zip module checks the CRC at the end)."""
-    if has_objects:  # as np.load with allow_pickle=False
-        raise ValueError(f"{key} holds Python objects, which cannot be loaded without pickle")
-    size = 0
-    while block := fp.read(1 << 20):
-        size += len(block)
-    if size != expected:
-        raise ValueError(f"{key} holds {size} bytes of data, its header says {expected}")
-
-
-def _read_stats(rd: RunDir, path: Path, verify: bool) -> dict[str, np.ndarray | _Header]:
+def _read_stats(rd: RunDir, path: Path, verify: bool) -> dict[str, np.ndarray | NpyHeader]:
     """What :func:`_blocks` checks of one activation file: the arrays of the stats frame and the file's
     metadata; the headers of the histograms and reservoirs, whose data are read when a figure needs them
     (``verify``: read through here as well, kept nowhere)."""
     with rd.open_npz(path) as npz:
-        return {k: _header(npz, k, verify) if _on_demand(k) else npz[k] for k in npz.files}
+        out: dict[str, np.ndarray | NpyHeader] = {}
+        for k in npz.files:
+            head = npz.header(k, read_through=verify) if _on_demand(k) else None
+            out[k] = npz[k] if head is None else head
+        return out
 
 
 def _on_demand(key: str) -> bool:
@@ -220,11 +182,11 @@ class _Block(NamedTuple):
     split: str
     layer: str
     file: Path
-    fields: dict[str, np.ndarray | _Header]  # hist (its header), counts, sums, minmax
+    fields: dict[str, np.ndarray | NpyHeader]  # hist (its header), counts, sums, minmax
     reservoir_rows: int
 
 
-def _blocks(run: str, epoch: int, path: Path, arrays: Mapping[str, np.ndarray | _Header]) -> list[_Block]:
+def _blocks(run: str, epoch: int, path: Path, arrays: Mapping[str, np.ndarray | NpyHeader]) -> list[_Block]:
     """The blocks of one activation file, checked against the schema of :mod:`analysis.recorder`
     (arrays or, for the members read on demand, their headers)."""
     version = arrays.get("format_version")

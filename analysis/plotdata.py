@@ -24,6 +24,7 @@ from analysis.quantiles import QUANTILES, bin_width, hist_quantiles
 from analysis.recorder import layer_stats
 from analysis.style import METHOD_COLORS
 from per_core.checks import is_integer
+from per_core.rundir import RunDirError
 
 __all__ = ["PlotError", "default_layers", "sw1_table", "unit_evolution"]
 
@@ -291,9 +292,13 @@ def _read(
 ) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]:
     """The edges and :func:`layer_stats` of ``layers`` in one activation file, reading only those."""
     rd = data.runs[run]
-    with rd.open_npz(rd.activation_path(epoch)) as npz:  # a member missing or damaged: RunDirError naming the file
+    path = rd.activation_path(epoch)
+    with rd.open_npz(path) as npz:  # a member damaged or missing: RunDirError naming the file
         view = _NpzView(npz, reservoir)
-        return npz["edges"], {layer: layer_stats(view, split, layer) for layer in layers}
+        try:
+            return npz["edges"], {layer: layer_stats(view, split, layer) for layer in layers}
+        except KeyError as err:  # a block gone since load_run read the file
+            raise RunDirError(f"{path}: {err.args[0]}") from None
 
 
 def _epochs(data: RunData, run: str, split: str, layers: Sequence[str], *, reservoir: bool = False) -> list[int]:

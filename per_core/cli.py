@@ -67,8 +67,11 @@ def bar_shown(progress: bool) -> bool:
 
 def _in_kernel() -> bool:
     """Whether this process is a Jupyter kernel (not merely one that imported ipykernel, as nbclient does)."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
+    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    try:
+        shell = get_ipython() if callable(get_ipython) else None
+    except Exception:  # a stub or half-imported IPython: no kernel to draw into
+        return False
     return getattr(shell, "kernel", None) is not None
 
 

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import importlib.util
 
-if importlib.util.find_spec("ipywidgets") is not None:
+
+def _have_widgets() -> bool:
+    try:
+        return importlib.util.find_spec("ipywidgets") is not None
+    except ValueError:  # a stub module without __spec__ in sys.modules
+        return False
+
+
+if _have_widgets():
     from tqdm.auto import tqdm
 else:
     from tqdm.std import tqdm

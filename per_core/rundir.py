@@ -20,17 +20,21 @@ import contextlib
 import fnmatch
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
+from numpy.lib import format as npformat
 
 __all__ = [
     "FAILED",
     "FORMAT_VERSION",
+    "NpyHeader",
+    "NpzReader",
     "RunDir",
     "RunDirError",
     "atomic_write",
@@ -248,23 +252,21 @@ class RunDir:
             return {k: z[k] for k in z.files}
 
     @contextlib.contextmanager
-    def open_npz(self, path: Path) -> Iterator[Any]:
+    def open_npz(self, path: Path) -> Iterator[NpzReader]:
         """The npz file ``path`` opened for reading single members (``z[key]`` decompresses that one only).
 
-        A missing or damaged file, or a damaged or missing member read inside the ``with`` block, raises
-        :class:`RunDirError` naming the file and the original error. Every exception counts: damage reaches
-        the readers in many types (zip, zlib, numpy's ValueError, even ``tokenize.TokenError`` from a
-        header with a flipped byte), and a user must get the file's name rather than a traceback.
+        Opening it and every read through the reader raise :class:`RunDirError` naming the file, whatever
+        the exception: damage reaches numpy's readers in many types (zip, zlib, ValueError, even
+        ``tokenize.TokenError`` from a header with a flipped byte). Exceptions of the ``with`` block's own
+        code pass unchanged.
         """
-        try:
-            with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:  # closed even when np.load fails
-                yield z
-        except RunDirError:
-            raise
-        except FileNotFoundError as err:
-            raise RunDirError(f"{path}: file not found") from err
-        except Exception as err:  # zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError, KeyError ...
-            raise RunDirError(f"{path}: unreadable npz ({type(err).__name__}: {err}); the file is damaged") from err
+        with _as_damage(path):
+            f = open(path, "rb")
+        with f:  # closed even when np.load fails
+            with _as_damage(path):
+                npz = np.load(f, allow_pickle=False)
+            with npz:
+                yield NpzReader(npz, path)
 
     def load_checkpoint(self, map_location: Any = "cpu") -> dict[str, Any]:
         import torch
@@ -306,3 +308,79 @@ def find_runs(path: str | os.PathLike[str]) -> list[RunDir]:
     if not runs:
         raise RunDirError(f"{root} is neither a run directory nor a sweep of them (no config.json found below it)")
     return [RunDir(p) for p in runs]
+
+
+@contextlib.contextmanager
+def _as_damage(path: Path) -> Iterator[None]:
+    """An exception of the block (not a BaseException, not a RunDirError) as a RunDirError naming ``path``."""
+    try:
+        yield
+    except RunDirError:
+        raise
+    except FileNotFoundError as err:
+        raise RunDirError(f"{path}: file not found") from err
+    except Exception as err:  # zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError, KeyError ...
+        raise RunDirError(f"{path}: unreadable npz ({type(err).__name__}: {err}); the file is damaged") from err
+
+
+class NpyHeader(NamedTuple):
+    """Shape and dtype of an array in an npz file, from its ``.npy`` header."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+class NpzReader:
+    """An open npz file (:meth:`RunDir.open_npz`): members read one at a time; a failed read raises
+    :class:`RunDirError` naming the file."""
+
+    def __init__(self, npz: Any, path: Path) -> None:
+        self._npz, self.path = npz, path
+
+    @property
+    def files(self) -> list[str]:
+        """The arrays' names."""
+        return self._npz.files
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._npz.files
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        with _as_damage(self.path):
+            return self._npz[key]
+
+    def header(self, key: str, read_through: bool = False) -> NpyHeader | None:
+        """The shape and dtype of member ``key`` without reading its data; None where the header cannot be read
+        alone (a member not named ``key.npy``, a header version numpy has no reader for).
+
+        ``read_through``: also read the data to the end, keeping nothing, so that damage inside the member
+        raises here (zip's CRC at its end, a deflate error, fewer or more bytes than the header says).
+        """
+        readers = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}
+        with _as_damage(self.path):
+            if key + ".npy" not in self._npz.zip.NameToInfo:
+                return None
+            with self._npz.zip.open(key + ".npy") as fp:
+                version = npformat.read_magic(fp)
+                if version not in readers:
+                    return None
+                shape, _, dtype = readers[version](fp)
+                if read_through:
+                    _read_through(fp, key, math.prod(shape) * dtype.itemsize, dtype.hasobject)
+                return NpyHeader(tuple(shape), dtype)
+
+
+def _read_through(fp: IO[bytes], key: str, expected: int, has_objects: bool) -> None:
+    """Read a member's data to its end in 1 MiB blocks, keeping nothing; raise ValueError where it is not the
+    ``expected`` number of bytes."""
+    if has_objects:  # as np.load with allow_pickle=False
+        raise ValueError(f"{key} holds Python objects, which cannot be loaded without pickle")
+    size = 0
+    while block := fp.read(1 << 20):
+        size += len(block)
+    if size != expected:
+        raise ValueError(f"{key} holds {size} bytes of data, its header says {expected}")

@@ -99,8 +99,8 @@ def test_say_goes_on_when_stdout_without_a_descriptor_is_closed(monkeypatch, cap
 def test_a_bar_is_shown_in_a_kernel_not_in_a_process_that_imported_ipykernel(monkeypatch):
     # before: "ipykernel" in sys.modules counted as a notebook; nbclient (the notebook tests, a Jupyter server)
     # imports it, and the bars' carriage returns then went into captured stderr
-    import ipykernel  # noqa: F401
-    import IPython
+    pytest.importorskip("ipykernel")
+    IPython = pytest.importorskip("IPython")
 
     from per_core.cli import bar_shown
 
@@ -108,3 +108,9 @@ def test_a_bar_is_shown_in_a_kernel_not_in_a_process_that_imported_ipykernel(mon
     assert not bar_shown(True)
     monkeypatch.setattr(IPython, "get_ipython", lambda: type("Shell", (), {"kernel": object()})())
     assert bar_shown(True) and not bar_shown(False)
+
+    def broken() -> None:
+        raise RuntimeError("a half-imported IPython")
+
+    monkeypatch.setattr(IPython, "get_ipython", broken)
+    assert not bar_shown(True)  # before: the RuntimeError

@@ -70,9 +70,9 @@ def _in_kernel() -> bool:
     get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
     try:
         shell = get_ipython() if callable(get_ipython) else None
+        return getattr(shell, "kernel", None) is not None
     except Exception:  # a stub or half-imported IPython: no kernel to draw into
         return False
-    return getattr(shell, "kernel", None) is not None
 
 
 def _discard(name: str = "stdout") -> None:

@@ -12,10 +12,14 @@ import importlib.util
 
 
 def _have_widgets() -> bool:
+    """Whether ipywidgets can be imported (imported only where it is installed)."""
     try:
-        return importlib.util.find_spec("ipywidgets") is not None
-    except ValueError:  # a stub module without __spec__ in sys.modules
+        if importlib.util.find_spec("ipywidgets") is None:
+            return False
+        import ipywidgets  # noqa: F401  (installed but broken: text bars)
+    except Exception:  # a stub without __spec__ in sys.modules, or an import error
         return False
+    return True
 
 
 if _have_widgets():

@@ -265,6 +265,8 @@ class RunDir:
         with f:  # closed even when np.load fails
             with _as_damage(path):
                 npz = np.load(f, allow_pickle=False)
+                if not isinstance(npz, np.lib.npyio.NpzFile):  # a single .npy array under an .npz name
+                    raise ValueError(f"a single {type(npz).__name__}, not an npz archive of arrays")
             with npz:
                 yield NpzReader(npz, path)
 
@@ -312,7 +314,8 @@ def find_runs(path: str | os.PathLike[str]) -> list[RunDir]:
 
 @contextlib.contextmanager
 def _as_damage(path: Path) -> Iterator[None]:
-    """An exception of the block (not a BaseException, not a RunDirError) as a RunDirError naming ``path``."""
+    """An Exception of the block (not KeyboardInterrupt and other bare BaseExceptions, not a RunDirError) as a
+    RunDirError naming ``path``: "file not found", else "unreadable npz (...); the file is damaged"."""
     try:
         yield
     except RunDirError:
@@ -349,9 +352,20 @@ class NpzReader:
     def __contains__(self, key: str) -> bool:
         return key in self._npz.files
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._npz.files)
+
+    def __len__(self) -> int:
+        return len(self._npz.files)
+
     def __getitem__(self, key: str) -> np.ndarray:
+        self._check_open()
         with _as_damage(self.path):
             return self._npz[key]
+
+    def _check_open(self) -> None:
+        if self._npz.zip is None:  # a caller's mistake, not damage
+            raise ValueError(f"{self.path} was read after its open_npz block ended: read inside the with block")
 
     def header(self, key: str, read_through: bool = False) -> NpyHeader | None:
         """The shape and dtype of member ``key`` without reading its data; None where the header cannot be read
@@ -361,6 +375,7 @@ class NpzReader:
         raises here (zip's CRC at its end, a deflate error, fewer or more bytes than the header says).
         """
         readers = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}
+        self._check_open()
         with _as_damage(self.path):
             if key + ".npy" not in self._npz.zip.NameToInfo:
                 return None

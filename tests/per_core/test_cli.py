@@ -114,3 +114,5 @@ def test_a_bar_is_shown_in_a_kernel_not_in_a_process_that_imported_ipykernel(mon
 
     monkeypatch.setattr(IPython, "get_ipython", broken)
     assert not bar_shown(True)  # before: the RuntimeError
+    monkeypatch.setattr(IPython, "get_ipython", lambda: type("Shell", (), {"kernel": property(lambda self: 1 / 0)})())
+    assert not bar_shown(True)

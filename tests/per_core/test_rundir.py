@@ -102,6 +102,15 @@ def test_only_reads_of_the_file_are_damage_not_the_callers_own_errors(tmp_path):
         z["missing"]
     with rd.open_npz(good) as z:
         assert z.header("x") == ((3,), np.dtype(np.int64)) and z.header("x", read_through=True).ndim == 1
+        assert list(z) == ["x"] and len(z) == 1  # before: iterating asked for z[0], "damaged"
+    with pytest.raises(ValueError, match="after its open_npz block ended") as err:
+        z["x"]
+    assert not isinstance(err.value, RunDirError)  # a caller's mistake is not damage
+    single = tmp_path / "single.npz"
+    with open(single, "wb") as f:
+        np.save(f, np.arange(3))  # one .npy array under an .npz name: a traceback before
+    with pytest.raises(RunDirError, match="single.npz: unreadable npz .*not an npz archive"):
+        rd.read_npz(single)
 
 
 def test_find_runs_in_a_sweep_and_a_clear_error_elsewhere(tmp_path):

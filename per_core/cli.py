@@ -19,6 +19,8 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from per_core.progress import in_kernel
+
 __all__ = ["EXIT_PIPE", "OneLineArgumentParser", "bar_shown", "parse_per_locations", "run_command", "say"]
 
 #: Exit status of a command whose reader closed stdout (``| head``): a shell's 128 + SIGPIPE.
@@ -62,17 +64,7 @@ def parse_per_locations(text: str) -> int | None:
 
 def bar_shown(progress: bool) -> bool:
     """Whether a progress bar is drawn: asked for, and stderr is a terminal or a notebook (never a log or a pipe)."""
-    return progress and (sys.stderr.isatty() or _in_kernel())
-
-
-def _in_kernel() -> bool:
-    """Whether this process is a Jupyter kernel (not merely one that imported ipykernel, as nbclient does)."""
-    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
-    try:
-        shell = get_ipython() if callable(get_ipython) else None
-        return getattr(shell, "kernel", None) is not None
-    except Exception:  # a stub or half-imported IPython: no kernel to draw into
-        return False
+    return progress and (sys.stderr.isatty() or in_kernel())
 
 
 def _discard(name: str = "stdout") -> None:

@@ -75,14 +75,14 @@ def test_a_damaged_npy_header_is_a_run_dir_error_whatever_numpy_raises(tmp_path)
     # a truncated zip: np.load fails on the file it opened; before, that file stayed open as long as the error lived
     cut = rd.write_npz(tmp_path / "epoch_0002.npz", {"x": np.arange(3)})
     cut.write_bytes(cut.read_bytes()[:-1])
-    held = None
+    held: object = "no error raised"
     try:
         rd.read_npz(cut)
     except RunDirError:
         gc.collect()
-        if os.path.isdir("/proc/self/fd"):  # Linux: the open descriptors are listed there
-            held = [f for f in os.listdir("/proc/self/fd") if os.path.realpath(f"/proc/self/fd/{f}") == str(cut)]
-    assert held in ([], None) and (held is not None or not os.path.isdir("/proc/self/fd")), "no error, or a leak"
+        fds = os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else []  # Linux lists them there
+        held = [f for f in fds if os.path.realpath(f"/proc/self/fd/{f}") == str(cut)]
+    assert held == []
 
 
 def test_only_reads_of_the_file_are_damage_not_the_callers_own_errors(tmp_path):

@@ -4,7 +4,9 @@
 for the GPU-capable ones); each prints ``NAME RATIO key=value ...`` lines. Results, machine and
 commands are recorded in ``bench/RESULTS.md``.
 
-Modules (one per goal of issue 7): :mod:`bench.step_time` (1), :mod:`bench.step_graph` (1 on a GPU,
+Modules (one per goal of issue 7): :mod:`bench.step_time` (1), :mod:`bench.allocator` (1, in a
+process per variant, with glibc malloc's defaults and tuned), :mod:`bench.per_parts` (1, where PER's
+time goes inside the step), :mod:`bench.step_graph` (1 on a GPU,
 the step captured in a CUDA graph), :mod:`bench.conv_design` (1, the conv
 design study), :mod:`bench.sw1_demo` (1, the trained demo's SW1), :mod:`bench.grad_path` (2),
 :mod:`bench.no_sort` (3), :mod:`bench.distances` (4), :mod:`bench.recorder` (5),
@@ -14,6 +16,8 @@ design study), :mod:`bench.sw1_demo` (1, the trained demo's SW1), :mod:`bench.gr
 #: Every benchmark, in the order ``python -m bench`` runs them; each module has ``run(quick, device)``.
 BENCHMARKS = (
     "step_time",
+    "allocator",
+    "per_parts",
     "step_graph",
     "grad_path",
     "conv_design",

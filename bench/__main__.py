@@ -10,7 +10,7 @@ import time
 import torch
 
 from bench import BENCHMARKS, GPU_BENCHMARKS
-from bench.timing import machine, progress
+from bench.timing import add_malloc_flag, machine, progress, setup_malloc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: a smoke run, not a result")
     p.add_argument("--only", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
     p.add_argument("--device", default="cpu", help=f"cpu or cuda (only {', '.join(GPU_BENCHMARKS)} use it)")
+    add_malloc_flag(p)
     args = p.parse_args(argv)
+    setup_malloc(args.malloc)
     names = list(BENCHMARKS) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:

@@ -18,17 +18,22 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from per_core.allocator import malloc_setting, tune_malloc
+
 __all__ = [
     "Timings",
+    "add_malloc_flag",
     "emit",
     "external_load",
     "interleaved",
     "machine",
     "progress",
     "quiet_wait",
+    "setup_malloc",
     "sync",
     "wait_for_quiet",
 ]
@@ -221,6 +226,7 @@ def machine() -> dict[str, str]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "load_avg_1min": f"{os.getloadavg()[0]:.2f}",
+        "malloc": malloc_setting(),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
@@ -233,11 +239,36 @@ def sync(device: str | torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def add_malloc_flag(p: argparse.ArgumentParser) -> None:
+    """``--malloc tuned|default``: glibc malloc as the training commands set it (the default), or glibc's own."""
+    p.add_argument(
+        "--malloc",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="tuned (default): as the training commands set it (per_core.allocator); default: glibc's own",
+    )
+
+
+def setup_malloc(choice: str) -> None:
+    """Apply ``--malloc`` before the benchmark's first tensors (:func:`per_core.allocator.tune_malloc`)."""
+    if choice == "tuned":
+        tune_malloc()
+
+
+class _StandaloneParser(argparse.ArgumentParser):
+    def parse_args(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        ns = super().parse_args(*args, **kwargs)
+        setup_malloc(ns.malloc)
+        return ns
+
+
 def standalone_parser(doc: str | None, *, device: bool = False) -> argparse.ArgumentParser:
-    """The parser of one benchmark run on its own (``python -m bench.NAME``): ``--quick``, and
-    ``--device`` for the benchmarks that also run on CUDA; the module adds its own flags."""
-    p = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    """The parser of one benchmark run on its own (``python -m bench.NAME``): ``--quick``, ``--malloc``
+    (applied when the arguments are parsed), and ``--device`` for the benchmarks that also run on CUDA;
+    the module adds its own flags."""
+    p = _StandaloneParser(description=doc.splitlines()[0] if doc else None)
     p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: a smoke run, not a result")
+    add_malloc_flag(p)
     if device:
         p.add_argument("--device", default="cpu", help="cpu or cuda")
     return p

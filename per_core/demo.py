@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from per_core.allocator import tune_malloc
 from per_core.cli import OneLineArgumentParser, run_command, say
 from per_core.configs import get_preset
 from per_core.rundir import RunDir, RunDirError, check_not_a_run
@@ -88,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {}
 
     def body() -> int:
+        tune_malloc()  # before the first tensors: see per_core.allocator
         if args.out.exists() and not args.out.is_dir():
             raise RunDirError(f"--out {args.out} is a file, not a folder: choose a folder for the demo's runs")
         check_not_a_run(args.out, "the demo writes its three runs")

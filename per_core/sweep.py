@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from per_core.allocator import tune_malloc
 from per_core.cli import OneLineArgumentParser, note, parse_per_locations, run_command, say
 from per_core.configs import METHODS, PAPER_RESULTS, PRESETS, TrainConfig, get_preset, lambda_grid
 from per_core.models import MODELS
@@ -493,6 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         if args.table is None:
+            tune_malloc()  # before the first tensors: see per_core.allocator
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # train() would start and end a process group per run
                 raise ValueError(
                     "a sweep runs in one process: start it with python -m per_core.sweep, or data-parallel "

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 import per_core
+from per_core.allocator import malloc_setting, tune_malloc
 from per_core.baselines import VCL, L1Penalty, L2Penalty
 from per_core.cli import OneLineArgumentParser, bar_shown, note, parse_per_locations, run_command, say
 from per_core.configs import METHODS, PRESETS, SMOKE_STEPS, TRAINER_FIELDS, TrainConfig, get_preset
@@ -758,14 +759,20 @@ def _say(line: str) -> None:
 
 
 def _config_record(saved: dict[str, Any] | None, cfg: TrainConfig, start: int) -> dict[str, Any]:
-    """What config.json holds: the config, and the command, package versions and CPU threads of the first launch.
+    """What config.json holds: the config, and the command, package versions, CPU threads and malloc setting
+    (:func:`per_core.allocator.malloc_setting`) of the first launch.
 
     A resume keeps those (the threads of the launch that trains from epoch 1) and appends
-    ``{"from_epoch", "command", "versions", "threads", "changed"}`` to the list ``"resumed"``;
+    ``{"from_epoch", "command", "versions", "threads", "malloc", "changed"}`` to the list ``"resumed"``;
     ``changed`` maps each field that differs from the saved config (only :data:`RESUMABLE_CHANGES`)
     to ``[saved, now]``. ``saved``: the resumed run's config.json, None for a new run.
     """
-    now = {"command": sys.argv, "versions": package_versions(), "threads": torch.get_num_threads()}
+    now = {
+        "command": sys.argv,
+        "versions": package_versions(),
+        "threads": torch.get_num_threads(),
+        "malloc": malloc_setting(),
+    }
     if saved is None:
         return {**cfg.to_dict(), **now}
     entry = {"from_epoch": start, **now, "changed": _changes(saved, cfg)}  # (saved, now) pairs, lists in JSON
@@ -965,6 +972,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rank = 0
 
     def body() -> int:
+        tune_malloc()  # before the first tensors: see per_core.allocator
         if args.resume and args.overwrite:
             raise ValueError(
                 "--resume and --overwrite exclude each other: --resume continues the run, --overwrite replaces it"

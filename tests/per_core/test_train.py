@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import per_core.train as train_module
+from per_core.allocator import malloc_setting
 from per_core.configs import PENALTY_LAMS, TrainConfig, get_preset
 from per_core.distributed import resolve_device
 from per_core.rundir import FORMAT_VERSION, RunDir, RunDirError
@@ -323,6 +324,9 @@ def test_cli_smoke_run_and_resume(tmp_path, capsys):
     assert len(rows) == 2 and RunDir(out).read_config()["smoke"] is True
     assert main(["--resume", "--epochs", "3", "--out", str(out), "--no-progress"]) == 0
     assert len(RunDir(out).read_metrics()) == 3
+    # the command set malloc up (per_core.allocator) and each launch's record says how
+    config = RunDir(out).read_config()
+    assert config["malloc"] == config["resumed"][0]["malloc"] == malloc_setting() != "default"
 
 
 def test_cli_user_errors_are_one_line_messages(tmp_path, capsys):

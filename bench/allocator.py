@@ -1,0 +1,118 @@
+"""Goal 1 in separate processes: step time with glibc malloc's defaults and with :func:`per_core.allocator.tune_malloc`.
+
+:mod:`bench.step_time` interleaves its variants in one process, which shares one heap between them:
+memory one model frees serves the next, so that the page faults a model causes on its own (malloc
+trimming the heap between steps, see :mod:`per_core.allocator`) land on whichever variant comes
+next, or on none. Training runs one model per process. Here every (variant, malloc) pair runs in
+a fresh process (``python -m bench.allocator --child``) that times ``steps`` steps after a warm-up and
+counts the page faults; the pairs run in rotated order over the rounds.
+
+Result lines (``MODEL`` = resnet56, or resnet20 in ``--quick`` mode):
+
+- ``allocator/MODEL/VARIANT``: step time with malloc tuned / with glibc's defaults, same variant;
+  context: minor page faults per step of each.
+- ``allocator/MODEL/VARIANT_vs_vanilla_MALLOC``: the variant's step / the vanilla step, both under the
+  same malloc setting (medians of per-round ratios).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import RECOMMENDED_LOCATIONS, SHAPES, make_step
+from bench.timing import emit, progress, standalone_parser
+
+__all__ = ["run"]
+
+_ROOT = Path(__file__).resolve().parents[1]
+_VARIANTS = {"vanilla": {}, "bn": {}, "per": {"locations": RECOMMENDED_LOCATIONS}}
+_MALLOC = ("default", "tuned")
+
+
+def _child(model: str, variant: str, malloc: str, steps: int, quick: bool) -> dict[str, float]:
+    """In a fresh process: median seconds and mean minor page faults per step of one variant."""
+    import torch
+
+    from per_core.allocator import tune_malloc
+
+    done = tune_malloc() if malloc == "tuned" else "default"
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+    step = make_step(SHAPES[model], variant, quick=quick, **_VARIANTS[variant])[0]
+    for _ in range(2):
+        step()
+    seconds, faults = [], []
+    for _ in range(steps):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t0 = time.perf_counter()
+        step()
+        seconds.append(time.perf_counter() - t0)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return {"seconds": statistics.median(seconds), "faults": statistics.mean(faults), "malloc": done}
+
+
+def _spawn(model: str, variant: str, malloc: str, steps: int, quick: bool) -> dict[str, float]:
+    cmd = [sys.executable, "-m", "bench.allocator", "--child", model, variant, malloc, str(steps)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")]))}
+    env.pop("PER_MALLOC", None)  # the child decides by its arguments
+    env["BENCH_THREADS"] = str(__import__("torch").get_num_threads())
+    out = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True, env=env, cwd=_ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench.allocator child {variant}/{malloc} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(quick: bool = False, device: str = "cpu", models: tuple[str, ...] = ("resnet56",)) -> list[str]:
+    """Tuned / default step time per variant, and each variant over vanilla under both settings."""
+    return [line for model in models for line in _one_model(model, quick)]
+
+
+def _one_model(model: str, quick: bool) -> list[str]:
+    rounds, steps = (1, 2) if quick else (3, 8)
+    shape = SHAPES[model]
+    label = shape.quick_model if quick and shape.quick_model else model
+    pairs = [(v, m) for v in _VARIANTS for m in _MALLOC]
+    progress(f"allocator {label}: {len(pairs)} processes x {rounds} rounds, {steps} steps each")
+    res: dict[tuple[str, str], list[dict[str, float]]] = {p: [] for p in pairs}
+    for r in range(rounds):
+        k = r % len(pairs)
+        for pair in pairs[k:] + pairs[:k]:
+            res[pair].append(_spawn(model, *pair, steps, quick))
+    if any(x["malloc"] != "tuned" for x in res[("vanilla", "tuned")]):
+        progress(f"malloc could not be tuned here ({res[('vanilla', 'tuned')][0]['malloc']})")
+
+    def ratio(a: tuple[str, str], b: tuple[str, str]) -> float:  # median of the per-round ratios
+        return statistics.median(x["seconds"] / y["seconds"] for x, y in zip(res[a], res[b], strict=True))
+
+    lines = []
+    for v in _VARIANTS:
+        ctx = {f"faults_{m}": statistics.mean(x["faults"] for x in res[(v, m)]) for m in _MALLOC}
+        ms = {f"ms_{m}": 1e3 * statistics.median(x["seconds"] for x in res[(v, m)]) for m in _MALLOC}
+        r = ratio((v, "tuned"), (v, "default"))
+        lines.append(emit(f"allocator/{label}/{v}", r, per="default", **ms, **ctx, processes=rounds))
+    for v in ("bn", "per"):
+        for m in _MALLOC:
+            r = ratio((v, m), ("vanilla", m))
+            lines.append(emit(f"allocator/{label}/{v}_vs_vanilla_{m}", r, per="vanilla", processes=rounds))
+    return lines
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        model, variant, malloc, steps = sys.argv[2:6]
+        print(json.dumps(_child(model, variant, malloc, int(steps), "--quick" in sys.argv)))
+        return
+    p = standalone_parser(__doc__)
+    p.add_argument("--models", default="resnet56", help="comma-separated: resnet56, cnn11")
+    args = p.parse_args()
+    run(args.quick, "cpu", tuple(args.models.split(",")))
+
+
+if __name__ == "__main__":
+    main()

@@ -54,7 +54,8 @@ def _child(model: str, variant: str, malloc: str, steps: int, quick: bool) -> di
         step()
         seconds.append(time.perf_counter() - t0)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-    return {"seconds": statistics.median(seconds), "faults": statistics.mean(faults), "malloc": done}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
+    return {"seconds": statistics.median(seconds), "faults": statistics.mean(faults), "malloc": done, "rss": peak}
 
 
 def _spawn(model: str, variant: str, malloc: str, steps: int, quick: bool) -> dict[str, float]:
@@ -68,13 +69,15 @@ def _spawn(model: str, variant: str, malloc: str, steps: int, quick: bool) -> di
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(quick: bool = False, device: str = "cpu", models: tuple[str, ...] = ("resnet56",)) -> list[str]:
+def run(
+    quick: bool = False, device: str = "cpu", models: tuple[str, ...] = ("resnet56",), rounds: int = 3
+) -> list[str]:
     """Tuned / default step time per variant, and each variant over vanilla under both settings."""
-    return [line for model in models for line in _one_model(model, quick)]
+    return [line for model in models for line in _one_model(model, quick, rounds)]
 
 
-def _one_model(model: str, quick: bool) -> list[str]:
-    rounds, steps = (1, 2) if quick else (3, 8)
+def _one_model(model: str, quick: bool, rounds: int) -> list[str]:
+    rounds, steps = (1, 2) if quick else (rounds, 8)
     shape = SHAPES[model]
     label = shape.quick_model if quick and shape.quick_model else model
     pairs = [(v, m) for v in _VARIANTS for m in _MALLOC]
@@ -93,6 +96,7 @@ def _one_model(model: str, quick: bool) -> list[str]:
     lines = []
     for v in _VARIANTS:
         ctx = {f"faults_{m}": statistics.mean(x["faults"] for x in res[(v, m)]) for m in _MALLOC}
+        ctx.update({f"rss_MiB_{m}": statistics.median(x["rss"] for x in res[(v, m)]) for m in _MALLOC})
         ms = {f"ms_{m}": 1e3 * statistics.median(x["seconds"] for x in res[(v, m)]) for m in _MALLOC}
         r = ratio((v, "tuned"), (v, "default"))
         lines.append(emit(f"allocator/{label}/{v}", r, per="default", **ms, **ctx, processes=rounds))
@@ -109,9 +113,10 @@ def main() -> None:
         print(json.dumps(_child(model, variant, malloc, int(steps), "--quick" in sys.argv)))
         return
     p = standalone_parser(__doc__)
-    p.add_argument("--models", default="resnet56", help="comma-separated: resnet56, cnn11")
+    p.add_argument("--models", default="resnet56", help="comma-separated: resnet56, cnn11, lstm")
+    p.add_argument("--rounds", type=int, default=3, help="processes per (variant, malloc) pair (default 3)")
     args = p.parse_args()
-    run(args.quick, "cpu", tuple(args.models.split(",")))
+    run(args.quick, "cpu", tuple(args.models.split(",")), args.rounds)
 
 
 if __name__ == "__main__":

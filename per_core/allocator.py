@@ -1,19 +1,22 @@
 """Keep glibc's malloc from handing a training step's memory back to the kernel between steps.
 
-On Linux, PyTorch's CPU tensors come from glibc's ``malloc``. Its defaults adapt: once a large block
-has been freed, blocks up to that size come from the heap, and the top of the heap is returned to
-the kernel (trimmed) whenever more than twice that size lies free there. A training step frees its
-activations at the end of backward and allocates them again in the next forward, so any change in
-the order of allocations (a regularizer keeping a few small tensors between forward and backward,
-BN's statistics) can leave the freed memory at the top, be trimmed, and fault in again, page by
-page, in the next step. Measured on a 2-core Xeon with ResNet-56 at batch 128, a process per run
-(``python -m bench.allocator``): about 40,000 page faults per step for PER and for BN, a few hundred for
-the plain network; tuned, under 1,000 for each, and PER's and BN's steps 4 % and 8 % faster.
+On Linux, PyTorch's CPU tensors come from glibc's ``malloc``. By default it maps large blocks
+(above an adaptive threshold, at most 32 MiB) straight from the kernel and unmaps them when they are
+freed, and it returns the top of its heap to the kernel (trims it) once enough lies free there. A
+training step frees its activations at the end of backward and allocates them again in the next
+forward, so the same memory goes back to the kernel and is faulted in again, page by page (zeroed
+by the kernel), every step; which blocks do so depends on the order of allocations, so that a
+regularizer keeping a few small tensors between forward and backward, or BN's statistics, can make
+a model pay for it when the plain network does not.
 
-:func:`tune_malloc` fixes both thresholds, so that the heap keeps what a step frees for the next one
-(what PyTorch's CUDA caching allocator does on a GPU). The training commands call it at start;
-setting ``PER_MALLOC=default`` in the environment, or the user's own choice (any ``MALLOC_*``
-variable, malloc settings in ``GLIBC_TUNABLES``, another malloc in ``LD_PRELOAD``) leaves malloc alone.
+:func:`tune_malloc` turns both off for the process: no block is mapped on its own (``M_MMAP_MAX``
+= 0: large blocks come from the heap like the others) and the heap is trimmed only beyond
+:data:`TRIM_THRESHOLD` of free memory at its top, so that what a step frees serves the next step
+(what PyTorch's caching allocator does on a GPU). The price is memory: freed blocks stay with the
+process, and the heap fragments more than separate mappings (measured in ``bench/RESULTS.md``,
+"Allocator", with ``python -m bench.allocator``). The training commands call it at start; setting
+``PER_MALLOC=default`` in the environment, or the user's own choice (any ``MALLOC_*`` variable,
+malloc settings in ``GLIBC_TUNABLES``, another malloc in ``LD_PRELOAD``) leaves malloc alone.
 """
 
 from __future__ import annotations
@@ -23,14 +26,12 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "malloc_setting", "tune_malloc"]
+__all__ = ["TRIM_THRESHOLD", "malloc_setting", "tune_malloc"]
 
-#: Blocks below this size come from the heap (glibc's largest adaptive value, 32 MiB on 64-bit systems).
-MMAP_THRESHOLD = 32 * 1024 * 1024
 #: Free memory at the top of the heap is returned to the kernel only beyond this much.
 TRIM_THRESHOLD = 1024 * 1024 * 1024
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
 _setting = "default"
 
 
@@ -47,7 +48,7 @@ def _user_choice() -> str | None:
 
 
 def tune_malloc() -> str:
-    """Fix glibc malloc's mmap and trim thresholds (:data:`MMAP_THRESHOLD`, :data:`TRIM_THRESHOLD`) for this process.
+    """Serve every block from glibc malloc's heap and trim it only beyond :data:`TRIM_THRESHOLD`, for this process.
 
     Returns what was done, for the log: ``'tuned'``, or why not (not glibc, or left alone at the
     user's request: see the module docstring). Call it before the model allocates its first tensors;
@@ -78,6 +79,7 @@ def _tune() -> str:
         libc.gnu_get_libc_version  # noqa: B018 (only glibc has it: musl's mallopt does nothing)
     except (OSError, AttributeError):
         return "default (not glibc)"
-    if libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 or libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1:
+    settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    if not all(libc.mallopt(param, value) == 1 for param, value in settings):
         return "default (mallopt refused)"
     return "tuned"

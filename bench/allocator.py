@@ -5,12 +5,16 @@ memory one model frees serves the next, so that the page faults a model causes o
 trimming the heap between steps, see :mod:`per_core.allocator`) land on whichever variant comes
 next, or on none. Training runs one model per process. Here every (variant, malloc) pair runs in
 a fresh process (``python -m bench.allocator --child``) that times ``steps`` steps after a warm-up and
-counts the page faults; the pairs run in rotated order over the rounds.
+counts the page faults and the peak resident memory; the pairs run in rotated order over the rounds.
+Each child sets malloc up itself (``--malloc`` of the parent changes nothing here); the user's own
+malloc variables reach every child, and a "tuned" child they keep untuned marks the lines
+``tuned=no``. A child that fails (killed when memory runs out, say) is reported on a progress line and
+its model gets no lines.
 
 Result lines (``MODEL`` = resnet56, or resnet20 in ``--quick`` mode):
 
 - ``allocator/MODEL/VARIANT``: step time with malloc tuned / with glibc's defaults, same variant;
-  context: minor page faults per step of each.
+  context: minor page faults per step and peak resident MiB of each.
 - ``allocator/MODEL/VARIANT_vs_vanilla_MALLOC``: the variant's step / the vanilla step, both under the
   same malloc setting (medians of per-round ratios).
 """
@@ -65,15 +69,27 @@ def _spawn(model: str, variant: str, malloc: str, steps: int, quick: bool) -> di
     env["BENCH_THREADS"] = str(__import__("torch").get_num_threads())
     out = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True, env=env, cwd=_ROOT)
     if out.returncode != 0:
-        raise RuntimeError(f"bench.allocator child {variant}/{malloc} failed:\n{out.stderr[-2000:]}")
+        how = f"killed by signal {-out.returncode}" if out.returncode < 0 else f"exit status {out.returncode}"
+        tail = out.stderr.strip()[-300:] or "no output (out of memory?)"
+        raise _ChildFailed(f"bench.allocator child {model} {variant}/{malloc}: {how}: {tail}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+class _ChildFailed(RuntimeError):
+    pass
 
 
 def run(
     quick: bool = False, device: str = "cpu", models: tuple[str, ...] = ("resnet56",), rounds: int = 3
 ) -> list[str]:
     """Tuned / default step time per variant, and each variant over vanilla under both settings."""
-    return [line for model in models for line in _one_model(model, quick, rounds)]
+    lines = []
+    for model in models:
+        try:
+            lines += _one_model(model, quick, rounds)
+        except _ChildFailed as err:
+            progress(f"{err}; no result for {model}")
+    return lines
 
 
 def _one_model(model: str, quick: bool, rounds: int) -> list[str]:
@@ -87,8 +103,10 @@ def _one_model(model: str, quick: bool, rounds: int) -> list[str]:
         k = r % len(pairs)
         for pair in pairs[k:] + pairs[:k]:
             res[pair].append(_spawn(model, *pair, steps, quick))
-    if any(x["malloc"] != "tuned" for x in res[("vanilla", "tuned")]):
-        progress(f"malloc could not be tuned here ({res[('vanilla', 'tuned')][0]['malloc']})")
+    untuned = sorted({x["malloc"] for (v, m), xs in res.items() if m == "tuned" for x in xs} - {"tuned"})
+    if untuned:
+        progress(f"malloc was not tuned in the 'tuned' children: {'; '.join(untuned)}")
+    tuned = "no" if untuned else "yes"
 
     def ratio(a: tuple[str, str], b: tuple[str, str]) -> float:  # median of the per-round ratios
         return statistics.median(x["seconds"] / y["seconds"] for x, y in zip(res[a], res[b], strict=True))
@@ -99,11 +117,11 @@ def _one_model(model: str, quick: bool, rounds: int) -> list[str]:
         ctx.update({f"rss_MiB_{m}": statistics.median(x["rss"] for x in res[(v, m)]) for m in _MALLOC})
         ms = {f"ms_{m}": 1e3 * statistics.median(x["seconds"] for x in res[(v, m)]) for m in _MALLOC}
         r = ratio((v, "tuned"), (v, "default"))
-        lines.append(emit(f"allocator/{label}/{v}", r, per="default", **ms, **ctx, processes=rounds))
+        lines.append(emit(f"allocator/{label}/{v}", r, per="default", **ms, **ctx, processes=rounds, tuned=tuned))
     for v in ("bn", "per"):
         for m in _MALLOC:
             r = ratio((v, m), ("vanilla", m))
-            lines.append(emit(f"allocator/{label}/{v}_vs_vanilla_{m}", r, per="vanilla", processes=rounds))
+            lines.append(emit(f"allocator/{label}/{v}_vs_vanilla_{m}", r, per="vanilla", processes=rounds, tuned=tuned))
     return lines
 
 

@@ -11,11 +11,15 @@ around its hook would change.
 
 Result lines (``MODEL`` = resnet56, or resnet20 in ``--quick`` mode):
 
-- ``per_parts/MODEL/step``: PER step / vanilla step (median of paired rounds, as in step_time).
+- ``per_parts/MODEL/step``: PER step (with the timing hooks) / vanilla step (without), the median
+  of paired rounds as in step_time; ``timing_hooks`` says what the timing hooks alone cost.
 - ``per_parts/MODEL/in_per``: (vanilla step + time inside PER's code) / vanilla step: the ratio PER
   would have if it slowed nothing else; the context gives the milliseconds of each part per step.
-- ``per_parts/MODEL/rest``: (PER step - time inside PER's code) / vanilla step: whether the model's own
-  work (convolutions, ...) runs slower next to PER (1 = not at all).
+- ``per_parts/MODEL/timing_hooks``: vanilla step with the timing hooks (and nothing between them) /
+  vanilla step.
+- ``per_parts/MODEL/rest``: (PER step - time inside PER's code) / vanilla step with the timing hooks,
+  the median over all rounds of the per-round ratio: whether the model's own work (convolutions, ...)
+  runs slower next to PER (1 = not at all).
 - ``per_parts/MODEL/compute_in_step``: the batched computation's time inside the step / the same
   computation on rows of the same shapes called back to back (warm caches).
 - ``per_parts/MODEL/first_op``: a location draw (one ``torch.randint``) at a layer's output inside a
@@ -183,7 +187,7 @@ def _one_model(model_name: str, quick: bool, device: str) -> list[str]:
     ms = {f"{k}_ms": v for k, v in parts.items()}
     lines.append(emit(f"per_parts/{label}/in_per", (base + inside) / base, per="vanilla", **ms, **ctx))
     lines.append(emit(f"per_parts/{label}/timing_hooks", t.ratio("timing_hooks", "vanilla"), per="vanilla"))
-    # paired per round, as the other ratios: the non-PER part of each PER step / that round's instrumented vanilla
+    # paired per round (all rounds: the quiet-round filter of the other ratios needs Timings' own pairs)
     rest = statistics.median(
         (p - i) / h for p, i, h in zip(t.seconds["per"], inside_calls, t.seconds["timing_hooks"], strict=True)
     )

@@ -259,6 +259,7 @@ class _StandaloneParser(argparse.ArgumentParser):
     def parse_args(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         ns = super().parse_args(*args, **kwargs)
         setup_malloc(ns.malloc)
+        progress("machine: " + " ".join(f"{k}={v}" for k, v in machine().items()))
         return ns
 
 

@@ -317,16 +317,18 @@ def test_cli_divergence_is_one_line_naming_epoch_step_and_layers(tmp_path, capsy
     assert "PER penalty" not in err and "lambda" not in err and "lower the learning rate, or clip" in err
 
 
-def test_cli_smoke_run_and_resume(tmp_path, capsys):
+def test_cli_smoke_run_and_resume(tmp_path, capsys, monkeypatch):
+    calls = []  # the command sets malloc up before training (per_core.allocator); spied: it is per process
+    monkeypatch.setattr("per_core.train.tune_malloc", lambda: calls.append(RunDir(tmp_path / "cli").is_run()))
     out = tmp_path / "cli"
     assert main(["--method", "per", "--smoke", "--out", str(out), "--no-progress", "--record", "none"]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and RunDir(out).read_config()["smoke"] is True
     assert main(["--resume", "--epochs", "3", "--out", str(out), "--no-progress"]) == 0
     assert len(RunDir(out).read_metrics()) == 3
-    # the command set malloc up (per_core.allocator) and each launch's record says how
-    config = RunDir(out).read_config()
-    assert config["malloc"] == config["resumed"][0]["malloc"] == malloc_setting() != "default"
+    assert calls == [False, True]  # once per launch, before anything was written
+    config = RunDir(out).read_config()  # each launch's record says how malloc was set
+    assert config["malloc"] == config["resumed"][0]["malloc"] == malloc_setting()
 
 
 def test_cli_user_errors_are_one_line_messages(tmp_path, capsys):

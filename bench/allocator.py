@@ -72,7 +72,10 @@ def _spawn(model: str, variant: str, malloc: str, steps: int, quick: bool) -> di
         how = f"killed by signal {-out.returncode}" if out.returncode < 0 else f"exit status {out.returncode}"
         tail = out.stderr.strip()[-300:] or "no output (out of memory?)"
         raise _ChildFailed(f"bench.allocator child {model} {variant}/{malloc}: {how}: {tail}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise _ChildFailed(f"bench.allocator child {model} {variant}/{malloc}: no result line") from None
 
 
 class _ChildFailed(RuntimeError):
@@ -125,17 +128,17 @@ def _one_model(model: str, quick: bool, rounds: int) -> list[str]:
     return lines
 
 
-def main() -> None:
+def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         model, variant, malloc, steps = sys.argv[2:6]
         print(json.dumps(_child(model, variant, malloc, int(steps), "--quick" in sys.argv)))
-        return
+        return 0
     p = standalone_parser(__doc__)
     p.add_argument("--models", default="resnet56", help="comma-separated: resnet56, cnn11, lstm")
     p.add_argument("--rounds", type=int, default=3, help="processes per (variant, malloc) pair (default 3)")
     args = p.parse_args()
-    run(args.quick, "cpu", tuple(args.models.split(",")), args.rounds)
+    return 0 if run(args.quick, "cpu", tuple(args.models.split(",")), args.rounds) else 1  # no result: failed
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -252,7 +252,10 @@ def add_malloc_flag(p: argparse.ArgumentParser) -> None:
 def setup_malloc(choice: str) -> None:
     """Apply ``--malloc`` before the benchmark's first tensors (:func:`per_core.allocator.tune_malloc`)."""
     if choice == "tuned":
-        tune_malloc()
+        try:
+            tune_malloc()
+        except ValueError as err:  # PER_MALLOC misspelt: one line, as the training commands say it
+            raise SystemExit(f"bench: error: {err}") from None
 
 
 class _StandaloneParser(argparse.ArgumentParser):

@@ -14,7 +14,8 @@ a model pay for it when the plain network does not.
 come from the heap, and the heap is trimmed only when more than :data:`TRIM_THRESHOLD` lies free at
 its top, so that what a step frees serves the next step (what PyTorch's caching allocator does on a
 GPU). Larger blocks (a loaded dataset, an 11-layer CNN's 196 MB activations at batch 250) are still
-mapped on their own and returned when freed: serving those from the heap too (``M_MMAP_MAX`` = 0)
+mapped on their own and returned when freed, unless the free top of the heap (up to
+:data:`TRIM_THRESHOLD`) can hold them: serving those from the heap too (``M_MMAP_MAX`` = 0)
 made the CNN's step a third faster but left freed gigabytes pinned under live data (after a
 CIFAR-10-sized load, 0.74 GB of live tensors, 2.9 GB stayed resident, against 0.93 GB untouched).
 Measured in ``bench/RESULTS.md``, "Allocator" (``python -m bench.allocator``).
@@ -40,7 +41,7 @@ MMAP_THRESHOLD = 32 * 1024 * 1024
 TRIM_THRESHOLD = 1024 * 1024 * 1024
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
-#: glibc's own names for what tune_malloc sets: the user's setting of any of them wins
+#: glibc's names for the thresholds tune_malloc sets and two that change what they do: a user's setting wins
 _OWN_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 _OWN_TUNABLES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold", "glibc.malloc.top_pad")
 _OWN_TUNABLES += ("glibc.malloc.mmap_max",)
@@ -65,8 +66,9 @@ def _user_choice() -> str | None:
 def tune_malloc() -> str:
     """Fix glibc malloc's mmap and trim thresholds (:data:`MMAP_THRESHOLD`, :data:`TRIM_THRESHOLD`) for this process.
 
-    Returns what was done, for the log and ``config.json``: ``'tuned'``, or ``'default (why not)'``
-    (not glibc, or left alone at the user's request: see the module docstring). Call it before the
+    Returns what was done, for the log and ``config.json``: ``'tuned'``, ``'default (why not)'`` (not
+    glibc, or left alone at the user's request: see the module docstring), or ``'partly (...)'`` when
+    glibc took the mmap threshold but refused the trim threshold (no glibc does). Call it before the
     model allocates its first tensors; once it has tuned, calling it again does nothing. A
     ``PER_MALLOC`` other than ``default`` or ``tuned`` is a ValueError.
     """
@@ -77,8 +79,7 @@ def tune_malloc() -> str:
 
 
 def malloc_setting() -> str:
-    """What :func:`tune_malloc` did in this process: ``'tuned'``, or ``'default (why not)'``; ``'default'`` if
-    it was not called."""
+    """What :func:`tune_malloc` did in this process (its answer); ``'default'`` if it was not called."""
     return _setting
 
 

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MALLOC_ENV = ("PER_MALLOC", "GLIBC_TUNABLES", "LD_PRELOAD")
 
 # Training steps of a small conv net with BN (4 MiB activations). With glibc's adaptive defaults
-# 6,400-10,800 pages a step went back to the kernel and were faulted in again here (with only the mmap
+# 2,600-10,800 pages a step went back to the kernel and were faulted in again here (with only the mmap
 # threshold fixed ~9,000, with only the trim threshold ~76,000); tuned, 0-410 (the heap settling).
 STEPS = """
 import resource, sys, torch
@@ -36,7 +36,7 @@ print(said.split()[0], (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
 """
 
 # A block above MMAP_THRESHOLD (a loaded dataset) freed under a live small one: it must go back to the
-# kernel (with no separate mappings at all it stayed resident: 2.9 GB for a 0.9 GB CIFAR-sized load).
+# kernel (with no separate mappings at all it stayed resident: 2.9 GB after a CIFAR-sized load of 0.74 GB).
 LARGE = """
 import torch
 from per_core.allocator import tune_malloc
@@ -68,8 +68,8 @@ glibc = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's
 
 @glibc
 def test_tuned_heap_keeps_what_a_step_frees():
-    said, faults = child(STEPS, "untouched")
-    assert float(faults) > 3000  # glibc's defaults: the pages go back and come again every step
+    # glibc's defaults are not asserted (2,640 on a loaded machine): the tuned run fails as it should when
+    # either threshold, or both, are left unset (9,000 / 76,000 / 2,600-10,800 faults)
     said, faults = child(STEPS, "tune")
     assert said == "tuned" and float(faults) < 1000
 

@@ -10,7 +10,7 @@ import time
 import torch
 
 from bench import BENCHMARKS, GPU_BENCHMARKS
-from bench.timing import add_malloc_flag, machine, progress, setup_malloc
+from bench.timing import add_malloc_flag, progress, setup_malloc, show_machine
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         if skipped:
             progress(f"CPU-only benchmarks skipped on {args.device}: {', '.join(skipped)}")
         names = [n for n in names if n in GPU_BENCHMARKS]
-    info = machine()
-    progress("machine: " + " ".join(f"{k}={v}" for k, v in info.items()))
+    show_machine()
     progress(f"command: python -m bench {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
     t_all = time.perf_counter()
     for i, name in enumerate(names, 1):

@@ -28,24 +28,22 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+import torch
 
 from bench.common import RECOMMENDED_LOCATIONS, SHAPES, make_step
+from bench.memory import ROOT, child_env
 from bench.timing import emit, progress, standalone_parser
+from per_core.allocator import tune_malloc
 
 __all__ = ["run"]
 
-_ROOT = Path(__file__).resolve().parents[1]
 _VARIANTS = {"vanilla": {}, "bn": {}, "per": {"locations": RECOMMENDED_LOCATIONS}}
 _MALLOC = ("default", "tuned")
 
 
 def _child(model: str, variant: str, malloc: str, steps: int, quick: bool) -> dict[str, float]:
-    """In a fresh process: median seconds and mean minor page faults per step of one variant."""
-    import torch
-
-    from per_core.allocator import tune_malloc
-
+    """In a fresh process: median seconds, mean minor page faults per step and peak RSS of one variant."""
     done = tune_malloc() if malloc == "tuned" else "default"
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     step = make_step(SHAPES[model], variant, quick=quick, **_VARIANTS[variant])[0]
@@ -64,10 +62,9 @@ def _child(model: str, variant: str, malloc: str, steps: int, quick: bool) -> di
 
 def _spawn(model: str, variant: str, malloc: str, steps: int, quick: bool) -> dict[str, float]:
     cmd = [sys.executable, "-m", "bench.allocator", "--child", model, variant, malloc, str(steps)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = child_env(BENCH_THREADS=str(torch.get_num_threads()))
     env.pop("PER_MALLOC", None)  # the child decides by its arguments
-    env["BENCH_THREADS"] = str(__import__("torch").get_num_threads())
-    out = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True, env=env, cwd=_ROOT)
+    out = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
         how = f"killed by signal {-out.returncode}" if out.returncode < 0 else f"exit status {out.returncode}"
         tail = out.stderr.strip()[-300:] or "no output (out of memory?)"

@@ -78,6 +78,13 @@ def _resolve(target: str) -> Callable[..., Callable[[], object]]:
     return getattr(importlib.import_module(module), name)
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a benchmark's child process: this one's, with bench/ importable, plus ``extra``."""
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 def measure(target: str, *args: str, device: str = "cpu", in_process: bool = False) -> dict[str, float] | None:
     """Peak memory of the callable that ``target(*args)`` builds: in a fresh subprocess on the CPU.
 
@@ -86,8 +93,7 @@ def measure(target: str, *args: str, device: str = "cpu", in_process: bool = Fal
     """
     if device.startswith("cuda") or in_process:
         return peak_extra(_resolve(target)(*args), device=device)
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env = child_env(MALLOC_MMAP_THRESHOLD_="65536")
     cmd = [sys.executable, "-m", "bench.memory", target, *args]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, check=False)
     if res.returncode != 0:

@@ -102,9 +102,10 @@ def _instrument(modules: dict[str, nn.Module], clock: _Clock, per: PER | None) -
         clock.row_shapes = [e.rows.shape for ref in per._pending if (e := ref()) is not None]
         t0 = time.perf_counter()
         compute()
+        elapsed = time.perf_counter() - t0
         # the computation runs inside the first backward hook: count it once, as compute only
-        clock.seconds["compute"] += time.perf_counter() - t0
-        clock.seconds["backward"] -= time.perf_counter() - t0
+        clock.seconds["compute"] += elapsed
+        clock.seconds["backward"] -= elapsed
 
     per._compute_pending = timed_compute  # type: ignore[method-assign]
 

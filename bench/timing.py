@@ -34,6 +34,7 @@ __all__ = [
     "progress",
     "quiet_wait",
     "setup_malloc",
+    "show_machine",
     "sync",
     "wait_for_quiet",
 ]
@@ -233,6 +234,11 @@ def machine() -> dict[str, str]:
     return info
 
 
+def show_machine() -> None:
+    """The progress line that heads every benchmark run: :func:`machine`, as ``key=value`` pairs."""
+    progress("machine: " + " ".join(f"{k}={v}" for k, v in machine().items()))
+
+
 def sync(device: str | torch.device) -> None:
     """Wait for queued device work (CUDA kernels are asynchronous); a no-op on the CPU."""
     if torch.device(device).type == "cuda":
@@ -262,7 +268,7 @@ class _StandaloneParser(argparse.ArgumentParser):
     def parse_args(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         ns = super().parse_args(*args, **kwargs)
         setup_malloc(ns.malloc)
-        progress("machine: " + " ".join(f"{k}={v}" for k, v in machine().items()))
+        show_machine()
         return ns
 
 

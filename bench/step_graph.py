@@ -37,7 +37,11 @@ def graphed(step: Callable[[], None], per: PER | None, device: str) -> Callable[
     """``step`` (no synchronization inside) captured in a CUDA graph; the returned call replays it and syncs.
 
     PER's CUDA generators (slices and locations, made by its first forward, in the warm-up) are
-    registered with the graph so that replays advance them.
+    registered with the graph so that replays advance them. The returned call holds ``step`` and
+    ``per``: a graph holds raw addresses, not tensors, so without them the model, its optimizer
+    state and the inputs would be freed and every replay would write into whatever reuses their
+    memory (the first run on a GPU, H200 run G3, failed so: a target tensor overwritten, an
+    out-of-range class index).
     """
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
@@ -57,6 +61,7 @@ def graphed(step: Callable[[], None], per: PER | None, device: str) -> Callable[
         graph.replay()
         torch.cuda.synchronize(device)
 
+    replay.keep_alive = (step, per)  # type: ignore[attr-defined]
     return replay
 
 

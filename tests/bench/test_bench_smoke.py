@@ -103,3 +103,41 @@ def test_step_graph_logic_runs_with_the_capture_faked(monkeypatch, one_thread):
         context = dict(item.split("=", 1) for item in line.split()[2:])
         assert {"eager_ratio", "graph_speedup", "vanilla_graph_ms", "vanilla_eager_ms"} <= context.keys()
         assert 0.2 < float(context["graph_speedup"]) < 5  # the same step timed twice in one interleaving
+
+
+def test_step_graph_replay_keeps_the_captured_step_alive(monkeypatch):
+    # a CUDA graph holds raw addresses, not tensors: on the first GPU run (H200, G3) the step's model, optimizer
+    # state and inputs were freed once graphed() returned, and replays overwrote a target tensor (a device-side
+    # assert in nll_loss). The CUDA calls are faked here; what is checked is who keeps the step's tensors.
+    import contextlib
+    import gc
+    import weakref
+
+    import bench.step_graph as sg
+
+    class FakeCuda:
+        def __init__(self, *args, **kwargs):
+            self.replays = 0
+
+        def wait_stream(self, other):
+            pass
+
+        def register_generator_state(self, gen):
+            pass
+
+        def replay(self):
+            self.replays += 1
+
+    monkeypatch.setattr(torch.cuda, "Stream", FakeCuda)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeCuda)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeCuda())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    step, model, _ = sg.make_step(sg.SHAPES["resnet56"], "vanilla", quick=True, sync=False)
+    model_alive = weakref.ref(model)
+    replay = sg.graphed(step, None, "cuda")
+    del step, model
+    gc.collect()
+    assert model_alive() is not None, "the graph's replay lets the captured model (and its tensors) be freed"
+    replay()

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from per_core.models import build_model
 from per_core.regularizer import PER
 
-__all__ = ["RECOMMENDED_LOCATIONS", "SHAPES", "Shape", "make_inputs", "make_step"]
+__all__ = ["RECOMMENDED_LOCATIONS", "SHAPES", "Shape", "make_inputs", "make_step", "step_variants"]
 
 
 @dataclass(frozen=True)
@@ -132,3 +132,19 @@ def make_step(
             torch.cuda.synchronize(device)
 
     return step, model, per
+
+
+def step_variants(model: str) -> dict[str, dict[str, object]]:
+    """The variants of goal 1's step for ``model``: name -> :func:`make_step` keyword arguments.
+
+    vanilla, bn (the table's baseline) and per (s = 256); for the conv nets PER on the recommended
+    ``RECOMMENDED_LOCATIONS`` per image and, as ``per_all``, Algorithm 1 on every location. The LSTM's
+    rows are time steps: nothing to subsample.
+    """
+    out: dict[str, dict[str, object]] = {"vanilla": {"method": "vanilla"}, "bn": {"method": "bn"}}
+    if SHAPES[model].model == "lstm_lm":
+        out["per"] = {"method": "per"}
+    else:
+        out["per"] = {"method": "per", "locations": RECOMMENDED_LOCATIONS}
+        out["per_all"] = {"method": "per", "locations": None}
+    return out

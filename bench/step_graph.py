@@ -4,12 +4,15 @@ On a GPU the eager ResNet-56 and CNN-11 steps are launch-bound (bench/RESULTS.md
 PER's hooks add host work and launches per layer, not much device time. A CUDA graph replays the
 whole step (forward, backward with PER's hooks, SGD update) without Python or launch overhead, so
 the ratio of graphed steps is PER's device-time cost alone, which is what a training loop that
-captures its step would pay. Each variant is warmed up on a side stream (3 eager steps), captured
-once, then replayed; PER's generators are registered with the graph so that every replay draws new
-locations and slices. Lines: ``step_graph/<model>/<variant> RATIO`` (graphed variant / graphed
-vanilla) with ``eager_ratio`` (the same variant's eager step / eager vanilla, this run) and
-``graph_speedup`` (eager / graphed, the variant's own), all from one interleaving of the eager and
-the graphed steps (paired by round). A variant whose capture fails prints why and is left out.
+captures its step would pay. The variants are goal 1's (``bench.common.step_variants``: vanilla, BN
+or recurrent BN, PER with m = 4 locations per image and on all locations for the conv nets). Each
+variant is warmed up on a side stream (3 eager steps), captured once, then replayed; PER's
+generators are registered with the graph so that every replay draws new locations and slices. Lines:
+``step_graph/<model>/<variant> RATIO`` (graphed variant / graphed vanilla) with ``eager_ratio`` (the
+same variant's eager step / eager vanilla, this run) and ``graph_speedup`` (eager / graphed, the
+variant's own), all from one interleaving of the eager and the graphed steps (paired by round), and
+``step_graph/<model>/per_vs_bn`` (graphed PER / graphed BN, paired). A variant whose capture fails
+prints why and is left out.
 Needs CUDA: on a CPU it prints one SKIPPED line.
 """
 
@@ -19,25 +22,20 @@ from collections.abc import Callable
 
 import torch
 
-from bench.common import RECOMMENDED_LOCATIONS, SHAPES, make_step
+from bench.common import SHAPES, make_step, step_variants
 from bench.timing import emit, interleaved, progress, standalone_parser
 from per_core.regularizer import PER
 
 __all__ = ["graphed", "run"]
 
-MODELS = ("resnet56", "cnn11")
-VARIANTS: dict[str, dict[str, object]] = {
-    "vanilla": {"method": "vanilla"},
-    "bn": {"method": "bn"},
-    "per": {"method": "per", "locations": RECOMMENDED_LOCATIONS},
-}
+MODELS = ("resnet56", "cnn11", "lstm")
 
 
 def graphed(step: Callable[[], None], per: PER | None, device: str) -> Callable[[], None]:
     """``step`` (no synchronization inside) captured in a CUDA graph; the returned call replays it and syncs.
 
-    PER's CUDA generators (slices and locations, made by its first forward, in the warm-up) are
-    registered with the graph so that replays advance them. The returned call holds ``step`` and
+    PER's generators (slices and locations) are registered with the graph
+    (:meth:`per_core.PER.register_with_graph`) so that replays advance them. The returned call holds ``step`` and
     ``per``: a graph holds raw addresses, not tensors, so without them the model, its optimizer
     state and the inputs would be freed and every replay would write into whatever reuses their
     memory (the first run on a GPU, H200 run G3, failed so: a target tensor overwritten, an
@@ -50,10 +48,8 @@ def graphed(step: Callable[[], None], per: PER | None, device: str) -> Callable[
             step()
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    gens = [*per._generators.items(), *per._location_generators.items()] if per is not None else []
-    for dev, gen in gens:  # the slices' and, with a locations_seed, the locations' own
-        if dev.type == "cuda":
-            graph.register_generator_state(gen)
+    if per is not None:
+        per.register_with_graph(graph, device)
     with torch.cuda.graph(graph):
         step()
 
@@ -74,9 +70,10 @@ def run(quick: bool = False, device: str = "cpu", models: tuple[str, ...] = MODE
     lines = []
     for model in models:
         shape = SHAPES[model]
-        progress(f"step_graph {model}: capturing {', '.join(VARIANTS)}")
+        variants = step_variants(model)
+        progress(f"step_graph {model}: capturing {', '.join(variants)}")
         eager, graphs = {}, {}
-        for name, kw in VARIANTS.items():
+        for name, kw in variants.items():
             eager[name], _, _ = make_step(shape, quick=quick, device=device, **kw)
             step, _, per = make_step(shape, quick=quick, device=device, sync=False, **kw)
             try:
@@ -104,6 +101,10 @@ def run(quick: bool = False, device: str = "cpu", models: tuple[str, ...] = MODE
                     spread=f"{lo:.3f}-{hi:.3f}",
                 )
             )
+        if "per" in graphs and "bn" in graphs:  # "at or below BN" as one paired ratio, as in step_time
+            lo, hi = t.spread("per", "bn")
+            lines.append(emit(f"step_graph/{model}/per_vs_bn", t.ratio("per", "bn"), device=device, per="bn",
+                              spread=f"{lo:.3f}-{hi:.3f}"))  # fmt: skip
     return lines
 
 

@@ -14,26 +14,15 @@ backward, what PER holds between forward and backward, and temporaries.
 from __future__ import annotations
 
 from bench import memory
-from bench.common import RECOMMENDED_LOCATIONS, SHAPES, make_step
+from bench.common import SHAPES, make_step, step_variants
 from bench.timing import emit, interleaved, progress, quiet_wait, standalone_parser
 
 __all__ = ["memory_setup", "run"]
 
 
-def _variants(model: str) -> dict[str, dict[str, object]]:
-    """name -> make_step keyword arguments."""
-    out: dict[str, dict[str, object]] = {"vanilla": {"method": "vanilla"}, "bn": {"method": "bn"}}
-    if model == "lstm":  # rows are time steps: nothing to subsample
-        out["per"] = {"method": "per"}
-    else:  # the recommended conv setting, and Algorithm 1 on every location
-        out["per"] = {"method": "per", "locations": RECOMMENDED_LOCATIONS}
-        out["per_all"] = {"method": "per", "locations": None}
-    return out
-
-
 def memory_setup(model: str, variant: str, quick: str = "", device: str = "cpu"):
     """The step whose peak memory :func:`bench.memory.measure` takes (string arguments: it runs in a child)."""
-    return make_step(SHAPES[model], quick=quick == "quick", device=device, **_variants(model)[variant])[0]
+    return make_step(SHAPES[model], quick=quick == "quick", device=device, **step_variants(model)[variant])[0]
 
 
 def run(quick: bool = False, device: str = "cpu", models: tuple[str, ...] = ("resnet56", "cnn11", "lstm")) -> list[str]:
@@ -43,10 +32,10 @@ def run(quick: bool = False, device: str = "cpu", models: tuple[str, ...] = ("re
     for model in models:
         shape = SHAPES[model]
         batch = shape.quick_batch if quick else shape.batch
-        progress(f"step_time {model} batch {batch}: {', '.join(_variants(model))}")
+        progress(f"step_time {model} batch {batch}: {', '.join(step_variants(model))}")
         fns = {}
         per_obj = None
-        for name, kw in _variants(model).items():
+        for name, kw in step_variants(model).items():
             fns[name], _, per = make_step(shape, quick=quick, device=device, **kw)
             if name == "per":
                 per_obj = per

@@ -11,11 +11,12 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 import warnings
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -72,6 +73,24 @@ def named_targets(
                 "never run); pass that container alone (its modules are then attached), or its modules"
             )
     return named
+
+
+#: What torch says when a CUDA graph captures a draw from a generator that is not registered with it.
+_UNREGISTERED_GENERATOR = "not in capture mode"
+
+
+@contextlib.contextmanager
+def _graph_safe_draw() -> Iterator[None]:
+    """Turn torch's error for a draw captured from an unregistered generator into one that says what to do."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if _UNREGISTERED_GENERATOR not in str(exc):
+            raise
+        raise RuntimeError(
+            "PER: a CUDA graph is capturing PER's random draws, but PER's generators are not registered with "
+            "that graph; call per.register_with_graph(graph) before torch.cuda.graph(graph)"
+        ) from exc
 
 
 def _unused_output(name: str) -> None:
@@ -259,6 +278,37 @@ class PER:
             gens[device] = torch.Generator(device=device).manual_seed(seed)
         return gens[device]
 
+    def register_with_graph(self, graph: torch.cuda.CUDAGraph, device: torch.device | str | None = None) -> None:
+        """Let a CUDA graph that captures this PER's passes draw fresh slices and locations on every replay.
+
+        A captured random op replays with the generator offsets that the graph advances; PyTorch does
+        that for the default CUDA generator by itself, and for other generators only when they are
+        registered with the graph (``CUDAGraph.register_generator_state``). PER draws from its own
+        generators (``seed``, and ``locations_seed`` when given), so a training step captured in a
+        graph needs this call before ``torch.cuda.graph(graph)``. The generators of ``device``
+        (default: the current CUDA device) are made here if no forward pass has made them yet.
+        Without it the capture stops at PER's first draw with an error that names this method (torch's
+        own: "Attempt to increase offset for a CUDA generator not in capture mode"). A graph captured
+        with ``track_penalty=True`` leaves in :meth:`penalty` the values of the last replay.
+        ``bench/step_graph.py`` captures whole training steps this way.
+
+        Example (CUDA)::
+
+            per = PER(model.pre_activations(), lam=1e-4, locations=4)
+            ...                              # a few eager steps on a side stream (warm-up)
+            graph = torch.cuda.CUDAGraph()
+            per.register_with_graph(graph)
+            with torch.cuda.graph(graph):
+                step()                       # forward, loss, backward, optimizer step
+            graph.replay()                   # new slices and locations every replay
+        """
+        dev = torch.device("cuda") if device is None else torch.device(device)
+        if dev.type == "cuda" and dev.index is None:  # the hooks key the generators on the tensors' devices: cuda:i
+            dev = torch.device("cuda", torch.cuda.current_device())
+        graph.register_generator_state(self._generator(dev))
+        if self.locations_seed is not None:  # otherwise the locations come from the same generator
+            graph.register_generator_state(self._generator(dev, locations=True))
+
     def __deepcopy__(self, memo: dict[int, object]) -> PER:
         """A new PER with these settings and generator states, attached to the copies of the modules.
 
@@ -361,14 +411,16 @@ class PER:
             sole_owner_counts(str(h.device))  # settled in a forward pass, not inside the first backward
             if lay == "channels_first":
                 flat = v.flatten(2)  # (N, C, *S) -> (N, C, L): a view for contiguous and channels-last
-                index = self._pick_locations(flat, self._generator(h.device, locations=True))
+                with _graph_safe_draw():
+                    index = self._pick_locations(flat, self._generator(h.device, locations=True))
                 if index is not None:  # keep only the chosen locations: (N, C, m), a small copy
                     index = index.unsqueeze(1).expand(-1, flat.shape[1], -1)
                     entry = _Sampled(name, flat.gather(2, index), index)
                     self._remember(entry)
                     h.register_hook(self._make_sampled_grad_hook(entry))
                     return
-            theta = sample_slices(self.n_slices, d, generator=gen, device=h.device, dtype=dtype)
+            with _graph_safe_draw():
+                theta = sample_slices(self.n_slices, d, generator=gen, device=h.device, dtype=dtype)
             h.register_hook(self._make_grad_hook(name, v, h._version, theta, lay))
 
         return forward_hook
@@ -492,7 +544,8 @@ class PER:
             n = n_img * m
             dtype = compute_dtype(dtype)
             gen = self._generator(device)
-            theta = sample_slices(len(entries) * s, d, generator=gen, device=device, dtype=dtype).view(-1, s, d)
+            with _graph_safe_draw():
+                theta = sample_slices(len(entries) * s, d, generator=gen, device=device, dtype=dtype).view(-1, s, d)
             per_block = max(1, self.chunk_elements // (n * s))  # layers per batched block
             for i in range(0, len(entries), per_block):
                 part = entries[i : i + per_block]

@@ -75,6 +75,10 @@ def named_targets(
     return named
 
 
+#: PER's default ``chunk_elements`` off the CPU (16 MiB of float32): on an H200, the sampled layers of a ResNet-56
+#: stage then share one block, 42 fewer kernels per step (bench/RESULTS.md, "GPU, runs G3-G8").
+DEVICE_CHUNK_ELEMENTS = 1 << 22
+
 #: What torch says when a CUDA graph captures a draw from a generator that is not registered with it.
 _UNREGISTERED_GENERATOR = "not in capture mode"
 
@@ -116,7 +120,9 @@ class _Sampled:
     def __init__(self, name: str, rows: Tensor, index: Tensor) -> None:
         self.name = name
         self.rows = rows  # (N, C, m): the chosen locations' channel vectors, as gathered
-        self.index = index  # (N, C, m): the chosen positions per image, expanded over channels
+        # the chosen positions per image, expanded over channels: (N, C, m) in (N, C, L), or, with equal strata,
+        # (N, C, m, 1) in the (N, C, m, L/m) view, each the position within its stratum
+        self.index = index
         self.grad: Tensor | None = None  # scale x dL_per/d rows, (N, C, m) in the compute dtype, once computed
         self.loss: Tensor | None = None  # L_per of the rows, when tracked
 
@@ -214,11 +220,12 @@ class PER:
         The scaler whose ``scale(loss)`` is backpropagated: PER's term is then multiplied by its
         current scale (read as a tensor, no synchronization), as the task loss's gradient is, so that
         ``unscale_`` and ``step`` see ``lambda * grad L_per`` as without scaling.
-    chunk_elements : int
-        Memory bound of one (rows x slices) projection block, reused by every chunk (default 2^20
-        elements, 4 MiB in float32: on a 2-core CPU it ran 131,072 x 256 about 1.8x faster than
-        2^22, which leaves cache, and as fast as 2^18 with 4x fewer ops, which matters on a busy
-        machine where every multi-threaded op can wait for a core).
+    chunk_elements : int, optional
+        Memory bound of one (rows x slices) projection block, reused by every chunk. None (default):
+        2^20 elements on the CPU, 4 MiB in float32 (on a 2-core CPU it ran 131,072 x 256 about 1.8x
+        faster than 2^22, which leaves cache, and as fast as 2^18 with 4x fewer ops, which matters on
+        a busy machine where every multi-threaded op can wait for a core); 2^22 on a GPU, 16 MiB,
+        where each block is a few kernel launches whatever its size (fewer blocks: fewer launches).
 
     Example
     -------
@@ -239,7 +246,7 @@ class PER:
         locations: int | None = None,
         locations_seed: int | None = None,
         track_penalty: bool = False,
-        chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+        chunk_elements: int | None = None,
         layout: Layout | Mapping[str, Layout] | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
@@ -251,7 +258,7 @@ class PER:
         self.seed = check_seed(seed)
         self.locations = locations
         self.track_penalty = track_penalty
-        self.chunk_elements = check_positive_int(chunk_elements, "chunk_elements")
+        self.chunk_elements = check_optional_positive_int(chunk_elements, "chunk_elements", "the device's default")
         self.modules = named
         self.locations_seed = None if locations_seed is None else check_seed(locations_seed)
         if grad_scaler is not None and not isinstance(grad_scaler, torch.amp.GradScaler):
@@ -361,6 +368,12 @@ class PER:
                     self._generator(torch.device(dev), locations).set_state(st)
 
     # -- hooks ----------------------------------------------------------------------------------
+    def _chunk(self, device: torch.device) -> int:
+        """``chunk_elements``, or its default on ``device``: 2^20 on the CPU, 2^22 on accelerators."""
+        if self.chunk_elements is not None:
+            return self.chunk_elements
+        return DEFAULT_CHUNK_ELEMENTS if device.type == "cpu" else DEVICE_CHUNK_ELEMENTS
+
     def _scale(self, device: torch.device) -> float | Tensor:
         """What the gradient of L_per at a layer on ``device`` is multiplied by: lambda, times the loss scale
         of ``grad_scaler`` (moved to ``device``: under nn.DataParallel the scale lives on the first GPU
@@ -412,10 +425,15 @@ class PER:
             if lay == "channels_first":
                 flat = v.flatten(2)  # (N, C, *S) -> (N, C, L): a view for contiguous and channels-last
                 with _graph_safe_draw():
-                    index = self._pick_locations(flat, self._generator(h.device, locations=True))
+                    index = self._pick_locations(flat, self._generator(h.device, locations=True), absolute=False)
                 if index is not None:  # keep only the chosen locations: (N, C, m), a small copy
-                    index = index.unsqueeze(1).expand(-1, flat.shape[1], -1)
-                    entry = _Sampled(name, flat.gather(2, index), index)
+                    n, c, n_loc = flat.shape
+                    m = index.shape[1]
+                    if n_loc % m == 0:  # equal strata, (N, C, m, L/m): the index is the position within its stratum
+                        flat, index = flat.view(n, c, m, n_loc // m), index.view(n, 1, m, 1).expand(-1, c, -1, -1)
+                    else:
+                        index = index.unsqueeze(1).expand(-1, c, -1)
+                    entry = _Sampled(name, flat.gather(-1, index).view(n, c, m), index)
                     self._remember(entry)
                     h.register_hook(self._make_sampled_grad_hook(entry))
                     return
@@ -445,7 +463,7 @@ class PER:
                 self._pending = [ref for ref in self._pending if ref() is not None]
                 self._prune_at = 2 * len(self._pending) + 64
 
-    def _pick_locations(self, flat: Tensor, generator: torch.Generator) -> Tensor | None:
+    def _pick_locations(self, flat: Tensor, generator: torch.Generator, absolute: bool = True) -> Tensor | None:
         """``locations`` = m distinct random spatial positions per image, shape (N, m), or None for all.
 
         Stratified, in O(N m) (sorting N x L random keys, the textbook way, costs more than PER
@@ -454,15 +472,18 @@ class PER:
         they have floor(L/m) or ceil(L/m) positions and start at a random offset (positions seen as
         a circle), which makes every position equally likely. Either way each position is chosen
         with probability exactly m / L (the estimate is unbiased), the m positions are distinct, and
-        they are spread over the image (less variance than independent draws).
+        they are spread over the image (less variance than independent draws). With equal strata and
+        ``absolute=False``, column k holds the position within stratum k (the forward hook gathers
+        from the (N, C, m, L/m) view, one op fewer per layer); the draws are the same.
         """
         n, n_loc = flat.shape[0], flat.shape[2]
         m = self.locations
         if m is None or m >= n_loc:
             return None
-        starts, sizes = self._strata(n_loc, m, flat.device)
         if n_loc % m == 0:  # equal strata: each position is in one stratum of L/m, no rotation needed
-            return torch.randint(0, n_loc // m, (n, m), generator=generator, device=flat.device).add_(starts)
+            within = torch.randint(0, n_loc // m, (n, m), generator=generator, device=flat.device)
+            return within.add_(self._strata(n_loc, m, flat.device)[0]) if absolute else within
+        starts, sizes = self._strata(n_loc, m, flat.device)
         # uniform in [0, size) per stratum: a 62-bit integer mod size (bias below 2^-55)
         within = torch.randint(0, 1 << 62, (n, m), generator=generator, device=flat.device).remainder_(sizes)
         offset = torch.randint(0, n_loc, (n, 1), generator=generator, device=flat.device)
@@ -487,7 +508,7 @@ class PER:
                 )
             x = saved.to(theta.dtype)
             g, loss = grad_and_loss(
-                as_samples(x, layout), theta, self.track_penalty, self.chunk_elements, self._scale(x.device)
+                as_samples(x, layout), theta, self.track_penalty, self._chunk(x.device), self._scale(x.device)
             )
             if loss is not None:
                 self._track(name, loss)
@@ -515,8 +536,8 @@ class PER:
             # into grad itself when nothing else sees it; otherwise into a copy that owns its storage
             # (not a view: autograd sums the two gradients of a residual input in place only into such a tensor)
             out = grad if owns(grad) else grad.clone(memory_format=torch.contiguous_format)
-            n, c, _ = entry.index.shape
-            out.view(n, c, -1).scatter_add_(2, entry.index, entry.grad.to(grad.dtype))
+            index = entry.index  # (N, C, m), or (N, C, m, 1) within equal strata
+            out.view(*index.shape[:-1], -1).scatter_add_(-1, index, entry.grad.to(grad.dtype).view(index.shape))
             return out
 
         return grad_hook
@@ -546,12 +567,13 @@ class PER:
             gen = self._generator(device)
             with _graph_safe_draw():
                 theta = sample_slices(len(entries) * s, d, generator=gen, device=device, dtype=dtype).view(-1, s, d)
-            per_block = max(1, self.chunk_elements // (n * s))  # layers per batched block
+            chunk = self._chunk(device)
+            per_block = max(1, chunk // (n * s))  # layers per batched block
             for i in range(0, len(entries), per_block):
                 part = entries[i : i + per_block]
                 # rows (G, N, C, m) -> (G, N*m, C): one copy for the block, in the compute dtype
                 x = torch.stack([e.rows for e in part]).to(dtype).transpose(-1, -2).reshape(len(part), n, d)
-                g, loss = grad_and_loss(x, theta[i : i + len(part)], self.track_penalty, self.chunk_elements, scale)
+                g, loss = grad_and_loss(x, theta[i : i + len(part)], self.track_penalty, chunk, scale)
                 for k, e in enumerate(part):
                     e.grad = g[k].view(n_img, m, d).transpose(1, 2)  # (N*m, C) -> (N, C, m)
                     e.loss = None if loss is None else loss[k]

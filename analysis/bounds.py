@@ -577,6 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
     _check_slice_options(p, args)
+    from analysis.io import suggest_skip_bad
     from analysis.tables import write_tables
 
     def body() -> int:
@@ -607,7 +608,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  wrote {w}")
         return 1 if failed else 0
 
-    return run_command(body, debug=args.debug, errors=(RunDirError, ValueError, OSError))
+    return run_command(
+        suggest_skip_bad(body, args.skip_bad), debug=args.debug, errors=(RunDirError, ValueError, OSError)
+    )
 
 
 if __name__ == "__main__":

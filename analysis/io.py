@@ -33,7 +33,7 @@ method  epoch split layer  unit  count  nan
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -45,7 +45,7 @@ from analysis.recorder import COUNT_FIELDS, RECORDER_FORMAT, SPLITS, SUM_FIELDS,
 from per_core.checks import is_integer
 from per_core.rundir import NpyHeader, RunDir, RunDirError, find_runs
 
-__all__ = ["STATS_COLUMNS", "Histogram", "RunData", "load_run"]
+__all__ = ["STATS_COLUMNS", "Histogram", "RunData", "load_run", "suggest_skip_bad"]
 
 STATS_COLUMNS = (
     "run", "method", "epoch", "split", "layer", "unit", "count", "mean", "var", "skew", "kurt",
@@ -359,3 +359,21 @@ def _stats_frame(blocks: list[_Block], methods: dict[str, str]) -> pd.DataFrame:
         **{f: col[f] for f in (*COUNT_FIELDS, "min", "max")},
     }
     return pd.DataFrame(frame)[list(STATS_COLUMNS)]
+
+
+def suggest_skip_bad(body: Callable[[], int], skip_bad: bool) -> Callable[[], int]:
+    """A command's ``body`` whose error for a damaged file also says that ``--skip-bad`` leaves it out.
+
+    Without ``--skip-bad`` damage inside a histogram surfaces when a figure or table reads it, after the
+    load succeeded (:func:`load_run`); the command then stops with that file's name, and this adds the way on.
+    """
+
+    def wrapped() -> int:
+        try:
+            return body()
+        except RunDirError as err:
+            if skip_bad or "damaged" not in str(err):
+                raise
+            raise RunDirError(f"{err}; rerun with --skip-bad to leave damaged files out") from err
+
+    return wrapped

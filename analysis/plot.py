@@ -90,7 +90,7 @@ from analysis.figdir import (
     replace_manifest,
     save_figure,
 )
-from analysis.io import RunData, load_run, logged_mask, no_activations
+from analysis.io import RunData, load_run, logged_mask, no_activations, suggest_skip_bad
 from analysis.plotdata import (
     PlotError,
     _epoch_list,
@@ -959,7 +959,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"note: removed {path}: an earlier call wrote it and this one did not", file=sys.stderr)
             return 0
 
-    return run_command(body, debug=args.debug, errors=(RunDirError, PlotError, OSError))
+    return run_command(
+        suggest_skip_bad(body, args.skip_bad), debug=args.debug, errors=(RunDirError, PlotError, OSError)
+    )
 
 
 def _draw_all(data: RunData, layers: list[str] | None, args: Any, out: Path, written: list[Path]) -> None:

@@ -490,11 +490,32 @@ def test_cli_skip_bad_goes_on_and_names_the_skipped_file(tmp_path, capsys):
     assert main([str(rd.root)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "damaged" in err and err.count("\n") == 1
+    assert err.endswith("; rerun with --skip-bad to leave damaged files out\n")
     assert main([str(rd.root), "--skip-bad"]) == 0
     captured = capsys.readouterr()
     assert f"skipped: {bad}" in captured.err
     assert len(captured.out.split()) == 4  # figure2, ridgeline, sw1 curves, metrics
     assert "note: run r has no activations of epoch 2 in split eval (its config records every 1 epochs" in captured.err
+
+
+def test_cli_damage_inside_a_histogram_stops_a_figure_and_points_to_skip_bad(tmp_path, capsys):
+    import zipfile
+
+    rng = np.random.default_rng(0)
+    epochs = [{"wide": rng.normal(size=(600, 400)).astype(np.float32)} for _ in (1, 2)]
+    rd = fake_run(tmp_path / "r", "per", epochs, bins=160)
+    path = rd.activation_path(2)
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("eval/wide/hist.npy")
+    assert info.compress_size > 3 * 4096  # loading reads the header alone: the damage is found by a figure
+    raw = bytearray(path.read_bytes())
+    raw[info.header_offset + 30 + len(info.filename) + info.compress_size // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    assert main([str(rd.root)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and err.endswith("; rerun with --skip-bad to leave damaged files out\n")
+    assert main([str(rd.root), "--skip-bad"]) == 0
+    assert f"skipped: {path}" in capsys.readouterr().err
 
 
 def test_cli_notes_an_epoch_whose_file_is_missing(tmp_path, capsys):

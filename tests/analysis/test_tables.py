@@ -58,6 +58,18 @@ def test_bounds_cli_does_not_read_the_metrics_it_does_not_use(tmp_path, capsys):
     assert (rd.root / "analysis" / "bounds.csv").is_file()
 
 
+def test_bounds_cli_names_a_damaged_file_and_points_to_skip_bad(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    rd = fake_run(tmp_path / "r", "vanilla", [rng.normal(size=(500, 3)) for _ in range(2)])
+    bad = rd.activation_path(2)
+    bad.write_bytes(bad.read_bytes()[:300])  # truncated
+    assert main([str(rd.root), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and err.endswith("; rerun with --skip-bad to leave damaged files out\n")
+    assert main([str(rd.root), "--no-progress", "--skip-bad"]) == 0
+    assert f"skipped: {bad}" in capsys.readouterr().err
+
+
 def test_unit_distances_from_histograms_bracket_the_exact_value(tmp_path):
     rng = np.random.default_rng(1)
     X = np.column_stack([rng.normal(size=5000), rng.exponential(size=5000) * 3, rng.normal(2, 0.5, size=5000)])

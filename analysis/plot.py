@@ -818,6 +818,8 @@ def _load(paths: Sequence[str | os.PathLike[str]], skip_bad: bool) -> RunData:
             out.append(keep.assign(run=keep["run"].astype(str).map(rename)))
         logged.append(d.metrics_logged[d.metrics["run"].isin(list(rename))])
     metrics_frame = pd.concat(metrics, ignore_index=True)
+    if not any(Path(p).is_absolute() for p in paths):  # printed paths read as the user wrote them, as for one run
+        common = Path(os.path.relpath(common))
     return RunData(
         root=common,
         runs=runs,

@@ -722,6 +722,19 @@ def test_cli_removes_only_its_own_stale_figures_and_keeps_a_sweeps_figures_from_
     assert all(p.rsplit("/", 1)[0] == str(figures) for p in capsys.readouterr().out.split())
 
 
+def test_cli_prints_figure_paths_as_the_paths_were_given(tmp_path, capsys, monkeypatch):
+    # one run given relatively printed relative paths, a selection absolute ones: now both as given
+    for method, seed in (("bn", 1), ("per", 2), ("vanilla", 3)):
+        fake_run(tmp_path / "sweep" / method, method, epochs_of(seed, [1.0, 0.5]))
+    monkeypatch.chdir(tmp_path)
+    for paths, folder in ((["sweep/per"], "sweep/per/figures"), (["sweep/per", "sweep/bn"], "sweep/figures/bn+per")):
+        assert main([*paths, "--layers", "layer2"]) == 0
+        printed = capsys.readouterr().out.split()
+        assert printed and all(p.rsplit("/", 1)[0] == folder and Path(p).is_file() for p in printed), printed
+    assert main([str(tmp_path / "sweep" / "per"), str(tmp_path / "sweep" / "bn"), "--layers", "layer2"]) == 0
+    assert all(p.startswith(str(tmp_path / "sweep" / "figures")) for p in capsys.readouterr().out.split())
+
+
 def test_cli_help_documents_where_the_figures_go(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])

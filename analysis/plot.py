@@ -143,10 +143,15 @@ _EXTRA_ALPHA, _GREY = 0.45, "#777777"
 # --- run styles ---------------------------------------------------------------------------------
 
 
+def _smoke(data: RunData, run: str) -> str:
+    """The label suffix of a ``--smoke`` run (synthetic data, a few steps per epoch): ' (smoke)', else ''."""
+    return " (smoke)" if data.configs.get(run, {}).get("smoke") is True else ""
+
+
 def _label(data: RunData, run: str) -> str:
     method = data.methods[run]
     alone = sum(m == method for m in data.methods.values()) == 1
-    return method if run == method or alone else f"{method} ({run})"
+    return (method if run == method or alone else f"{method} ({run})") + _smoke(data, run)
 
 
 def _lams_of(data: RunData, method: str) -> list[Any]:
@@ -160,8 +165,9 @@ def _run_title(data: RunData, run: str, head: str = "", tail: str = "") -> str:
     several, ``tail``; then the run on a second line when :func:`_label` names it."""
     method, lam = data.methods[run], data.configs.get(run, {}).get("lam")
     several = len(_lams_of(data, method)) > 1
-    first = f"{head}{method}{f', λ = {lam:g}' if several and lam is not None else ''}{tail}"
-    return first if _label(data, run) == method else f"{first}\nrun {run}"
+    smoke = _smoke(data, run)
+    first = f"{head}{method}{f', λ = {lam:g}' if several and lam is not None else ''}{smoke}{tail}"
+    return first if _label(data, run) == method + smoke else f"{first}\nrun {run}"
 
 
 def _runs_note(data: RunData, runs: Sequence[str], chosen: str | None = None) -> str:
@@ -880,6 +886,16 @@ def _unfinished_notes(data: RunData) -> list[str]:
     return notes
 
 
+def _smoke_notes(data: RunData) -> list[str]:
+    """One line per ``--smoke`` run, when the figures also hold runs on real data."""
+    smoke = [run for run in data.runs_list if _smoke(data, run)]
+    if not smoke or len(smoke) == len(data.runs_list):
+        return []
+    return [
+        f"run {run} is a --smoke run (synthetic data, a few steps): labelled (smoke), not comparable" for run in smoke
+    ]
+
+
 def _missing_epochs(data: RunData, run: str, epochs: set[int]) -> list[int]:
     """Multiples of the run's ``record_every`` up to its last recorded epoch that have no activations."""
     every = data.configs.get(run, {}).get("record_every")
@@ -930,7 +946,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = _load(args.paths, args.skip_bad)
         for msg in data.skipped:
             print(f"skipped: {msg}", file=sys.stderr)
-        for msg in _unfinished_notes(data):
+        for msg in [*_unfinished_notes(data), *_smoke_notes(data)]:
             print(f"note: {msg}", file=sys.stderr)
         out = args.out if args.out is not None else default_out(args.paths, data)
         check_out(out, args.out is not None)

@@ -735,6 +735,23 @@ def test_cli_prints_figure_paths_as_the_paths_were_given(tmp_path, capsys, monke
     assert all(p.startswith(str(tmp_path / "sweep" / "figures")) for p in capsys.readouterr().out.split())
 
 
+def test_smoke_runs_are_labelled_and_noted_next_to_real_runs(tmp_path, capsys):
+    fake_run(tmp_path / "bn", "bn", epochs_of(1, [1.0, 0.5]))
+    smoke = fake_run(tmp_path / "per", "per", epochs_of(2, [1.0, 0.5]))
+    smoke.write_config({**smoke.read_config(), "smoke": True})
+    data = analysis.plot._load([str(tmp_path)], skip_bad=False)
+    assert analysis.plot._label(data, "per") == "per (smoke)" and analysis.plot._label(data, "bn") == "bn"
+    assert analysis.plot._run_title(data, "per") == "per (smoke)"  # no second line: the label says no more
+    assert main([str(tmp_path), "--layers", "layer2"]) == 0
+    err = capsys.readouterr().err
+    assert "note: run per is a --smoke run (synthetic data, a few steps): labelled (smoke)" in err
+    assert "run bn is a --smoke" not in err
+    fig = analysis.plot.sw1_curves(data)
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    labels = [t.get_text() for legend in legends for t in legend.get_texts()]
+    assert "per (smoke)" in labels and "bn" in labels
+
+
 def test_cli_help_documents_where_the_figures_go(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])

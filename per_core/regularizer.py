@@ -79,6 +79,15 @@ def named_targets(
 #: stage then share one block, 42 fewer kernels per step (bench/RESULTS.md, "GPU, runs G3-G8").
 DEVICE_CHUNK_ELEMENTS = 1 << 22
 
+
+def _within_strata(device: torch.device) -> bool:
+    """Whether the sampled path gathers equal strata from the (N, C, m, L/m) view by the position within each
+    stratum (no stratum start added: one kernel fewer per layer, which counts on a GPU, ``bench/RESULTS.md``
+    "GPU, runs G3-G8") rather than from (N, C, L) by absolute position (on the CPU, where torch's gather
+    and scatter over the size-1 last axis took 1.1-2x as long). The same draws and values either way."""
+    return device.type != "cpu"
+
+
 #: What torch says when a CUDA graph captures a draw from a generator that is not registered with it.
 _UNREGISTERED_GENERATOR = "not in capture mode"
 
@@ -224,7 +233,7 @@ class PER:
         Memory bound of one (rows x slices) projection block, reused by every chunk. None (default):
         2^20 elements on the CPU, 4 MiB in float32 (on a 2-core CPU it ran 131,072 x 256 about 1.8x
         faster than 2^22, which leaves cache, and as fast as 2^18 with 4x fewer ops, which matters on
-        a busy machine where every multi-threaded op can wait for a core); 2^22 on a GPU, 16 MiB,
+        a busy machine where every multi-threaded op can wait for a core); 2^22 off the CPU, 16 MiB,
         where each block is a few kernel launches whatever its size (fewer blocks: fewer launches).
 
     Example
@@ -310,11 +319,17 @@ class PER:
             graph.replay()                   # new slices and locations every replay
         """
         dev = torch.device("cuda") if device is None else torch.device(device)
-        if dev.type == "cuda" and dev.index is None:  # the hooks key the generators on the tensors' devices: cuda:i
+        if dev.type != "cuda":
+            raise ValueError(f"register_with_graph: CUDA graphs run on CUDA devices, got device {str(dev)!r}")
+        if dev.index is None:  # the hooks key the generators on the tensors' devices: cuda:i
             dev = torch.device("cuda", torch.cuda.current_device())
-        graph.register_generator_state(self._generator(dev))
+        self._register_generators(graph, dev)
+
+    def _register_generators(self, graph: torch.cuda.CUDAGraph, device: torch.device) -> None:
+        """Register the generators that the hooks draw from on ``device`` with ``graph``, made if missing."""
+        graph.register_generator_state(self._generator(device))
         if self.locations_seed is not None:  # otherwise the locations come from the same generator
-            graph.register_generator_state(self._generator(dev, locations=True))
+            graph.register_generator_state(self._generator(device, locations=True))
 
     def __deepcopy__(self, memo: dict[int, object]) -> PER:
         """A new PER with these settings and generator states, attached to the copies of the modules.
@@ -424,12 +439,13 @@ class PER:
             sole_owner_counts(str(h.device))  # settled in a forward pass, not inside the first backward
             if lay == "channels_first":
                 flat = v.flatten(2)  # (N, C, *S) -> (N, C, L): a view for contiguous and channels-last
+                within = _within_strata(h.device)
                 with _graph_safe_draw():
-                    index = self._pick_locations(flat, self._generator(h.device, locations=True), absolute=False)
+                    index = self._pick_locations(flat, self._generator(h.device, locations=True), not within)
                 if index is not None:  # keep only the chosen locations: (N, C, m), a small copy
                     n, c, n_loc = flat.shape
                     m = index.shape[1]
-                    if n_loc % m == 0:  # equal strata, (N, C, m, L/m): the index is the position within its stratum
+                    if within and n_loc % m == 0:  # (N, C, m, L/m): the index is the position within its stratum
                         flat, index = flat.view(n, c, m, n_loc // m), index.view(n, 1, m, 1).expand(-1, c, -1, -1)
                     else:
                         index = index.unsqueeze(1).expand(-1, c, -1)
@@ -474,7 +490,8 @@ class PER:
         with probability exactly m / L (the estimate is unbiased), the m positions are distinct, and
         they are spread over the image (less variance than independent draws). With equal strata and
         ``absolute=False``, column k holds the position within stratum k (the forward hook gathers
-        from the (N, C, m, L/m) view, one op fewer per layer); the draws are the same.
+        from the (N, C, m, L/m) view: one kernel fewer per layer, see :func:`_within_strata`); the
+        draws are the same.
         """
         n, n_loc = flat.shape[0], flat.shape[2]
         m = self.locations

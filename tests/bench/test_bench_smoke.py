@@ -142,3 +142,11 @@ def test_step_graph_replay_keeps_the_captured_step_alive(monkeypatch):
     gc.collect()
     assert model_alive() is not None, "the graph's replay lets the captured model (and its tensors) be freed"
     replay()
+    # with PER, its generators are registered with the graph before the capture
+    from per_core.regularizer import PER
+
+    registered = []
+    monkeypatch.setattr(PER, "register_with_graph", lambda self, graph, device=None: registered.append(graph))
+    step, _, per = sg.make_step(sg.SHAPES["resnet56"], "per", quick=True, sync=False, locations=2)
+    sg.graphed(step, per, "cuda")
+    assert len(registered) == 1 and isinstance(registered[0], FakeCuda)

@@ -323,6 +323,51 @@ def test_the_default_chunk_is_cache_sized_on_the_cpu_and_larger_on_accelerators(
     assert PER(nn.Linear(2, 2), 1.0, chunk_elements=7)._chunk(torch.device("cuda", 0)) == 7
 
 
+def test_the_hooks_use_the_devices_chunk(monkeypatch):
+    import per_core.regularizer as reg
+
+    chunks = []
+    real = reg.grad_and_loss
+    monkeypatch.setattr(reg, "grad_and_loss", lambda *a: chunks.append(a[3]) or real(*a))
+    monkeypatch.setattr(PER, "_chunk", lambda self, device: 4096)
+    for locations in (None, 2):  # Algorithm 1 on every location, and the batched sampled path
+        conv = nn.Conv2d(2, 3, 3, padding=1)
+        PER(conv, 1.0, 8, locations=locations)
+        conv(torch.randn(4, 2, 5, 5)).sum().backward()
+    assert chunks == [4096, 4096]
+
+
+@pytest.mark.parametrize(
+    ("make", "shape"),
+    [
+        (lambda: nn.Conv2d(3, 4, 3, padding=1), (5, 3, 6, 8)),  # L = 48: equal strata for m = 2, 3, 4
+        (lambda: nn.Conv2d(3, 4, 3, padding=1).to(memory_format=torch.channels_last), (5, 3, 6, 8)),
+        (lambda: nn.Conv1d(3, 4, 3, padding=1), (5, 3, 12)),
+        (lambda: nn.Conv3d(3, 4, 3, padding=1), (2, 3, 4, 4, 3)),
+        (lambda: nn.Conv2d(3, 4, 3, padding=1), (3, 6, 8)),  # unbatched
+    ],
+)
+@pytest.mark.parametrize("m", [2, 3, 4, 5])
+def test_gathering_within_strata_gives_the_same_gradient_bit_for_bit(monkeypatch, make, shape, m):
+    # off the CPU the sampled path gathers equal strata from the (N, C, m, L/m) view by the position within each
+    # stratum; on the CPU from (N, C, L) by absolute position: forced here both ways, on the CPU
+    import per_core.regularizer as reg
+
+    grads = []
+    for within in (False, True):
+        monkeypatch.setattr(reg, "_within_strata", lambda device, within=within: within)
+        torch.manual_seed(0)
+        layer = make().double()
+        x = torch.randn(shape, generator=gen(1), dtype=F64, requires_grad=True)
+        if len(shape) == 4 and layer.weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+        with PER(layer, 0.7, 16, seed=3, locations=m, locations_seed=4):
+            y = layer(x)
+            (y * torch.randn(y.shape, generator=gen(2), dtype=F64)).sum().backward()
+        grads.append(x.grad)
+    assert torch.equal(grads[0], grads[1])
+
+
 class _RecordingGraph:
     """Stands in for torch.cuda.CUDAGraph: records what is registered with it."""
 
@@ -340,12 +385,26 @@ def test_register_with_graph_registers_the_generators_the_hooks_draw_from(locati
     conv = nn.Conv2d(2, 3, 3, padding=1)
     per = PER(conv, 1.0, 8, seed=1, locations=2, locations_seed=locations_seed)
     graph = _RecordingGraph()
-    per.register_with_graph(graph, "cpu")  # before any forward: the generators are made here
+    per._register_generators(graph, torch.device("cpu"))  # before any forward: the generators are made here
     assert len(graph.generators) == (1 if locations_seed is None else 2)
     before = [g.get_state() for g in graph.generators]
     conv(torch.randn(4, 2, 5, 5)).sum().backward()
     for b, g in zip(before, graph.generators, strict=True):  # the hooks drew from exactly these generators
         assert not torch.equal(b, g.get_state())
+
+
+def test_register_with_graph_takes_cuda_devices_and_names_the_current_one(monkeypatch):
+    # torch casts a registered generator to a CUDA one unchecked; the hooks key generators on cuda:i, not cuda
+    per = PER(nn.Linear(2, 2), 1.0)
+    seen = []
+    monkeypatch.setattr(PER, "_register_generators", lambda self, graph, device: seen.append(device))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    for device in (None, "cuda", torch.device("cuda", 0), "cuda:2"):
+        per.register_with_graph(_RecordingGraph(), device)
+    assert seen == [torch.device("cuda", 1), torch.device("cuda", 1), torch.device("cuda", 0), torch.device("cuda", 2)]
+    for device in ("cpu", "mps", "meta"):
+        with pytest.raises(ValueError, match=f"CUDA graphs run on CUDA devices, got device '{device}'"):
+            per.register_with_graph(_RecordingGraph(), device)
 
 
 @pytest.mark.parametrize(("where", "locations"), [("slices", None), ("slices", 2), ("locations", 2)])

@@ -32,8 +32,9 @@ method  epoch split layer  unit  count  nan
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -45,7 +46,10 @@ from analysis.recorder import COUNT_FIELDS, RECORDER_FORMAT, SPLITS, SUM_FIELDS,
 from per_core.checks import is_integer
 from per_core.rundir import NpyHeader, RunDir, RunDirError, find_runs
 
-__all__ = ["STATS_COLUMNS", "Histogram", "RunData", "load_run", "suggest_skip_bad"]
+__all__ = ["SKIP_BAD_HINT", "STATS_COLUMNS", "Histogram", "RunData", "load_run", "suggest_skip_bad"]
+
+#: How :func:`suggest_skip_bad` ends an error about a file that ``--skip-bad`` would leave out.
+SKIP_BAD_HINT = "rerun with --skip-bad to leave out what cannot be read (a config.json: its whole run)"
 
 STATS_COLUMNS = (
     "run", "method", "epoch", "split", "layer", "unit", "count", "mean", "var", "skew", "kurt",
@@ -124,7 +128,8 @@ class RunData:
             raise KeyError(f"unknown run {run!r}; runs: {self.runs_list}")
         path = self.runs[run].activation_path(epoch)
         if self._cache is None or self._cache[0] != path:
-            self._cache = (path, self.runs[run].read_npz(path))
+            with skippable():
+                self._cache = (path, self.runs[run].read_npz(path))
         return self._cache
 
     def _block(self, run: str, split: str, epoch: int, layer: str) -> tuple[Path, dict[str, np.ndarray]]:
@@ -267,7 +272,7 @@ def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False, metrics: b
 
     def bad(err: RunDirError) -> None:
         if not skip_bad:
-            raise err
+            raise _Skippable(str(err)) from err
         skipped.append(str(err))
 
     if root.is_file():  # find_runs would say that no config.json is below it
@@ -361,19 +366,36 @@ def _stats_frame(blocks: list[_Block], methods: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame(frame)[list(STATS_COLUMNS)]
 
 
+class _Skippable(RunDirError):
+    """What ``load_run(skip_bad=True)`` leaves out: an unreadable config, metrics line or activation file."""
+
+
+@contextlib.contextmanager
+def skippable() -> Iterator[None]:
+    """Read a recorded file that :func:`load_run` checked by its headers: damage found inside it (which
+    ``skip_bad`` would have found and left out) is raised as such, for :func:`suggest_skip_bad`."""
+    try:
+        yield
+    except _Skippable:
+        raise
+    except RunDirError as err:
+        raise _Skippable(str(err)) from err
+
+
 def suggest_skip_bad(body: Callable[[], int], skip_bad: bool) -> Callable[[], int]:
-    """A command's ``body`` whose error for a damaged file also says that ``--skip-bad`` leaves it out.
+    """A command's ``body`` whose error for what ``--skip-bad`` leaves out also says so.
 
     Without ``--skip-bad`` damage inside a histogram surfaces when a figure or table reads it, after the
     load succeeded (:func:`load_run`); the command then stops with that file's name, and this adds the way on.
+    Other errors (a missing path, a folder holding no run) are left as they are.
     """
 
     def wrapped() -> int:
         try:
             return body()
-        except RunDirError as err:
-            if skip_bad or "damaged" not in str(err):
+        except _Skippable as err:
+            if skip_bad:
                 raise
-            raise RunDirError(f"{err}; rerun with --skip-bad to leave damaged files out") from err
+            raise RunDirError(f"{err}; {SKIP_BAD_HINT}") from err
 
     return wrapped

@@ -145,7 +145,7 @@ _EXTRA_ALPHA, _GREY = 0.45, "#777777"
 
 def _smoke(data: RunData, run: str) -> str:
     """The label suffix of a ``--smoke`` run (synthetic data, a few steps per epoch): ' (smoke)', else ''."""
-    return " (smoke)" if data.configs.get(run, {}).get("smoke") is True else ""
+    return " (smoke)" if bool(data.configs.get(run, {}).get("smoke")) else ""  # as per_core.sweep reads it
 
 
 def _label(data: RunData, run: str) -> str:
@@ -162,7 +162,8 @@ def _lams_of(data: RunData, method: str) -> list[Any]:
 
 def _run_title(data: RunData, run: str, head: str = "", tail: str = "") -> str:
     """A panel title for one run: ``head``, its method, its lambda when its method's runs have
-    several, ``tail``; then the run on a second line when :func:`_label` names it."""
+    several, " (smoke)" for a ``--smoke`` run, ``tail``; then the run on a second line when
+    :func:`_label` names it."""
     method, lam = data.methods[run], data.configs.get(run, {}).get("lam")
     several = len(_lams_of(data, method)) > 1
     smoke = _smoke(data, run)
@@ -825,7 +826,8 @@ def _load(paths: Sequence[str | os.PathLike[str]], skip_bad: bool) -> RunData:
         logged.append(d.metrics_logged[d.metrics["run"].isin(list(rename))])
     metrics_frame = pd.concat(metrics, ignore_index=True)
     if not any(Path(p).is_absolute() for p in paths):  # printed paths read as the user wrote them, as for one run
-        common = Path(os.path.relpath(common))
+        typed = Path(os.path.commonpath([os.path.abspath(p) for p in paths]))  # through their symlinks, if any
+        common = Path(os.path.relpath(typed if typed.is_dir() and typed.samefile(common) else common))
     return RunData(
         root=common,
         runs=runs,

@@ -19,7 +19,7 @@ import torch
 
 from analysis.bounds import COLLAPSE_STD, LPER_AT_GAUSSIAN, per_bound_slices
 from analysis.distances import _projections, sliced_w1_to_normal_slices
-from analysis.io import RunData, no_activations
+from analysis.io import RunData, no_activations, skippable
 from analysis.quantiles import QUANTILES, bin_width, hist_quantiles
 from analysis.recorder import layer_stats
 from analysis.style import METHOD_COLORS
@@ -293,7 +293,7 @@ def _read(
     """The edges and :func:`layer_stats` of ``layers`` in one activation file, reading only those."""
     rd = data.runs[run]
     path = rd.activation_path(epoch)
-    with rd.open_npz(path) as npz:  # a member damaged or missing: RunDirError naming the file
+    with skippable(), rd.open_npz(path) as npz:  # a member damaged or missing: RunDirError naming the file
         view = _NpzView(npz, reservoir)
         try:
             return npz["edges"], {layer: layer_stats(view, split, layer) for layer in layers}

@@ -130,7 +130,7 @@ class _Sampled:
         self.name = name
         self.rows = rows  # (N, C, m): the chosen locations' channel vectors, as gathered
         # the chosen positions per image, expanded over channels: (N, C, m) in (N, C, L), or, with equal strata,
-        # (N, C, m, 1) in the (N, C, m, L/m) view, each the position within its stratum
+        # off the CPU (_within_strata) (N, C, m, 1) in the (N, C, m, L/m) view, each the position within its stratum
         self.index = index
         self.grad: Tensor | None = None  # scale x dL_per/d rows, (N, C, m) in the compute dtype, once computed
         self.loss: Tensor | None = None  # L_per of the rows, when tracked
@@ -302,7 +302,8 @@ class PER:
         registered with the graph (``CUDAGraph.register_generator_state``). PER draws from its own
         generators (``seed``, and ``locations_seed`` when given), so a training step captured in a
         graph needs this call before ``torch.cuda.graph(graph)``. The generators of ``device``
-        (default: the current CUDA device) are made here if no forward pass has made them yet.
+        (a CUDA device, default the current one; any other is a ValueError) are made here if no
+        forward pass has made them yet.
         Without it the capture stops at PER's first draw with an error that names this method (torch's
         own: "Attempt to increase offset for a CUDA generator not in capture mode"). A graph captured
         with ``track_penalty=True`` leaves in :meth:`penalty` the values of the last replay.
@@ -553,7 +554,7 @@ class PER:
             # into grad itself when nothing else sees it; otherwise into a copy that owns its storage
             # (not a view: autograd sums the two gradients of a residual input in place only into such a tensor)
             out = grad if owns(grad) else grad.clone(memory_format=torch.contiguous_format)
-            index = entry.index  # (N, C, m), or (N, C, m, 1) within equal strata
+            index = entry.index  # (N, C, m), or (N, C, m, 1) within equal strata off the CPU
             out.view(*index.shape[:-1], -1).scatter_add_(-1, index, entry.grad.to(grad.dtype).view(index.shape))
             return out
 

@@ -230,11 +230,11 @@ class RunDir:
         if not path.is_file():
             return []
         rows = []
-        for i, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
+        for i, raw in enumerate(path.read_bytes().splitlines(), start=1):
+            if not raw.strip():
                 continue
-            try:
-                row = json.loads(line)
+            try:  # bytes that are not UTF-8 (a damaged file) fail here, a line of their own
+                row = json.loads(raw.decode("utf-8"))
                 problem = None if isinstance(row, dict) else f"a JSON {type(row).__name__}, not an object of metrics"
             except ValueError as err:
                 problem = f"not valid JSON ({err})"

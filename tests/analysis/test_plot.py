@@ -17,7 +17,7 @@ from torch import nn
 import analysis.figdir
 import analysis.plot
 import analysis.plotdata
-from analysis.io import load_run
+from analysis.io import SKIP_BAD_HINT, load_run
 from analysis.plot import (
     PlotError,
     figure2,
@@ -490,7 +490,7 @@ def test_cli_skip_bad_goes_on_and_names_the_skipped_file(tmp_path, capsys):
     assert main([str(rd.root)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "damaged" in err and err.count("\n") == 1
-    assert err.endswith("; rerun with --skip-bad to leave damaged files out\n")
+    assert err.endswith(f"; {SKIP_BAD_HINT}\n")
     assert main([str(rd.root), "--skip-bad"]) == 0
     captured = capsys.readouterr()
     assert f"skipped: {bad}" in captured.err
@@ -513,9 +513,23 @@ def test_cli_damage_inside_a_histogram_stops_a_figure_and_points_to_skip_bad(tmp
     path.write_bytes(bytes(raw))
     assert main([str(rd.root)]) == 2
     err = capsys.readouterr().err
-    assert str(path) in err and err.endswith("; rerun with --skip-bad to leave damaged files out\n")
+    assert str(path) in err and err.endswith(f"; {SKIP_BAD_HINT}\n")
     assert main([str(rd.root), "--skip-bad"]) == 0
     assert f"skipped: {path}" in capsys.readouterr().err
+
+
+def test_cli_points_to_skip_bad_only_for_what_it_leaves_out(tmp_path, capsys):
+    # the hint once keyed on the word "damaged", which a folder's name can hold
+    rd = fake_run(tmp_path / "damaged_copy" / "r", "per", epochs_of(0, [1.0, 1.0]))
+    assert main([str(tmp_path / "damaged_copy" / "missing")]) == 2
+    assert "--skip-bad" not in capsys.readouterr().err
+    with open(rd.metrics_path, "ab") as f:
+        f.write(b'{"epoch": 3, "val_error": 1.0}\n\xff\xfe\n')  # bytes that are not UTF-8: a damaged line
+    assert main([str(rd.root)]) == 2
+    err = capsys.readouterr().err
+    assert f"{rd.metrics_path}, line 4: not valid JSON" in err and err.endswith(f"; {SKIP_BAD_HINT}\n")
+    assert main([str(rd.root), "--skip-bad"]) == 0
+    assert f"skipped: {rd.metrics_path}, line 4" in capsys.readouterr().err
 
 
 def test_cli_notes_an_epoch_whose_file_is_missing(tmp_path, capsys):
@@ -746,6 +760,10 @@ def test_smoke_runs_are_labelled_and_noted_next_to_real_runs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "note: run per is a --smoke run (synthetic data, a few steps): labelled (smoke)" in err
     assert "run bn is a --smoke" not in err
+    smoke_too = fake_run(tmp_path / "bn", "bn", epochs_of(1, [1.0, 0.5]))
+    smoke_too.write_config({**smoke_too.read_config(), "smoke": True})
+    assert main([str(tmp_path), "--layers", "layer2"]) == 0
+    assert "--smoke run" not in capsys.readouterr().err  # all smoke: nothing to tell apart
     fig = analysis.plot.sw1_curves(data)
     legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
     labels = [t.get_text() for legend in legends for t in legend.get_texts()]

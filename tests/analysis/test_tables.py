@@ -12,6 +12,7 @@ from torch import nn
 import analysis.tables as tables
 from analysis.bounds import main
 from analysis.distances import w1_to_normal
+from analysis.io import SKIP_BAD_HINT
 from analysis.recorder import ActivationRecorder
 from per_core.rundir import RunDir
 
@@ -65,7 +66,7 @@ def test_bounds_cli_names_a_damaged_file_and_points_to_skip_bad(tmp_path, capsys
     bad.write_bytes(bad.read_bytes()[:300])  # truncated
     assert main([str(rd.root), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert str(bad) in err and err.endswith("; rerun with --skip-bad to leave damaged files out\n")
+    assert str(bad) in err and err.endswith(f"; {SKIP_BAD_HINT}\n")
     assert main([str(rd.root), "--no-progress", "--skip-bad"]) == 0
     assert f"skipped: {bad}" in capsys.readouterr().err
 

@@ -133,7 +133,14 @@ def test_step_graph_replay_keeps_the_captured_step_alive(monkeypatch):
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeCuda)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeCuda())
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "graph", lambda graph: contextlib.nullcontext())
+    events = []
+
+    @contextlib.contextmanager
+    def capture(graph):
+        events.append("capture")
+        yield
+
+    monkeypatch.setattr(torch.cuda, "graph", capture)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     step, model, _ = sg.make_step(sg.SHAPES["resnet56"], "vanilla", quick=True, sync=False)
     model_alive = weakref.ref(model)
@@ -145,8 +152,8 @@ def test_step_graph_replay_keeps_the_captured_step_alive(monkeypatch):
     # with PER, its generators are registered with the graph before the capture
     from per_core.regularizer import PER
 
-    registered = []
-    monkeypatch.setattr(PER, "register_with_graph", lambda self, graph, device=None: registered.append(graph))
+    monkeypatch.setattr(PER, "register_with_graph", lambda self, graph, device=None: events.append(graph))
     step, _, per = sg.make_step(sg.SHAPES["resnet56"], "per", quick=True, sync=False, locations=2)
+    events.clear()
     sg.graphed(step, per, "cuda")
-    assert len(registered) == 1 and isinstance(registered[0], FakeCuda)
+    assert len(events) == 2 and isinstance(events[0], FakeCuda) and events[1] == "capture"

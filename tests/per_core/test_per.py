@@ -335,6 +335,14 @@ def test_the_hooks_use_the_devices_chunk(monkeypatch):
         PER(conv, 1.0, 8, locations=locations)
         conv(torch.randn(4, 2, 5, 5)).sum().backward()
     assert chunks == [4096, 4096]
+    # two sampled layers of equal shape share a block while it holds both: 4 x 2 rows x 8 slices each
+    net = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1))
+    PER(list(net), 1.0, 8, locations=2)
+    for chunk, calls in ((128, 1), (64, 2)):
+        chunks.clear()
+        monkeypatch.setattr(PER, "_chunk", lambda self, device, chunk=chunk: chunk)
+        net(torch.randn(4, 3, 5, 5)).sum().backward()
+        assert chunks == [chunk] * calls
 
 
 @pytest.mark.parametrize(
@@ -353,9 +361,10 @@ def test_gathering_within_strata_gives_the_same_gradient_bit_for_bit(monkeypatch
     # stratum; on the CPU from (N, C, L) by absolute position: forced here both ways, on the CPU
     import per_core.regularizer as reg
 
-    grads = []
+    assert not reg._within_strata(torch.device("cpu")) and reg._within_strata(torch.device("cuda", 0))
+    grads, asked = [], []
     for within in (False, True):
-        monkeypatch.setattr(reg, "_within_strata", lambda device, within=within: within)
+        monkeypatch.setattr(reg, "_within_strata", lambda device, within=within: asked.append(device) or within)
         torch.manual_seed(0)
         layer = make().double()
         x = torch.randn(shape, generator=gen(1), dtype=F64, requires_grad=True)
@@ -365,6 +374,7 @@ def test_gathering_within_strata_gives_the_same_gradient_bit_for_bit(monkeypatch
             y = layer(x)
             (y * torch.randn(y.shape, generator=gen(2), dtype=F64)).sum().backward()
         grads.append(x.grad)
+    assert len(asked) == 2  # the hook asks, once per forward
     assert torch.equal(grads[0], grads[1])
 
 

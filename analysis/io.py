@@ -227,8 +227,14 @@ def _blocks(run: str, epoch: int, path: Path, arrays: Mapping[str, np.ndarray | 
     return out
 
 
-def no_activations(path: str | os.PathLike[str]) -> str:
-    """What the analysis commands say when ``path`` recorded no activations, and what to do."""
+def no_activations(path: str | os.PathLike[str], skipped: int = 0) -> str:
+    """What the analysis commands say when ``path`` has no activations to show, and what to do; ``skipped``:
+    how many unreadable files or lines ``skip_bad`` left out (they may have held them)."""
+    if skipped:
+        return (
+            f"no readable activations in {path}: --skip-bad left out {skipped} unreadable file(s) or line(s) "
+            "(without it, the first is named); restore them, or train with --record if none was recorded"
+        )
     return f"no activations recorded in {path}: train with --record all (or a list of layers, e.g. --record layer3)"
 
 

@@ -957,11 +957,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             fmt = args.format
             written: list[Path] = []
             if data.index.empty:  # e.g. a --no-record sweep: its metrics are still worth a figure
+                none = no_activations(data.root, len(data.skipped))
                 try:
                     written.append(save_figure(metrics_curves(data), out / f"metrics.{fmt}", fmt))
                 except PlotError as err:
-                    raise PlotError(f"{no_activations(data.root)}; and {err}") from None
-                print(f"note: {no_activations(data.root)}; only the metrics are drawn", file=sys.stderr)
+                    raise PlotError(f"{none}; and {err}") from None
+                print(f"note: {none}; only the metrics are drawn", file=sys.stderr)
                 print(written[-1], flush=True)
             else:
                 try:

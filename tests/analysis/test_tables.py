@@ -71,6 +71,15 @@ def test_bounds_cli_names_a_damaged_file_and_points_to_skip_bad(tmp_path, capsys
     assert f"skipped: {bad}" in capsys.readouterr().err
 
 
+def test_bounds_cli_says_when_skip_bad_left_nothing_to_read(tmp_path, capsys):
+    rd = fake_run(tmp_path / "r", "vanilla", [np.random.default_rng(0).normal(size=(500, 3))])
+    rd.config_path.write_text("{")  # the only run's config: --skip-bad leaves the whole run out
+    assert main([str(rd.root), "--no-progress", "--skip-bad"]) == 2
+    err = capsys.readouterr().err
+    assert f"no readable activations in {rd.root}: --skip-bad left out 1 unreadable file(s)" in err
+    assert "train with --record all" not in err  # the run did record: the old message blamed the recording
+
+
 def test_unit_distances_from_histograms_bracket_the_exact_value(tmp_path):
     rng = np.random.default_rng(1)
     X = np.column_stack([rng.normal(size=5000), rng.exponential(size=5000) * 3, rng.normal(2, 0.5, size=5000)])

@@ -22,6 +22,12 @@ Result lines (``MODEL`` = resnet56, or resnet20 in ``--quick`` mode):
   runs slower next to PER (1 = not at all).
 - ``per_parts/MODEL/compute_in_step``: the batched computation's time inside the step / the same
   computation on rows of the same shapes called back to back (warm caches).
+- ``per_parts/MODEL/floor``: a vanilla step with the least that any per-layer location sampler must do (no PER
+  math, no bookkeeping): at each regularized layer's output draw m locations per image and gather their
+  rows in forward, scatter-add them into the output's gradient in backward (``_floor_hooks``) / vanilla step;
+  ``floor_vs_bn`` the same step over the BN step and ``per_vs_floor`` the PER step (with the timing hooks)
+  over it, all paired per round. Where ``floor_vs_bn`` is already near 1, no hook-based PER can be cheaper
+  than BN on that machine.
 - ``per_parts/MODEL/first_op``: a location draw (one ``torch.randint``) at a layer's output inside a
   vanilla step / the same draw repeated at once: how much slower the first small op after the
   model's large kernels runs (the data and code it needs were evicted from the caches).
@@ -39,6 +45,7 @@ from torch import Tensor, nn
 
 from bench.common import RECOMMENDED_LOCATIONS, SHAPES, make_step
 from bench.timing import emit, interleaved, progress, quiet_wait, standalone_parser
+from per_core.inplace import owns
 from per_core.regularizer import PER, _Sampled
 
 __all__ = ["run"]
@@ -151,6 +158,38 @@ def _first_op_ratio(step: Callable[[], None], model: nn.Module, batch: int) -> f
     return statistics.median(ratios)
 
 
+def _floor_hooks(model: nn.Module, m: int) -> None:
+    """Attach the data movement of a location-sampled regularizer and nothing else to ``model.pre_activations()``.
+
+    As PER's CPU path (equal strata: one random position in each of m strata per image, gathered from the
+    (N, C, L) view; in backward, added into the gradient in place when nothing else holds it), without
+    slices, matmuls, erf or PER's Python bookkeeping. The gathered rows themselves are added (any values
+    cost the same). Layers whose L is not a multiple of m, or not above it, are left alone.
+    """
+    starts: dict[int, Tensor] = {}
+
+    def forward_hook(mod: nn.Module, args: tuple, out: Tensor) -> None:
+        flat = out.detach().flatten(2)
+        n, c, n_loc = flat.shape
+        if not out.requires_grad or n_loc <= m or n_loc % m:
+            return
+        if n_loc not in starts:
+            starts[n_loc] = torch.arange(m, device=out.device) * (n_loc // m)
+        index = torch.randint(0, n_loc // m, (n, m), device=out.device).add_(starts[n_loc])
+        index = index.unsqueeze(1).expand(-1, c, -1)
+        rows = flat.gather(-1, index)
+
+        def grad_hook(grad: Tensor) -> Tensor:
+            out_grad = grad if owns(grad) else grad.clone(memory_format=torch.contiguous_format)
+            out_grad.view(n, c, n_loc).scatter_add_(-1, index, rows)
+            return out_grad
+
+        out.register_hook(grad_hook)
+
+    for module in model.pre_activations().values():
+        module.register_forward_hook(forward_hook)
+
+
 def run(quick: bool = False, device: str = "cpu", models: tuple[str, ...] = ("resnet56",)) -> list[str]:
     """The result lines for every model (the conv nets, where PER samples locations)."""
     return [line for model in models for line in _one_model(model, quick, device)]
@@ -176,9 +215,13 @@ def _one_model(model_name: str, quick: bool, device: str) -> list[str]:
         clock.steps += 1
         inside_calls.append(sum(clock.seconds.values()) - before)
 
-    per_step()  # warm-up, outside the clock
+    floor, floor_model, _ = make_step(shape, "vanilla", quick=quick, device=device)
+    _floor_hooks(floor_model, RECOMMENDED_LOCATIONS)
+    bn, _, _ = make_step(shape, "bn", quick=quick, device=device)
+    for warm in (vanilla, timed_vanilla, per_step, floor, bn):  # one warm-up step each, PER's outside the clock
+        warm()
     clock.reset()
-    fns = {"vanilla": vanilla, "timing_hooks": timed_vanilla, "per": timed_per}
+    fns = {"vanilla": vanilla, "timing_hooks": timed_vanilla, "per": timed_per, "floor": floor, "bn": bn}
     t = interleaved(fns, repeats=2 if quick else 15, warmup=0, quiet_wait=quiet_wait(quick, device))
     base, per_s = t.median("vanilla"), t.median("per")
     parts = clock.per_step_ms()
@@ -197,6 +240,13 @@ def _one_model(model_name: str, quick: bool, device: str) -> list[str]:
     ratio = parts["compute"] / (1e3 * alone)
     layers = len(clock.row_shapes)
     lines.append(emit(f"per_parts/{label}/compute_in_step", ratio, per="alone", alone_ms=1e3 * alone, layers=layers))
+    for name, variant, base_name in (
+        ("floor", "floor", "vanilla"),
+        ("floor_vs_bn", "floor", "bn"),
+        ("per_vs_floor", "per", "floor"),
+    ):
+        spread = "{:.3f}-{:.3f}".format(*t.spread(variant, base_name))
+        lines.append(emit(f"per_parts/{label}/{name}", t.ratio(variant, base_name), per=base_name, spread=spread))
     probe_step, probe_model, _ = make_step(shape, "vanilla", quick=quick, device=device)
     lines.append(emit(f"per_parts/{label}/first_op", _first_op_ratio(probe_step, probe_model, batch), per="again"))
     return lines

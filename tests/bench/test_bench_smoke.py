@@ -157,3 +157,38 @@ def test_step_graph_replay_keeps_the_captured_step_alive(monkeypatch):
     events.clear()
     sg.graphed(step, per, "cuda")
     assert len(events) == 2 and isinstance(events[0], FakeCuda) and events[1] == "capture"
+
+
+def test_per_parts_floor_moves_what_pers_cpu_path_moves():
+    # per_parts/floor claims to be the data movement of PER's sampled path and nothing else: m positions per
+    # image, one in each of m equal strata, the same for every channel, and the output's values added there
+    from torch import nn
+
+    from bench.per_parts import _floor_hooks
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+        def pre_activations(self):
+            return {"conv": self.conv}
+
+    torch.manual_seed(0)
+    net = Net()
+    seen = {}
+    net.conv.register_forward_hook(lambda mod, args, out: seen.update(out=out.detach().clone()))
+    _floor_hooks(net, 4)
+    x = torch.randn(5, 2, 4, 6, requires_grad=True)  # L = 24: 4 strata of 6 positions
+    out = net(x)
+    out.register_hook(lambda g: seen.update(grad=g.clone()))  # registered after the floor's hook: sees its result
+    out.backward(torch.zeros_like(out))
+    added = seen["grad"].flatten(2)  # (N, C, L): what the floor added to a zero gradient
+    h = seen["out"].flatten(2)
+    chosen = added != 0
+    assert (chosen == chosen[:, :1]).all()  # the same positions in every channel
+    assert (chosen.view(5, 3, 4, 6).sum(-1) == 1).all()  # one in each stratum, per image
+    assert torch.equal(added[chosen], h[chosen])  # the output's own values

@@ -429,8 +429,10 @@ def figure2(
                     if beyond:  # a band crosses the range's edge: beyond it, a model
                         ax.axhline(edge, color=_GREY, ls=":", lw=0.8)
                         outside = True
-        if not chosen:  # no run of this method recorded any chosen layer
-            axes[0, col].set_title(f"({letters[col]}) {method}: quantile bands", color=method_color(method))
+        if not chosen:  # no run of this method recorded any chosen layer: " (smoke)" when all its runs are
+            smoke = " (smoke)" if all(_smoke(data, r) for r in groups[method]) else ""
+            title = f"({letters[col]}) {method}{smoke}: quantile bands"
+            axes[0, col].set_title(title, color=method_color(method))
     for row in range(len(pairs)):  # one activation scale per row, so methods compare at a glance
         lims = np.array([axes[row, c].get_ylim() for c in range(len(methods))])
         for c in range(len(methods)):

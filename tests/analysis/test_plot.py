@@ -461,6 +461,12 @@ def test_runs_with_different_layers_draw_what_they_have_in_common(tmp_path, caps
     fig = figure2(data, ["layer3"])  # a layer only per recorded: bn's panel says so, per's is drawn
     bn, per = fig.axes[0], fig.axes[1]
     assert [t.get_text() for t in bn.texts] == ["layer3 not recorded"] and not has_data(bn) and has_data(per)
+    assert bn.get_title() == "(a) bn: quantile bands"
+    smoke = RunDir(tmp_path / "a")
+    smoke.write_config({**smoke.read_config(), "smoke": True})
+    smoke_fig = figure2(load_run(tmp_path), ["layer3"])  # the method's title says smoke, as a drawn run's does
+    assert smoke_fig.axes[0].get_title() == "(a) bn (smoke): quantile bands"
+    plt.close(smoke_fig)
     rl = ridgeline(data, "layer3")
     assert [ax.get_title() for ax in rl.get_axes()] == ["per"]  # no panel for bn
     plt.close(fig)

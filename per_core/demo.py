@@ -17,7 +17,7 @@ from per_core.allocator import tune_malloc
 from per_core.cli import OneLineArgumentParser, run_command, say
 from per_core.configs import get_preset
 from per_core.rundir import RunDir, RunDirError, check_not_a_run
-from per_core.train import TrainingError, train
+from per_core.train import TrainingError, train, validate_config
 
 __all__ = ["main"]
 
@@ -93,10 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.out.exists() and not args.out.is_dir():
             raise RunDirError(f"--out {args.out} is a file, not a folder: choose a folder for the demo's runs")
         check_not_a_run(args.out, "the demo writes its three runs")
-        for method in DEMO_METHODS:
-            cfg = get_preset("demo").replace(method=method, seed=args.seed)
-            if args.epochs is not None:
-                cfg = cfg.replace(epochs=args.epochs)
+        epochs = {} if args.epochs is None else {"epochs": args.epochs}
+        configs = {m: get_preset("demo").replace(method=m, seed=args.seed, **epochs) for m in DEMO_METHODS}
+        for cfg in configs.values():  # a bad --epochs or --seed before anything is said or trained
+            validate_config(cfg)
+        for method, cfg in configs.items():
             say(f"== training {method} into {args.out / method}")
             earlier = RunDir(args.out / method)
             if earlier.is_run():  # documented (the demo overwrites its folders), but said, as it replaces work

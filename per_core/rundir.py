@@ -198,6 +198,8 @@ class RunDir:
     def read_config(self) -> dict[str, Any]:
         path = self.config_path
         if not path.is_file():
+            if self.root.exists() and not self.root.is_dir():
+                raise RunDirError(f"{self.root} is a file, not a run directory")
             if not self.root.is_dir():
                 raise RunDirError(f"{self.root}: no such directory")
             runs = [p.name for p in sorted(self.root.iterdir()) if holds_runs(p)]
@@ -286,10 +288,18 @@ class RunDir:
 
 
 def check_not_a_run(path: Path, writes: str) -> None:
-    """Refuse a run directory as the folder that ``writes`` (e.g. "a sweep writes its runs") below: those runs
-    would nest inside that run, and every reader (tables, plots, ``load_run``) stops at it."""
+    """Refuse a run directory, or a folder inside one, as the folder that ``writes`` (e.g. "a sweep writes its
+    runs") below: those runs would nest inside that run, and every reader (tables, plots, ``load_run``) stops
+    at it."""
     if RunDir(path).is_run():
         raise RunDirError(f"{path} is a run directory; {writes} below --out: choose another folder")
+    if (outer := enclosing_run(path)) is not None:
+        raise RunDirError(f"{path} is inside the run directory {outer}; {writes} below --out: choose another folder")
+
+
+def enclosing_run(path: str | os.PathLike[str]) -> Path | None:
+    """The nearest folder above ``path`` that is a run directory, or None: a run written there would nest in it."""
+    return next((p for p in Path(path).resolve().parents if RunDir(p).is_run()), None)
 
 
 def holds_runs(path: Path) -> bool:

@@ -100,13 +100,18 @@ def run_sweep(
     ``lams``: the lambdas of every regularizer (per, vcl, l1, l2), or a grid per method; None trains
     each at its default strength (:meth:`TrainConfig.for_method`).
     """
-    plan = []
+    plan, seen, twice = [], set(), {}
     for method in methods:
         grid = lams.get(method) if isinstance(lams, Mapping) else lams
         for lam in grid if (grid and method in REGULARIZERS) else [None]:
             for seed in seeds:
                 cfg = base.for_method(method).replace(seed=seed, **({} if lam is None else {"lam": lam}))
+                validate_config(cfg)  # every run's settings (a seed out of range) before the first one trains
                 path = out / _run_name(method, lam) / f"seed{seed}"
+                if path in seen:  # a method, lambda (0.01 and 1e-2) or seed given twice: one run
+                    twice.setdefault(path.relative_to(out).as_posix())
+                    continue
+                seen.add(path)
                 run, failed = RunDir(path), (path / FAILED).is_file()
                 saved = read_trained_config(run) if run.is_run() else None
                 done = run.read_metrics() if saved is not None else []
@@ -117,6 +122,8 @@ def run_sweep(
                         "to train it again"
                     )
                 plan.append((cfg, path, done, failed, cfg.epochs if saved is None else saved["epochs"]))
+    if twice:
+        note(f"note: asked for more than once, trained once: {', '.join(twice)}")
     runs = []
     for cfg, path, done, failed, own_epochs in plan:
         if failed:
@@ -467,6 +474,10 @@ def _check_methods(base: TrainConfig, methods: Sequence[str], args: argparse.Nam
         note(line)
 
 
+#: The flags of a sweep to run, which ``--table`` (a sweep already run) does not use.
+_RUN_FLAGS = ("preset", "methods", "seeds", "lams", "epochs", "per_locations", "data_dir", "out", "smoke", "no_record")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = OneLineArgumentParser(prog="python -m per_core.sweep", description="Run methods x lambdas x seeds.")
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
@@ -493,6 +504,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> int:
+        if args.table is not None and (ignored := [f for f in _RUN_FLAGS if getattr(args, f) != p.get_default(f)]):
+            flags = ", ".join("--" + f.replace("_", "-") for f in ignored)
+            note(f"note: --table prints the table of an existing sweep: {flags} ignored")
         if args.table is None:
             tune_malloc()  # before the first tensors: see per_core.allocator
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # train() would start and end a process group per run
@@ -502,6 +516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             if args.out is None:
                 raise ValueError("--out is required to run a sweep (or use --table SWEEP_DIR)")
+            if args.out.exists() and not args.out.is_dir():
+                raise ValueError(f"--out {args.out} is a file, not a folder: choose a folder for the sweep")
             check_not_a_run(args.out, "a sweep writes its runs")
             methods = _csv(args.methods, _method, "--methods", f"a comma-separated list of {', '.join(METHODS)}")
             seeds = _csv(args.seeds, int, "--seeds", "comma-separated integers, e.g. 0,1,2")

@@ -47,7 +47,7 @@ from per_core.distributed import (
 from per_core.models import MODELS, build_model
 from per_core.progress import tqdm
 from per_core.regularizer import PER
-from per_core.rundir import RunDir, RunDirError, holds_runs
+from per_core.rundir import RunDir, RunDirError, enclosing_run, holds_runs
 from per_core.seeds import stream_seed
 from per_core.tasks import Task, build_task
 
@@ -342,8 +342,19 @@ def save_checkpoint(run: RunDir, s: Setup, epoch: int, metrics: list[dict[str, A
     )
 
 
+#: What every checkpoint :func:`save_checkpoint` has written holds (older ones too).
+CHECKPOINT_FIELDS = ("epoch", "model", "optimizer", "scheduler", "rng_ranks", "per", "metrics")
+
+
 def load_checkpoint(run: RunDir, s: Setup) -> tuple[int, list[dict[str, Any]]]:
     ckpt = run.load_checkpoint(map_location=s.device)
+    missing = [f for f in CHECKPOINT_FIELDS if f not in ckpt] if isinstance(ckpt, dict) else None
+    if missing is None or missing:
+        what = f"a {type(ckpt).__name__}" if missing is None else f"a dict without {', '.join(missing)}"
+        raise RunDirError(
+            f"{run.checkpoint_path} is not a checkpoint of per_core.train ({what}): restore the run's own "
+            "last.pt, or train the run again with --overwrite"
+        )
     if "config" in ckpt and (lines := config_differences(ckpt["config"], s.cfg)):
         raise RunDirError(
             f"{run.checkpoint_path} was trained with other settings than {run.config_path.name} holds ({lines}); "
@@ -501,6 +512,11 @@ def prepare_run_dir(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool
                 f"{run.config_path}: cannot resume with a different config ({lines}); leave those flags out to "
                 "continue the run as it was, or train into another --out (or --overwrite it) to start anew"
             )
+    elif (outer := enclosing_run(run.root)) is not None:
+        raise RunDirError(
+            f"--out {run.root} is inside the run directory {outer}: the readers (tables, plots) stop at that run "
+            "and would never see this one; choose a folder outside it"
+        )
     elif occupied and not overwrite:
         raise RunDirError(f"{run.root} is not empty; pass --resume to continue that run or --overwrite to replace it")
     elif occupied and (foreign := run.foreign_entries()):
@@ -782,6 +798,18 @@ def _config_record(saved: dict[str, Any] | None, cfg: TrainConfig, start: int) -
     return {**cfg.to_dict(), **first, "resumed": [*saved.get("resumed", []), entry]}
 
 
+def _finished_epochs(run: RunDir) -> str:
+    """What says that ``run`` finished epochs (its metrics.jsonl rows, its activation files), or ''.
+
+    The activation file of epoch 1 alone does not: it is written before the epoch's checkpoint, so a kill
+    between the two leaves it behind, and the resume writes it again.
+    """
+    rows = len(run.read_metrics(on_bad=lambda err: None))
+    files = sum(epoch > 1 for epoch in run.activation_epochs())
+    found = [f"{rows} in {run.metrics_path.name}"] if rows else []
+    return ", ".join(found + ([f"{files} activation file(s)"] if files else []))
+
+
 def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str, Any]]:
     cfg, main = s.cfg, s.env.is_main
     start, metrics = 0, []
@@ -804,8 +832,15 @@ def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str
                         f"run in another order, so it will differ slightly from an uninterrupted run "
                         f"(OMP_NUM_THREADS={first} would match it)"
                     )
-        elif resume and main:  # killed before its first epoch finished: nothing to continue from
-            _say(f"{run.root}: no checkpoint yet, starting from epoch 1")
+        elif resume:  # killed before its first epoch finished: nothing to continue from
+            if finished := _finished_epochs(run):  # unless the checkpoint is gone: starting over would replace them
+                raise RunDirError(
+                    f"{run.checkpoint_path} is missing, but {run.root} holds finished epochs ({finished}): "
+                    "--resume would train from epoch 1 over them; restore the checkpoint, or train the run again "
+                    "with --overwrite"
+                )
+            if main:
+                _say(f"{run.root}: no checkpoint yet, starting from epoch 1")
         if main:
             run.write_config(_config_record(saved, cfg, start))
         for epoch in range(start + 1, cfg.epochs + 1):

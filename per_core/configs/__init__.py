@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from per_core.checks import check_nonnegative, check_seed
+
 __all__ = [
     "LAMBDA_GRIDS",
     "METHODS",
@@ -103,8 +105,9 @@ class TrainConfig:
         """Raise ValueError naming the first field that is out of range."""
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        check_nonnegative(self.lam, "lam")  # finite too: inf would be written to config.json as Infinity
+        check_seed(self.seed)  # every stream's seed derives from it (per_core.seeds)
         checks = [
-            ("lam", self.lam >= 0, ">= 0"),
             ("n_slices", self.n_slices >= 1, ">= 1"),
             ("epochs", self.epochs >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),

@@ -15,8 +15,10 @@ from per_core.rundir import RunDir
 )
 def test_bad_values_print_one_error_line(tmp_path, capsys, argv, match):
     assert main([*argv, "--out", str(tmp_path / "d"), "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    out, err = capsys.readouterr()
+    err = err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and match in err[0] and "Traceback" not in err[0]
+    assert out == ""  # an audit: "== training vanilla into ..." came first
 
 
 def test_an_out_that_is_a_file_prints_one_error_line(tmp_path, capsys):
@@ -36,6 +38,12 @@ def test_an_out_that_is_a_run_directory_is_refused_and_left_alone(tmp_path, caps
     assert err == [
         f"error: {run.root} is a run directory; the demo writes its three runs below --out: choose another folder"
     ]
+    assert [p.name for p in run.root.iterdir()] == ["config.json"]
+    assert main(["--out", str(run.root / "demo"), "--no-progress", "--epochs", "1"]) == 2  # or a folder inside one
+    assert capsys.readouterr().err == (
+        f"error: {run.root / 'demo'} is inside the run directory {run.root}; the demo writes its three runs below "
+        "--out: choose another folder\n"
+    )
     assert [p.name for p in run.root.iterdir()] == ["config.json"]
 
 

@@ -77,6 +77,9 @@ def test_a_finished_sweep_is_extended_by_more_epochs(tmp_path, capsys):
         (["--per-locations", "zero"], "--per-locations must be a positive integer or 'all'"),
         (["--per-locations", "0"], "--per-locations must be a positive integer or 'all'"),
         (["--methods", "vanilla,rbn"], "--method rbn is for the lstm_lm presets (e.g. corpus-lstm); preset demo"),
+        # an audit: the runs' seeds were checked as each run started, after the earlier seeds had trained
+        (["--methods", "vanilla", "--seeds", "0,-1"], "seed must be an integer in [0, 2**64), got -1"),
+        (["--methods", "vanilla", "--seeds", f"0,{2**64}"], "seed must be an integer in [0, 2**64)"),
     ],
 )
 def test_sweep_cli_errors_are_one_line_naming_the_flag(tmp_path, capsys, args, message):
@@ -359,4 +362,34 @@ def test_an_out_that_is_a_run_directory_is_refused(tmp_path, capsys):
     run.write_config({"method": "per", "lam": 0.01})
     assert main(["--preset", "demo", "--methods", "vanilla", "--seeds", "0", "--smoke", "--out", str(run.root)]) == 2
     assert "is a run directory; a sweep writes its runs below --out" in capsys.readouterr().err
+    assert [p.name for p in run.root.iterdir()] == ["config.json"]
+
+
+def test_runs_asked_for_twice_train_once_and_flags_a_table_ignores_are_named(tmp_path, capsys):
+    # an audit: --lams 0.01,1e-2 --seeds 0,0 trained the same run four times, each over the last
+    argv = ["--smoke", "--no-record", "--no-progress", "--methods", "per,per", "--lams", "0.01,1e-2", "--seeds", "0,0"]
+    assert main([*argv, "--out", str(tmp_path / "s")]) == 0
+    out, err = capsys.readouterr()
+    assert out.count(": training") == 1 and err == "note: asked for more than once, trained once: per-lam0.01/seed0\n"
+    assert main(["--table", str(tmp_path / "s"), "--methods", "vanilla", "--smoke"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "note: --table prints the table of an existing sweep: --methods, --smoke ignored\n"
+    assert "per" in out and "vanilla" not in out
+    assert main(["--table", str(tmp_path / "s")]) == 0 and capsys.readouterr().err == ""
+
+
+def test_an_out_that_is_a_file_or_inside_a_run_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    run = RunDir(tmp_path / "A")
+    run.write_config({"method": "per", "lam": 0.01})
+    for out, message in (
+        (
+            tmp_path / "afile",
+            f"error: --out {tmp_path / 'afile'} is a file, not a folder: choose a folder for the sweep",
+        ),
+        (run.root / "sweep", f"error: {run.root / 'sweep'} is inside the run directory {run.root}; a sweep writes"),
+    ):
+        assert main(["--methods", "vanilla", "--seeds", "0", "--smoke", "--out", str(out)]) == 2
+        out_text, err = capsys.readouterr()
+        assert err.startswith(message) and out_text == ""
     assert [p.name for p in run.root.iterdir()] == ["config.json"]

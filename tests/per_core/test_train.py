@@ -336,7 +336,7 @@ def test_cli_user_errors_are_one_line_messages(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "x: no such directory" in err and "Traceback" not in err
     assert main(["--out", str(tmp_path / "y"), "--lam", "-1", "--no-progress"]) == 2
-    assert "lam must be >= 0" in capsys.readouterr().err
+    assert "lam must be a finite number >= 0, got -1.0" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "z"), "--record", "layer99", "--smoke", "--no-progress"]) == 2
     assert (
         "error: --record layer99: unknown layer names ['layer99']; available: layer1, layer2" in capsys.readouterr().err
@@ -415,7 +415,7 @@ def test_a_train_every_below_one_is_refused_with_its_name(tmp_path, capsys):
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):
-    with pytest.raises(ValueError, match="lam must be >= 0"):
+    with pytest.raises(ValueError, match="lam must be a finite number >= 0"):
         main(["--out", str(tmp_path / "y"), "--lam", "-1", "--no-progress", "--debug"])
 
 
@@ -676,12 +676,61 @@ def test_a_resume_without_a_checkpoint_starts_over_with_its_own_threads(tmp_path
     try:
         torch.set_num_threads(1)
         train(small(epochs=1), tmp_path / "r", progress=False)
-        (tmp_path / "r" / "checkpoints" / "last.pt").unlink()  # killed before its first checkpoint
+        (tmp_path / "r" / "checkpoints" / "last.pt").unlink()  # killed before its first checkpoint: no metrics
+        (tmp_path / "r" / "metrics.jsonl").unlink()
         torch.set_num_threads(2)
         train(small(epochs=1), tmp_path / "r", resume=True, progress=False)
     finally:
         torch.set_num_threads(threads)
     assert RunDir(tmp_path / "r").read_config()["threads"] == 2  # every epoch ran with 2: no false note later
+
+
+def test_resume_refuses_finished_epochs_without_a_checkpoint_and_files_that_are_no_checkpoint(tmp_path, capsys):
+    # an audit: with checkpoints/ deleted (to save disk), --resume said "no checkpoint yet" and trained from epoch 1
+    # over the finished epochs; a last.pt of something else was a KeyError traceback
+    run = RunDir(tmp_path / "r")
+    assert main(["--smoke", "--epochs", "2", "--out", str(run.root), "--no-progress"]) == 0
+    capsys.readouterr()
+    saved = run.checkpoint_path.read_bytes()
+    run.checkpoint_path.unlink()
+    before = {p: p.read_bytes() for p in run.root.rglob("*") if p.is_file()}
+    assert main(["--resume", "--epochs", "3", "--out", str(run.root), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {run.checkpoint_path} is missing, but {run.root} holds finished epochs (2 in metrics.jsonl, "
+        "1 activation file(s)): --resume would train from epoch 1 over them; restore the checkpoint, or train "
+        "the run again with --overwrite\n"
+    )
+    run.metrics_path.unlink()  # the activation files alone say so too (epoch 1's alone does not: see above)
+    assert main(["--resume", "--epochs", "3", "--out", str(run.root), "--no-progress"]) == 2
+    assert "holds finished epochs (1 activation file(s)): --resume" in capsys.readouterr().err
+    run.metrics_path.write_bytes(before[run.metrics_path])
+    for thing, what in (({"a": 1}, "a dict without epoch, model, optimizer"), ([1], "a list")):
+        torch.save(thing, run.checkpoint_path)
+        assert main(["--resume", "--epochs", "3", "--out", str(run.root), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {run.checkpoint_path} is not a checkpoint of per_core.train ({what}")
+    assert {p: p.read_bytes() for p in run.root.rglob("*") if p.is_file() and p != run.checkpoint_path} == before
+    run.checkpoint_path.write_bytes(saved)  # the real one: the run goes on
+    assert main(["--resume", "--epochs", "3", "--out", str(run.root), "--no-progress"]) == 0
+    assert [row["epoch"] for row in run.read_metrics()] == [1, 2, 3]
+
+
+def test_a_run_inside_another_run_or_an_infinite_lambda_is_refused(tmp_path, capsys):
+    # an audit: train --out A/vanilla with A a run wrote a run that every reader (tables, plots) missed; --lam inf
+    # trained bn and wrote "lam": Infinity, which is not JSON
+    outer = RunDir(tmp_path / "A")
+    outer.write_config({"method": "per", "lam": 0.01})
+    assert main(["--smoke", "--out", str(outer.root / "vanilla"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {outer.root / 'vanilla'} is inside the run directory {outer.root}: the reader")
+    assert [p.name for p in outer.root.iterdir()] == ["config.json"]
+    for method in ("bn", "per"):
+        assert main(["--smoke", "--method", method, "--lam", "inf", "--out", str(tmp_path / method)]) == 2
+        assert capsys.readouterr().err == "error: lam must be a finite number >= 0, got inf\n"
+    (tmp_path / "afile").write_text("x")
+    assert main(["--resume", "--out", str(tmp_path / "afile"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'afile'} is a file, not a run directory\n"
 
 
 def test_resume_refuses_a_run_directory_the_trainer_did_not_write_and_changes_nothing(tmp_path, capsys):

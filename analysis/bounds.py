@@ -66,8 +66,8 @@ epoch's rows, 256 by default); its distances are those of that m-row sample.
 - ``projected_std``: the spread of the projected rows, sqrt(mean over slices of their variance): 1
   for N(0, I), 0 for a point mass.
 - ``collapsed``: ``projected_std < 0.5`` and ``lper < 1.128``: the bound is small because the
-  activations are small (shrunk by a regularizer, or small from the start, as in early epochs), not
-  because they are Gaussian; ``sw1`` is then large.
+  projected activations spread little (shrunk by a regularizer, small from the start as in early
+  epochs, or narrow around a non-zero mean), not because they are Gaussian; ``sw1`` is then large.
 - ``passed``: ``per_slice_ok`` and ``w1_ok``; False with ``rows`` > 0 is a violation of the theory
   (exit status 1).
 
@@ -453,11 +453,12 @@ def check_bounds(
     proj_std = _projected_std(X, P)
     collapsed = bool(proj_std < collapse_std and lper < LPER_AT_GAUSSIAN)
     if collapsed:
+        near_floor = lper <= LPER_FLOOR + 0.25 * (LPER_AT_GAUSSIAN - LPER_FLOOR)
         notes.append(
-            f"collapsed: L_per = {lper:.4g} is below its value at N(0,I) (2/sqrt(pi) = {LPER_AT_GAUSSIAN:.4f}) "
-            f"and near its floor sqrt(2/pi) = {LPER_FLOOR:.4f} because the activations shrank "
-            f"(projected std {proj_std:.3g} << 1); the true SW1 = {sw1:.4g} is large: "
-            "a small L_per does not mean the activations are Gaussian"
+            f"collapsed: the projected spread is small (std {proj_std:.3g}; 1 for N(0,I)) and L_per = {lper:.4g} is "
+            f"below its value at N(0,I) (2/sqrt(pi) = {LPER_AT_GAUSSIAN:.4f})"
+            + (f", near its floor sqrt(2/pi) = {LPER_FLOOR:.4f} (a point mass at 0)" if near_floor else "")
+            + f"; the true SW1 = {sw1:.4g}: a small L_per does not mean the activations are Gaussian"
         )
     if (X == X[0]).all():
         notes.append("all rows are equal (a point mass): SW1 = L_per on every slice (the bound is tight)")
@@ -548,8 +549,8 @@ def _summary(path: str, table: Any, violations: int) -> list[str]:
         f"{path}: {len(table)} reservoirs checked, one per (run, split, epoch, layer) "
         f"({len(runs)} run{'s' * (len(runs) != 1)}, splits {splits or 'none'}); {violations} violations"
         + (f"; {unchecked} without a finite row, not checked" if unchecked else ""),
-        f"  collapsed (projected std < {COLLAPSE_STD:g} and L_per < 1.128: small activations, shrunk or small "
-        f"from the start): {per_run or 'none checked'}",
+        f"  collapsed (projected std < {COLLAPSE_STD:g} and L_per < 1.128: activations of small spread, shrunk, "
+        f"small from the start or narrow around a non-zero mean): {per_run or 'none checked'}",
     ]
 
 
@@ -561,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     import sys
 
-    from per_core.cli import OneLineArgumentParser, run_command
+    from per_core.cli import OneLineArgumentParser, nonempty_path, run_command
     from per_core.rundir import RunDirError
 
     p = OneLineArgumentParser(  # usage errors: one line, exit 2
@@ -570,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog=_TABLES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("paths", nargs="+", help="run directories or sweep directories")
+    p.add_argument("paths", nargs="+", type=nonempty_path, help="run directories or sweep directories")
     _add_slice_options(p)
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files and say which")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

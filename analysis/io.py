@@ -201,7 +201,17 @@ def _blocks(run: str, epoch: int, path: Path, arrays: Mapping[str, np.ndarray | 
         raise RunDirError(f"{path}: holds epoch {arrays.get('epoch')}, its name says {epoch}")
     if "edges" not in arrays:
         raise RunDirError(f"{path}: no histogram edges")
-    bins = len(arrays["edges"]) - 1
+    edges = arrays["edges"]
+    if not (
+        isinstance(edges, np.ndarray)
+        and edges.ndim == 1
+        and len(edges) >= 2
+        and np.issubdtype(edges.dtype, np.floating)
+        and np.isfinite(edges).all()
+        and (np.diff(edges) > 0).all()
+    ):
+        raise RunDirError(f"{path}: histogram edges that are not finite and increasing (a damaged file)")
+    bins = len(edges) - 1
     order = {name: i for i, name in enumerate(arrays["layers"].tolist())} if "layers" in arrays else {}
     found = {tuple(k.split("/")[:2]) for k in arrays if k.count("/") == 2 and k.split("/")[0] in SPLITS}
     out = []
@@ -210,8 +220,11 @@ def _blocks(run: str, epoch: int, path: Path, arrays: Mapping[str, np.ndarray | 
         missing = [f for f, v in fields.items() if v is None]
         widths = {"hist": bins, **_WIDTHS}
         units = -1 if fields["counts"] is None else len(fields["counts"])
-        if missing or any(v.shape != (units, widths[f]) for f, v in fields.items()):
-            raise RunDirError(f"{path}: {split}/{layer} is incomplete or inconsistent (missing {missing})")
+        if missing:
+            raise RunDirError(f"{path}: {split}/{layer} is incomplete (no {', '.join(missing)})")
+        if wrong := [f"{f} {v.shape}" for f, v in fields.items() if v.shape != (units, widths[f])]:
+            expected = ", ".join(f"{f} {(units, widths[f])}" for f in fields)
+            raise RunDirError(f"{path}: {split}/{layer} is inconsistent: {', '.join(wrong)}; expected {expected}")
         if not all(np.issubdtype(fields[f].dtype, np.integer) for f in ("hist", "counts")):
             raise RunDirError(f"{path}: {split}/{layer} holds counts that are not integers (a damaged file)")
         reservoir = arrays.get(f"{split}/{layer}/reservoir")

@@ -64,6 +64,8 @@ References
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import sys
 from collections.abc import Sequence
@@ -154,9 +156,17 @@ def _label(data: RunData, run: str) -> str:
     return (method if run == method or alone else f"{method} ({run})") + _smoke(data, run)
 
 
-def _lams_of(data: RunData, method: str) -> list[Any]:
-    """The lambdas of ``method``'s runs (their configs' ``lam``), sorted."""
-    lams = {data.configs.get(run, {}).get("lam") for run, m in data.methods.items() if m == method}
+def _lam(data: RunData, run: str) -> float | None:
+    """``run``'s lambda (its config's ``lam``) when that is a number; None otherwise (absent, or a value a
+    hand-written config.json holds that is no lambda, e.g. a list or NaN: the run is then labelled without one)."""
+    lam = data.configs.get(run, {}).get("lam")
+    number = isinstance(lam, numbers.Real) and not isinstance(lam, bool) and math.isfinite(lam)
+    return float(lam) if number else None
+
+
+def _lams_of(data: RunData, method: str) -> list[float]:
+    """The lambdas of ``method``'s runs (:func:`_lam`), sorted."""
+    lams = {_lam(data, run) for run, m in data.methods.items() if m == method}
     return sorted(lam for lam in lams if lam is not None)
 
 
@@ -164,7 +174,7 @@ def _run_title(data: RunData, run: str, head: str = "", tail: str = "") -> str:
     """A panel title for one run: ``head``, its method, its lambda when its method's runs have
     several, " (smoke)" for a ``--smoke`` run, ``tail``; then the run on a second line when
     :func:`_label` names it."""
-    method, lam = data.methods[run], data.configs.get(run, {}).get("lam")
+    method, lam = data.methods[run], _lam(data, run)
     several = len(_lams_of(data, method)) > 1
     smoke = _smoke(data, run)
     first = f"{head}{method}{f', λ = {lam:g}' if several and lam is not None else ''}{smoke}{tail}"
@@ -199,8 +209,8 @@ def _line_style(data: RunData, run: str) -> dict[str, Any]:
     """
     mates = _runs_by_method(data)[data.methods[run]]
     lams = _lams_of(data, data.methods[run])
-    lam = data.configs.get(run, {}).get("lam")
-    first = next(r for r in mates if data.configs.get(r, {}).get("lam") == lam) == run
+    lam = _lam(data, run)
+    first = next(r for r in mates if _lam(data, r) == lam) == run
     color: str | tuple[float, float, float] = method_color(data.methods[run])
     if len(lams) > 1 and lam in lams:  # 0.3 of the method's colour for the smallest lambda, all of it for the largest
         color = _tint(color, 0.3 + 0.7 * lams.index(lam) / (len(lams) - 1))
@@ -774,7 +784,8 @@ def metrics_curves(data: RunData) -> Figure:
                     epochs = _epoch_list(r["epoch"][~finite])
                     nonfinite.append(f"run {run} logged a non-finite {col} at {epochs}")
         finite_values = m[col][np.isfinite(m[col].to_numpy(np.float64))]
-        if col != "per_penalty" and (finite_values > 0).all():
+        # log scale for a decade or more (an error falling from 90 % to 2 %); over less, its ticks read 5.4x10^1
+        if col != "per_penalty" and (finite_values > 0).all() and finite_values.max() >= 10 * finite_values.min():
             ax.set_yscale("log")
         if col == "per_penalty":
             ax.axhline(LPER_FLOOR, color=_GREY, ls=":", lw=1, label="0.798: floor (point mass)")
@@ -918,7 +929,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     matplotlib.use("Agg")  # before pyplot is imported: headless
 
-    from per_core.cli import OneLineArgumentParser, run_command
+    from per_core.cli import OneLineArgumentParser, nonempty_path, run_command
 
     p = OneLineArgumentParser(  # usage errors: one line, exit 2
         prog="python -m analysis.plot",
@@ -933,7 +944,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "names that it did not write. A second call into a folder while one writes there is refused."
         ),
     )
-    p.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run directories or sweep directories")
+    p.add_argument(
+        "paths", nargs="+", type=nonempty_path, metavar="RUN_DIR", help="run directories or sweep directories"
+    )
     p.add_argument("--layers", nargs="+", help="layers for Figure 2 and the ridgelines (default: every third)")
     p.add_argument("--units", nargs="+", type=int, help="units of every chosen layer (default 0)")
     p.add_argument("--split", choices=("eval", "train"), help="default eval when recorded, else train")
@@ -1006,10 +1019,14 @@ def _draw_all(data: RunData, layers: list[str] | None, args: Any, out: Path, wri
             path = out / f"ridgeline_{layer.replace('/', '_')}_unit{unit}.{fmt}"
             written.append(save_figure(ridgeline(data, layer, unit, split), path, fmt))
             print(written[-1], flush=True)
-    optional = (  # drawn when their data exist; otherwise a note says why not
-        ("sw1_curves", lambda: sw1_curves(data, split, n_projections=args.n_projections, seed=args.seed)),
-        ("metrics", lambda: metrics_curves(data)),
-    )
+
+    def sw1() -> Figure:  # without --split, the split with reservoir rows (eval when it has them, else train)
+        sw1_split = _resolve_split(data, args.split, reservoir=True)
+        if sw1_split != split:
+            print(f"note: sw1_curves shows split {sw1_split}: split {split} has no reservoir rows", file=sys.stderr)
+        return sw1_curves(data, sw1_split, n_projections=args.n_projections, seed=args.seed)
+
+    optional = (("sw1_curves", sw1), ("metrics", lambda: metrics_curves(data)))  # else a note says why not
     for name, draw in optional:
         try:
             fig = draw()

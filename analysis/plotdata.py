@@ -328,6 +328,13 @@ def _unit_histograms(
                 rows[(layer, unit)].append((epoch, edges, fields[layer]))
     out = {}
     for (layer, unit), got in rows.items():
+        if len(bins := {len(edges) - 1: epoch for epoch, edges, _ in reversed(got)}) > 1:  # the first epoch of each
+            seen = ", ".join(f"{n} from epoch {epoch}" for n, epoch in sorted(bins.items(), key=lambda item: item[1]))
+            raise PlotError(
+                f"run {run} recorded histograms of {layer} with different numbers of bins ({seen}): the recorder's "
+                "bins changed during the run, and its per-unit figures need one binning; plot the epochs of each "
+                "binning from a run directory of their own, or record again with one bins setting"
+            )
         out[(layer, unit)] = {
             "epoch": np.array([e for e, _, _ in got], dtype=np.int64),
             "counts": np.array([f["hist"][unit] for _, _, f in got], dtype=np.float64).reshape(len(got), -1),

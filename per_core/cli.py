@@ -21,7 +21,15 @@ from typing import NoReturn
 
 from per_core.progress import in_kernel
 
-__all__ = ["EXIT_PIPE", "OneLineArgumentParser", "bar_shown", "parse_per_locations", "run_command", "say"]
+__all__ = [
+    "EXIT_PIPE",
+    "OneLineArgumentParser",
+    "bar_shown",
+    "nonempty_path",
+    "parse_per_locations",
+    "run_command",
+    "say",
+]
 
 #: Exit status of a command whose reader closed stdout (``| head``): a shell's 128 + SIGPIPE.
 EXIT_PIPE = 141
@@ -47,6 +55,20 @@ class OneLineArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         message = " ".join(str(message).split())  # one line, whatever argparse (or the caller) wrapped
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def nonempty_path(text: str) -> str:
+    """An argparse ``type`` for a path argument: ``text`` unless empty, which would mean the current folder.
+
+    An unset shell variable (``python -m analysis.plot "$RUN"``) must not make a command read, or write
+    into, every run below the working directory.
+
+    >>> nonempty_path("runs/demo")
+    'runs/demo'
+    """
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?): give a run directory")
+    return text
 
 
 def parse_per_locations(text: str) -> int | None:

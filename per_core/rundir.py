@@ -225,8 +225,9 @@ class RunDir:
     def read_metrics(self, on_bad: Callable[[RunDirError], None] | None = None) -> list[dict[str, Any]]:
         """The rows of metrics.jsonl, one per epoch ([] when there is none).
 
-        A line that is not a JSON object raises :class:`RunDirError` naming the file and line; with
-        ``on_bad``, that error is passed to it instead and the line left out (the other epochs are kept).
+        A line that is not a JSON object of numbers (null allowed; ``epoch`` an integer) raises
+        :class:`RunDirError` naming the file, line and key; with ``on_bad``, that error is passed to it
+        instead and the line left out (the other epochs are kept).
         """
         path = self.metrics_path
         if not path.is_file():
@@ -237,7 +238,7 @@ class RunDir:
                 continue
             try:  # bytes that are not UTF-8 (a damaged file) fail here, a line of their own
                 row = json.loads(raw.decode("utf-8"))
-                problem = None if isinstance(row, dict) else f"a JSON {type(row).__name__}, not an object of metrics"
+                problem = _not_metrics(row)
             except ValueError as err:
                 problem = f"not valid JSON ({err})"
             if problem is None:
@@ -285,6 +286,18 @@ class RunDir:
                 f"{path}: unreadable checkpoint ({type(err).__name__}: {err}); the file is damaged: restore it, or "
                 "train the run again with --overwrite"
             ) from err
+
+
+def _not_metrics(row: object) -> str | None:
+    """What makes a parsed line of metrics.jsonl not a row of metrics, or None when it is one."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object of metrics"
+    for key, value in row.items():
+        if key == "epoch" and (not isinstance(value, int) or isinstance(value, bool)):
+            return f"epoch is {value!r}, not an integer"
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+            return f"{key} is {value!r}, not a number"
+    return None
 
 
 def check_not_a_run(path: Path, writes: str) -> None:

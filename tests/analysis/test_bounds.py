@@ -134,10 +134,21 @@ def test_check_bounds_passes_on_many_distributions(data, seed):
         assert report.projected_std == pytest.approx(0.0, abs=1e-9 * (1 + np.abs(X).max()))
         assert any("point mass" in note for note in report.notes)
     if kind in ("tiny", "minute"):
-        assert report.collapsed and any("shrank" in note for note in report.notes)
+        assert report.collapsed and any("near its floor" in note for note in report.notes)
         assert report.lper == pytest.approx(LPER_FLOOR, rel=1e-6)
     if kind in ("huge", "enormous"):
         assert not report.collapsed
+
+
+def test_the_collapsed_note_says_near_the_floor_only_when_it_is():
+    # an audit: rows narrow around (1, 1, 1) got "near its floor ... because the activations shrank" at L_per 1.09
+    rng = np.random.default_rng(0)
+    off = check_bounds(1.0 + 0.05 * rng.normal(size=(64, 3)), n_projections=32, seed=0)
+    assert off.collapsed and off.lper > 1.0
+    note = next(n for n in off.notes if n.startswith("collapsed"))
+    assert "near its floor" not in note and "projected spread is small" in note and "the true SW1" in note
+    shrunk = check_bounds(0.05 * rng.normal(size=(64, 3)), n_projections=32, seed=0)
+    assert any(n.startswith("collapsed") and "near its floor" in n for n in shrunk.notes)
 
 
 def test_the_point_mass_trap():

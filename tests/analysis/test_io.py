@@ -148,14 +148,21 @@ def test_inconsistent_files_are_errors_naming_them(tmp_path):
         load_run(rd.root)
     del arrays["train/a/sums"]
     rd.write_npz(rd.activation_path(2), arrays)
-    with pytest.raises(RunDirError, match=r"epoch_0002.npz: train/a .*missing \['sums'\]"):
+    with pytest.raises(RunDirError, match=r"epoch_0002.npz: train/a is incomplete \(no sums\)"):
         load_run(rd.root)
-    arrays["train/a/sums"] = np.zeros((3, 4))  # one column short
+    arrays["train/a/sums"] = np.zeros((3, 4))  # one column short: the audit saw "(missing [])"
     rd.write_npz(rd.activation_path(2), arrays)
-    with pytest.raises(RunDirError, match=r"epoch_0002.npz: train/a is incomplete or inconsistent"):
+    with pytest.raises(RunDirError, match=r"epoch_0002.npz: train/a is inconsistent: sums \(3, 4\); expected hist"):
         load_run(rd.root)
     out = load_run(rd.root, skip_bad=True)
     assert sorted(out.stats["epoch"].unique()) == [1] and "epoch_0002.npz" in out.skipped[0]
+    good = rd.read_npz(rd.activation_path(1))
+    # an audit: reversed edges were a traceback in analysis.plot, which --skip-bad did not skip
+    for edges in (good["edges"][::-1], np.where(np.arange(len(good["edges"])) == 3, np.nan, good["edges"])):
+        rd.write_npz(rd.activation_path(2), {**good, "edges": edges, "epoch": np.int64(2)})
+        with pytest.raises(RunDirError, match="epoch_0002.npz: histogram edges that are not finite and increasing"):
+            load_run(rd.root)
+        assert "epoch_0002.npz" in load_run(rd.root, skip_bad=True).skipped[0]
 
 
 @pytest.mark.parametrize(

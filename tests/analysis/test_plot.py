@@ -1,5 +1,6 @@
 """Figures from run directories (analysis.plot): numbers, panels, colours and the command line."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,14 +53,16 @@ def known_data(seed, n=3000, scale=1.0):
     return (scale * X).astype(np.float32)
 
 
-def fake_run(root, method, data_per_epoch, *, reservoir=True, metrics=True, lam=None, bins=40):
+def fake_run(
+    root, method, data_per_epoch, *, reservoir=True, metrics=True, lam=None, bins=40, splits=("train", "eval")
+):
     """A run dir whose layers recorded exactly the given {layer: (n, units)} arrays per epoch, in both splits."""
     rd = RunDir(root)
     lams = {} if lam is None else {"lam": lam}
     rd.write_config({"method": method, "epochs": len(data_per_epoch), "record_every": 1, **lams})
     mods = {name: nn.Identity() for name in data_per_epoch[0]}
     rec = ActivationRecorder(
-        nn.ModuleDict(mods), mods, reservoir=256, reservoir_every=1, reservoir_splits=("train", "eval"), bins=bins
+        nn.ModuleDict(mods), mods, reservoir=256, reservoir_every=1, reservoir_splits=splits, bins=bins
     )
     for epoch, arrays in enumerate(data_per_epoch, start=1):
         rec.start_epoch(epoch, reservoir=reservoir)
@@ -558,7 +561,7 @@ def test_cli_without_reservoirs_notes_the_missing_sw1_figure(tmp_path, capsys):
     captured = capsys.readouterr()
     names = [p.rsplit("/", 1)[1] for p in captured.out.split()]
     assert names == ["figure2.png", "ridgeline_layer1_unit0.png", "ridgeline_layer2_unit0.png", "metrics.png"]
-    assert "note: sw1_curves not drawn: split 'eval' has no reservoir rows" in captured.err
+    assert "note: sw1_curves not drawn: no reservoir rows recorded in" in captured.err  # in no split: what to do
 
 
 def test_python_dash_m_is_headless_and_prints_no_traceback(tmp_path):
@@ -1026,9 +1029,13 @@ def test_a_run_still_training_is_noted_as_unfinished(tmp_path, capsys):
     assert main([str(run.root), "--layers", "layer1"]) == 0
     assert "note: run r is unfinished (epoch 2 of 30: still training, or stopped)" in capsys.readouterr().err
     # a review: a metrics line without an epoch (NaN) crashed it; a run without metrics was called unfinished
+    # (later, an audit: lines of values that are no numbers are bad lines, named, and left out with --skip-bad)
     run.metrics_path.write_text('{"note": "start"}\n{"epoch": Infinity}\n' + run.metrics_path.read_text())
-    assert main([str(run.root), "--layers", "layer1"]) == 0
-    assert "run r is unfinished (epoch 2 of 30" in capsys.readouterr().err
+    assert main([str(run.root), "--layers", "layer1"]) == 2
+    assert "metrics.jsonl, line 1: note is 'start', not a number; rerun with --skip-bad" in capsys.readouterr().err
+    assert main([str(run.root), "--layers", "layer1", "--skip-bad"]) == 0
+    err = capsys.readouterr().err
+    assert "run r is unfinished (epoch 2 of 30" in err and "line 2: epoch is inf, not an integer" in err
     run.metrics_path.unlink()
     assert main([str(run.root), "--layers", "layer1"]) == 0
     assert "unfinished" not in capsys.readouterr().err
@@ -1057,3 +1064,59 @@ def test_a_second_call_into_a_folder_being_written_is_refused(tmp_path, capsys):
     (tmp_path / "old").mkdir()
     assert main([str(run), "--out", str(tmp_path / "gone" / ".." / "old"), "--layers", "nosuch"]) == 2
     assert (tmp_path / "old").is_dir()  # a folder that was there stays, however the path is spelled
+
+
+def test_sw1_curves_fall_back_to_the_split_with_reservoir_rows_unless_one_is_asked_for(tmp_path, capsys):
+    # an audit: a notebook run with an eval pass but reservoirs of the train split only (the recorder's default)
+    # lost its SW1 figure under the default split, with a note naming a split the user never chose
+    fake_run(tmp_path / "r", "per", epochs_of(0, [1.0, 0.5]), splits=("train",))
+    assert main([str(tmp_path / "r"), "--layers", "layer2"]) == 0
+    out, err = capsys.readouterr()
+    assert "sw1_curves.png" in out and "note: sw1_curves shows split train: split eval has no reservoir rows" in err
+    assert main([str(tmp_path / "r"), "--layers", "layer2", "--split", "eval"]) == 0
+    out, err = capsys.readouterr()
+    assert "sw1_curves.png" not in out and "note: sw1_curves not drawn: split 'eval' has no reservoir rows" in err
+
+
+def test_lambdas_that_are_no_numbers_and_binnings_that_change_are_not_tracebacks(tmp_path, capsys):
+    # an audit: a hand-written "lam": [0.01, 0.001] (or "big" next to a number) was a TypeError traceback
+    fake_run(tmp_path / "s" / "a", "per", epochs_of(0, [1.0, 0.5]), lam=[1e-2, 1e-3])
+    fake_run(tmp_path / "s" / "b", "per", epochs_of(1, [1.0, 0.5]), lam="big")
+    fake_run(tmp_path / "s" / "c", "per", epochs_of(2, [1.0, 0.5]), lam=0.1)
+    assert main([str(tmp_path / "s"), "--layers", "layer2"]) == 0
+    data = load_run(tmp_path / "s")
+    assert analysis.plot._lams_of(data, "per") == [0.1]
+    # a recorder whose bins changed during the run (40, then 20): one error line, not a ragged-array traceback
+    run = fake_run(tmp_path / "r", "per", epochs_of(0, [1.0, 0.5, 0.5, 0.5]))
+    other = fake_run(tmp_path / "o", "per", epochs_of(0, [1.0, 0.5, 0.5, 0.5]), bins=20)
+    for epoch in (3, 4):
+        shutil.copy(other.activation_path(epoch), run.activation_path(epoch))
+    capsys.readouterr()
+    assert main([str(run.root), "--layers", "layer2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "error: run r recorded histograms of layer2 with different numbers of bins (40 from epoch 1, 20 from epoch 3)"
+    )
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("module", ["analysis.plot", "analysis.bounds"])
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, capsys, monkeypatch, module):
+    # an audit: analysis.plot "" (an unset "$RUN") plotted every run below the working directory into ./figures
+    import importlib
+
+    fake_run(tmp_path / "r", "per", epochs_of(0, [1.0, 0.5]))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(module).main(["r", ""])
+    assert stop.value.code == 2
+    assert "an empty path (an unset shell variable?): give a run directory" in capsys.readouterr().err
+    assert not (tmp_path / "figures").exists() and not (tmp_path / "r" / "figures").exists()
+
+
+def test_metric_panels_are_logarithmic_only_over_a_decade_or_more(tmp_path):
+    # an audit: a loss between 2.2 and 2.3 on a log axis had ticks like 5.4x10^1 and none near the curve
+    rd = fake_run(tmp_path / "r", "per", epochs_of(0, [1.0, 0.5]), metrics=False)
+    rd.write_metrics([{"epoch": e, "val_error": v, "train_loss": t} for e, v, t in ((1, 90.0, 2.3), (2, 2.0, 2.2))])
+    fig = metrics_curves(load_run(tmp_path / "r"))
+    assert [ax.get_yscale() for ax in fig.axes[:2]] == ["log", "linear"]

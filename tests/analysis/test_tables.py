@@ -43,7 +43,7 @@ def test_bounds_cli_writes_tables_and_flags_collapse(tmp_path, capsys):
         f"{tmp_path}: 3 reservoirs checked, one per (run, split, epoch, layer) (2 runs, splits train); 0 violations\n"
         in out
     )
-    assert out.splitlines()[1].startswith("  collapsed (projected std < 0.5 and L_per < 1.128: small activations")
+    assert out.splitlines()[1].startswith("  collapsed (projected std < 0.5 and L_per < 1.128: activations of small")
     assert out.splitlines()[1].endswith("): ok (vanilla) 0 of 2, shrunk (per) 1 of 1")  # per run, out of its rows
     b = pd.read_csv(tmp_path / "shrunk" / "analysis" / "bounds.csv")
     assert bool(b["collapsed"].iloc[0]) and b["sw1"].iloc[0] > 0.7 and b["lper"].iloc[0] < 0.85

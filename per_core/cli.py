@@ -171,3 +171,14 @@ def run_command(
             raise
         print(f"error: {who}{err}\n", end="", file=sys.stderr, flush=True)
         return 2
+
+
+#: What ``python -m per_core.cli`` says: the module is a library of the commands, not one of them.
+COMMANDS = (
+    "per_core.cli holds what the commands share; it is not a command. The commands (each with --help): "
+    "python -m per_core.demo, python -m per_core.train, python -m per_core.sweep, python -m analysis.plot, "
+    "python -m analysis.bounds, python -m analysis.figures"
+)
+
+if __name__ == "__main__":
+    sys.exit(COMMANDS)

@@ -159,6 +159,11 @@ def load_cifar(data_dir: str | Path, num_classes: int = 10) -> ImageData:
                     f"{root / name}: data of shape {data.shape} and {labels.size} labels, not CIFAR's (N, 3072) "
                     "images with one label each; the file is damaged or of another data set"
                 )
+            if labels.size and not (0 <= labels.min() and labels.max() < num_classes):
+                raise DataError(
+                    f"{root / name}: labels from {labels.min()} to {labels.max()}, not CIFAR-{num_classes}'s 0 to "
+                    f"{num_classes - 1}; the file is damaged or of another data set"
+                )
             xs.append(data.reshape(-1, 3, 32, 32))
             ys.append(labels)
         return torch.from_numpy(np.concatenate(xs)).float() / 255.0, torch.from_numpy(np.concatenate(ys))
@@ -318,8 +323,14 @@ def _file_lines(path: Path) -> list[str]:
     feeds, ``\\x1c``-``\\x1e``, ``\\x85``, ``\\u2028`` and ``\\u2029``: each an extra ``<eos>``, so other
     token counts and perplexities.
     """
-    with path.open(encoding="utf-8") as f:
-        return list(f)
+    try:
+        with path.open(encoding="utf-8") as f:
+            return list(f)
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); the file is damaged or in another encoding: "
+            "replace it with the data set's original file"
+        ) from None
 
 
 def load_word_corpus(data_dir: str | Path, name: str) -> TextData:

@@ -469,8 +469,8 @@ def _check_methods(base: TrainConfig, methods: Sequence[str], args: argparse.Nam
     for method in methods:
         validate_config(base.replace(method=method))
     lam_flag = "--lams" if args.lams is not None else None
-    per_locations = args.per_locations is not None
-    for line in flag_notes(base, methods, lam_flag=lam_flag, per_locations=per_locations, method_flag="--methods"):
+    given = {"per_locations": args.per_locations is not None, "data_dir": args.data_dir is not None}
+    for line in flag_notes(base, methods, lam_flag=lam_flag, method_flag="--methods", **given):
         note(line)
 
 

@@ -29,7 +29,7 @@ from per_core.data import (
 )
 from per_core.distributed import DistEnv
 
-__all__ = ["ImageClassification", "LanguageModeling", "StepResult", "Task", "build_task"]
+__all__ = ["FILE_DATA", "ImageClassification", "LanguageModeling", "StepResult", "Task", "build_task", "reads_data_dir"]
 
 
 @dataclass
@@ -227,6 +227,15 @@ class LanguageModeling:
 
 #: Shapes of synthetic stand-ins for ``--smoke`` runs: data name -> (channels, height, width, classes).
 SYNTHETIC_IMAGE_SHAPES = {"digits": (1, 8, 8, 10), "cifar10": (3, 32, 32, 10), "cifar100": (3, 32, 32, 100)}
+
+
+#: The data sets read from ``--data-dir`` (the others are embedded or synthetic).
+FILE_DATA = ("cifar10", "cifar100", "ptb", "wikitext2")
+
+
+def reads_data_dir(cfg: TrainConfig) -> bool:
+    """Whether :func:`build_task` reads ``cfg.data_dir``: real data from files, not ``--smoke``."""
+    return cfg.data in FILE_DATA and not cfg.smoke
 
 
 def build_task(cfg: TrainConfig, device: torch.device) -> Task:

@@ -49,7 +49,7 @@ from per_core.progress import tqdm
 from per_core.regularizer import PER
 from per_core.rundir import RunDir, RunDirError, enclosing_run, holds_runs
 from per_core.seeds import stream_seed
-from per_core.tasks import Task, build_task
+from per_core.tasks import Task, build_task, reads_data_dir
 
 __all__ = ["TrainingError", "check_method", "flag_notes", "main", "methods_for", "train", "validate_config"]
 
@@ -979,12 +979,13 @@ def flag_notes(
     *,
     lam_flag: str | None = None,
     per_locations: bool = False,
+    data_dir: bool = False,
     method_flag: str = "--method",
 ) -> list[str]:
     """Notes on flags that were given but that none of ``methods`` on ``cfg.model`` uses.
 
     ``lam_flag``: the name of the lambda flag when it was given (``--lam``, the sweep's ``--lams``);
-    ``per_locations``: whether ``--per-locations`` was given.
+    ``per_locations``, ``data_dir``: whether ``--per-locations``, ``--data-dir`` were given.
     """
     notes, with_methods = [], f"with {method_flag} {','.join(methods)}"
     if lam_flag and not any(m in LAM_METHODS for m in methods):
@@ -996,6 +997,9 @@ def flag_notes(
             f"note: --per-locations has no effect on preset {cfg.preset} ({cfg.model}): "
             "it picks spatial locations of conv layers, and an LSTM's rows are time steps"
         )
+    if data_dir and not reads_data_dir(cfg):
+        why = "--smoke trains on synthetic data" if cfg.smoke else f"its data ({cfg.data}) are embedded"
+        notes.append(f"note: --data-dir has no effect on preset {cfg.preset}: {why}")
     return notes
 
 
@@ -1018,7 +1022,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         validate_config(cfg)
         if rank == 0:
             lam_flag = "--lam" if args.lam is not None else None
-            for line in flag_notes(cfg, [cfg.method], lam_flag=lam_flag, per_locations=args.per_locations is not None):
+            given = {"per_locations": args.per_locations is not None, "data_dir": args.data_dir is not None}
+            for line in flag_notes(cfg, [cfg.method], lam_flag=lam_flag, **given):
                 note(line)
         if args.out is None:
             args.out = Path("runs") / f"{cfg.preset}-{cfg.method}-seed{cfg.seed}{'-smoke' if cfg.smoke else ''}"

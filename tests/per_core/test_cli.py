@@ -116,3 +116,10 @@ def test_a_bar_is_shown_in_a_kernel_not_in_a_process_that_imported_ipykernel(mon
     assert not bar_shown(True)  # before: the RuntimeError
     monkeypatch.setattr(IPython, "get_ipython", lambda: type("Shell", (), {"kernel": property(lambda self: 1 / 0)})())
     assert not bar_shown(True)
+
+
+def test_running_the_library_module_names_the_commands():
+    # an audit: python -m per_core.cli --help printed nothing and exited 0
+    proc = subprocess.run([sys.executable, "-m", "per_core.cli", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "it is not a command" in proc.stderr and "python -m per_core.train" in proc.stderr

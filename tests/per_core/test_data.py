@@ -76,6 +76,15 @@ def test_damaged_data_files_are_errors_naming_the_file(tmp_path):
         (tmp_path / f"ptb.{split}.txt").write_text("" if split == "train" else " a b \n")
     with pytest.raises(DataError, match=r"ptb\.train\.txt is empty"):
         load_word_corpus(tmp_path, "ptb")
+    # an audit: labels out of range were an IndexError in the first step; bytes that are no UTF-8 an error
+    # naming neither the file nor the fix
+    with bad.open("wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), dtype=np.uint8), b"labels": [3, 12]}, f)
+    with pytest.raises(DataError, match=r"data_batch_3: labels from 3 to 12, not CIFAR-10's 0 to 9"):
+        load_cifar(tmp_path, 10)
+    (tmp_path / "ptb.train.txt").write_bytes(b" a b \n\xff\xfe\n")
+    with pytest.raises(DataError, match=r"ptb\.train\.txt: not UTF-8 text \(invalid start byte at byte 6\)"):
+        load_word_corpus(tmp_path, "ptb")
 
 
 def test_augment_is_a_shifted_window_of_the_padded_image_or_its_mirror():

@@ -542,6 +542,13 @@ def test_flags_without_effect_get_a_note_and_run(tmp_path, capsys):
         in notes(get_preset("demo"), ["vanilla"], per_locations=True)[0]
     )
     assert "LSTM's rows are time steps" in notes(get_preset("corpus-lstm"), ["per"], per_locations=True)[0]
+    # an audit: --data-dir was silently ignored where nothing is read (the README promises a note)
+    assert main([*argv, "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")]) == 0
+    assert "note: --data-dir has no effect on preset demo: --smoke trains on synthetic data" in capsys.readouterr().err
+    assert notes(get_preset("corpus-lstm"), ["per"], data_dir=True) == [
+        "note: --data-dir has no effect on preset corpus-lstm: its data (corpus) are embedded"
+    ]
+    assert notes(get_preset("table1-resnet56"), ["per"], data_dir=True) == []  # CIFAR-10 is read from it
 
 
 def test_flags_are_checked_before_the_run_directory(tmp_path, capsys):

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -240,15 +241,20 @@ def _blocks(run: str, epoch: int, path: Path, arrays: Mapping[str, np.ndarray | 
     return out
 
 
-def no_activations(path: str | os.PathLike[str], skipped: int = 0) -> str:
+def no_activations(path: str | os.PathLike[str], skipped: Sequence[str] = ()) -> str:
     """What the analysis commands say when ``path`` has no activations to show, and what to do; ``skipped``:
-    how many unreadable files or lines ``skip_bad`` left out (they may have held them)."""
-    if skipped:
+    what ``skip_bad`` left out (:attr:`RunData.skipped`): its files (activation files, a config.json: they may
+    have held them) are counted, its lines of metrics.jsonl are not."""
+    if files := sum(_METRICS_LINE.search(item) is None for item in skipped):
         return (
-            f"no readable activations in {path}: --skip-bad left out {skipped} unreadable file(s) or line(s) "
+            f"no readable activations in {path}: --skip-bad left out {files} unreadable file(s) "
             "(without it, the first is named); restore them, or train with --record if none was recorded"
         )
     return f"no activations recorded in {path}: train with --record all (or a list of layers, e.g. --record layer3)"
+
+
+#: How :meth:`RunDir.read_metrics` names a bad line of metrics.jsonl (which holds no activations).
+_METRICS_LINE = re.compile(r"metrics\.jsonl, line \d+: ")
 
 
 def _run_label(rd: RunDir, root: Path) -> str:

@@ -972,7 +972,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             fmt = args.format
             written: list[Path] = []
             if data.index.empty:  # e.g. a --no-record sweep: its metrics are still worth a figure
-                none = no_activations(data.root, len(data.skipped))
+                none = no_activations(data.root, data.skipped)
                 try:
                     written.append(save_figure(metrics_curves(data), out / f"metrics.{fmt}", fmt))
                 except PlotError as err:

@@ -117,7 +117,7 @@ def _epoch_list(epochs: Sequence[int] | np.ndarray) -> str:
 
 def _recorded(data: RunData) -> pd.DataFrame:
     if data.index.empty:
-        raise PlotError(no_activations(data.root, len(data.skipped)))
+        raise PlotError(no_activations(data.root, data.skipped))
     return data.index
 
 

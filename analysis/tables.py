@@ -188,7 +188,7 @@ def write_tables(
     """
     data = load_run(path, skip_bad=skip_bad, metrics=False)  # activations only: a damaged metrics.jsonl is not ours
     if data.index.empty:
-        raise RunDirError(no_activations(path, len(data.skipped)))
+        raise RunDirError(no_activations(path, data.skipped))
     recorded = set(data.index["run"].astype(str))
     skipped = data.skipped + [
         f"run {label}: no activations recorded (trained with --record none?); no tables written for it"

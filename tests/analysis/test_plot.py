@@ -1120,3 +1120,14 @@ def test_metric_panels_are_logarithmic_only_over_a_decade_or_more(tmp_path):
     rd.write_metrics([{"epoch": e, "val_error": v, "train_loss": t} for e, v, t in ((1, 90.0, 2.3), (2, 2.0, 2.2))])
     fig = metrics_curves(load_run(tmp_path / "r"))
     assert [ax.get_yscale() for ax in fig.axes[:2]] == ["log", "linear"]
+
+
+def test_a_bad_metrics_line_is_not_counted_as_what_held_the_activations(tmp_path, capsys):
+    # a line of metrics.jsonl left out by --skip-bad holds no activations: the note must not blame it
+    plain = RunDir(tmp_path / "plain")
+    plain.write_config({"method": "vanilla"})
+    plain.metrics_path.write_text('{"epoch": 1, "val_error": "x"}\n{"epoch": 2, "val_error": 5.0}\n')
+    assert main([str(plain.root), "--skip-bad"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: no activations recorded in {plain.root}: train with --record all" in err
+    assert "left out" not in err

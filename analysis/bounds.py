@@ -269,7 +269,8 @@ class BoundReport:
         :math:`\mathcal{N}(0, I)`, 0 for a point mass.
     collapsed : bool
         ``projected_std < collapse_std`` and ``lper < lper_at_gaussian``: :math:`L_{per}` is small
-        because the activations shrank (see ``notes``).
+        because the projected activations spread little (shrunk, or narrow around a non-zero mean), not
+        because they are Gaussian (see ``notes``).
     rtol, atol, collapse_std : float
         Settings used.
     lper_floor, lper_at_gaussian : float
@@ -373,7 +374,8 @@ def check_bounds(
     0, whose :math:`SW_1` is also :math:`\sqrt{2/\pi}`, while :math:`L_{per}(\mathcal{N}(0, I)) = 2/\sqrt{\pi}`.
     When the projected spread is small (``projected_std < collapse_std``) and :math:`L_{per}` is below
     its value at the Gaussian, the report is flagged ``collapsed`` with a note: the bound is small
-    because the activations shrank; the true :math:`SW_1` is large.
+    because the activations spread little (shrunk towards 0, where it nears its floor, or narrow around
+    a non-zero mean), not because they are Gaussian; the note gives the true :math:`SW_1`.
 
     Parameters
     ----------

@@ -33,7 +33,7 @@ import numpy as np
 from analysis.bounds import per_bound
 from analysis.distances import sliced_w1_to_normal
 from analysis.style import method_color, use_style
-from per_core.cli import OneLineArgumentParser, run_command
+from per_core.cli import OneLineArgumentParser, nonempty_folder, run_command
 
 __all__ = ["main", "point_mass_trap"]
 
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from per_core.rundir import RunDirError, atomic_write
 
     p = OneLineArgumentParser(prog="python -m analysis.figures", description="Regenerate the README figures.")
-    p.add_argument("--out", type=Path, default=Path("figures"), help="output folder (default figures/)")
+    p.add_argument("--out", type=nonempty_folder, default=Path("figures"), help="output folder (default figures/)")
     p.add_argument("--runs", type=Path, help="a demo sweep directory (runs/demo) for the run-based figures")
     p.add_argument("--ridgeline", default="layer3", metavar="LAYER", help="layer of ridgeline.png (default layer3)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")

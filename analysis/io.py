@@ -77,7 +77,8 @@ class RunData:
     stats : DataFrame
         One row per (run, epoch, split, layer, unit) with the columns :data:`STATS_COLUMNS`.
     metrics : DataFrame
-        ``run``, ``method`` and the columns of ``metrics.jsonl``.
+        ``run``, ``method`` and the columns of ``metrics.jsonl``: its numbers (JSON null and NaN included);
+        other values (strings, lists, booleans) are left out and listed in :attr:`ignored`.
     configs : dict of str -> dict
         ``config.json`` per run; :attr:`config` is the same as a flat frame.
     index : DataFrame
@@ -85,6 +86,9 @@ class RunData:
         none) and ``path``.
     skipped : list of str
         With ``skip_bad=True``, one message per file or run left out, naming it.
+    ignored : list of str
+        One message per run whose metrics.jsonl holds values that are not numbers (left out of
+        ``metrics``), naming the keys and how many lines held them.
     metrics_logged : DataFrame or None
         Booleans shaped like ``metrics`` (same index and columns): True where that line of
         ``metrics.jsonl`` holds the key. It tells a logged NaN (a diverged run) from a metric the run
@@ -101,6 +105,7 @@ class RunData:
     index: pd.DataFrame
     skipped: list[str] = field(default_factory=list)
     metrics_logged: pd.DataFrame | None = None
+    ignored: list[str] = field(default_factory=list)
     _cache: tuple[Path, dict[str, np.ndarray]] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -291,6 +296,7 @@ def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False, metrics: b
     methods: dict[str, str] = {}
     configs: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
+    ignored: list[str] = []
     metric_frames: list[pd.DataFrame] = []
     logged_frames: list[pd.DataFrame] = []  # True where a line of metrics.jsonl holds the key
     blocks: list[_Block] = []
@@ -314,7 +320,12 @@ def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False, metrics: b
         runs[label], configs[label] = rd, config
         methods[label] = str(config.get("method") or rd.root.name)
         if metrics:
-            rows = rd.read_metrics(on_bad=bad)
+            rows, dropped = _numbers_only(rd.read_metrics(on_bad=bad))
+            if dropped:
+                keys = ", ".join(f"{k} ({n} line{'s' * (n != 1)})" for k, n in dropped.items())
+                ignored.append(
+                    f"run {label}'s {rd.metrics_path.name} has values that are not numbers, left out: {keys}"
+                )
             metric_frames.append(pd.DataFrame(rows).assign(run=label, method=methods[label]))
             logged_frames.append(pd.DataFrame([dict.fromkeys(row, True) for row in rows]))
         for epoch in rd.activation_epochs():
@@ -343,7 +354,24 @@ def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False, metrics: b
             ).assign(method=lambda f: f["run"].map(methods))
         ),
         skipped=skipped,
+        ignored=ignored,
     )
+
+
+def _numbers_only(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """``rows`` of metrics.jsonl without their values that are not numbers (None stands for a number: JSON
+    null), and how many lines held such a value per key. A string "12.5" is not read as a number: the trainer
+    writes numbers, and a value that is not one was written by something else."""
+    kept, dropped = [], {}
+    for row in rows:
+        good = {}
+        for key, value in row.items():
+            if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+                good[key] = value
+            else:
+                dropped[key] = dropped.get(key, 0) + 1
+        kept.append(good)
+    return kept, dropped
 
 
 def logged_mask(parts: list[pd.DataFrame], metrics: pd.DataFrame) -> pd.DataFrame:

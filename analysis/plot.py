@@ -9,7 +9,7 @@ matplotlib Figure (nothing is shown). The same method has the same colour in eve
   then its mean and variance over epochs with every method overlaid (variance clipped at 5).
 - :func:`sw1_curves`: per layer, :math:`SW_1` to :math:`\mathcal{N}(0, I)` (exact per slice, on the
   reservoir of joint rows) over epochs, with the bound :math:`L_{per}` on the same slices dashed, and
-  the epochs where the activations collapsed (bound small because the activations shrank).
+  the epochs where the activations collapsed (bound small because the activations spread little).
 - :func:`ridgeline`: the unit's histogram over epochs, one panel per method.
 - :func:`metrics_curves`: validation error (or perplexity), training loss and the PER penalty.
 
@@ -823,10 +823,11 @@ def _load(paths: Sequence[str | os.PathLike[str]], skip_bad: bool) -> RunData:
     common = Path(os.path.commonpath([str(p.resolve()) for p in map(Path, paths)]))
     if common in roots:  # one path is a run inside another: label from one level up
         common = common.parent
-    runs, methods, configs, skipped = {}, {}, {}, []
+    runs, methods, configs, skipped, ignored = {}, {}, {}, [], []
     stats, metrics, index, logged = [], [], [], []
     for d in loaded:
         skipped += d.skipped
+        ignored += d.ignored
         rename = {}
         for old, rd in d.runs.items():
             new = rd.root.resolve().relative_to(common).as_posix()
@@ -851,6 +852,7 @@ def _load(paths: Sequence[str | os.PathLike[str]], skip_bad: bool) -> RunData:
         index=pd.concat(index, ignore_index=True),
         skipped=skipped,
         metrics_logged=logged_mask(logged, metrics_frame),
+        ignored=ignored,
     )
 
 
@@ -929,7 +931,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     matplotlib.use("Agg")  # before pyplot is imported: headless
 
-    from per_core.cli import OneLineArgumentParser, nonempty_path, run_command
+    from per_core.cli import OneLineArgumentParser, nonempty_folder, nonempty_path, run_command
 
     p = OneLineArgumentParser(  # usage errors: one line, exit 2
         prog="python -m analysis.plot",
@@ -950,7 +952,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--layers", nargs="+", help="layers for Figure 2 and the ridgelines (default: every third)")
     p.add_argument("--units", nargs="+", type=int, help="units of every chosen layer (default 0)")
     p.add_argument("--split", choices=("eval", "train"), help="default eval when recorded, else train")
-    p.add_argument("--out", type=Path, help="output folder (default PATH/figures, or the common parent's; see below)")
+    p.add_argument(
+        "--out", type=nonempty_folder, help="output folder (default PATH/figures, or the common parent's; see below)"
+    )
     p.add_argument("--format", choices=("png", "pdf"), default="png", help="file format (default png)")
     _add_slice_options(p)
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files and say which")
@@ -963,7 +967,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = _load(args.paths, args.skip_bad)
         for msg in data.skipped:
             print(f"skipped: {msg}", file=sys.stderr)
-        for msg in [*_unfinished_notes(data), *_smoke_notes(data)]:
+        for msg in [*data.ignored, *_unfinished_notes(data), *_smoke_notes(data)]:
             print(f"note: {msg}", file=sys.stderr)
         out = args.out if args.out is not None else default_out(args.paths, data)
         check_out(out, args.out is not None)

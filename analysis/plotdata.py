@@ -433,7 +433,7 @@ def sw1_table(
     which costs about 0.5 s per layer and epoch). ``collapsed`` is the rule of
     :func:`analysis.bounds.check_bounds`: projected standard deviation
     :math:`\sqrt{\mathrm{mean}_j \mathrm{Var}_i\, a_{ij}} <` :data:`COLLAPSE_STD` and
-    :math:`L_{per} < 2/\sqrt{\pi}`: the bound is small because the activations shrank.
+    :math:`L_{per} < 2/\sqrt{\pi}`: the bound is small because the activations spread little.
     ``epochs`` limits the table to those epochs (default: every epoch with a reservoir).
 
     Returns

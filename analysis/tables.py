@@ -6,7 +6,8 @@ Two tables, written by ``python -m analysis.bounds RUN_DIR`` to ``RUN_DIR/analys
   :math:`SW_1` to :math:`\mathcal{N}(0, I)` (exact per slice), the bound :math:`L_{per}` on the same
   slices, their gap, the slice-by-slice check :math:`SW_1 \le L_{per}`, the check
   :math:`SW_1 \le W_1` (:func:`analysis.bounds.check_bounds`), the projected spread and the
-  ``collapsed`` flag (bound small because the activations shrank; true distance large).
+  ``collapsed`` flag (bound small because the activations spread little, not because they are
+  Gaussian; the true distance says how far they are).
 - ``distances.csv``, one row per (run, split, epoch, layer, unit): the exact 1-D :math:`W_1` of the
   unit to :math:`\mathcal{N}(0,1)` from its histogram, with the rigorous binning error bound
   (:func:`analysis.distances.w1_to_normal_hist`, using the recorded min/max to place under- and

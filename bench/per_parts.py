@@ -22,12 +22,12 @@ Result lines (``MODEL`` = resnet56, or resnet20 in ``--quick`` mode):
   runs slower next to PER (1 = not at all).
 - ``per_parts/MODEL/compute_in_step``: the batched computation's time inside the step / the same
   computation on rows of the same shapes called back to back (warm caches).
-- ``per_parts/MODEL/floor``: a vanilla step with the least that any per-layer location sampler must do (no PER
-  math, no bookkeeping): at each regularized layer's output draw m locations per image and gather their
-  rows in forward, scatter-add them into the output's gradient in backward (``_floor_hooks``) / vanilla step;
-  ``floor_vs_bn`` the same step over the BN step and ``per_vs_floor`` the PER step (with the timing hooks)
-  over it, all paired per round. Where ``floor_vs_bn`` is already near 1, no hook-based PER can be cheaper
-  than BN on that machine.
+- ``per_parts/MODEL/floor``: a vanilla step with the data movement of PER's sampled design and nothing else
+  (no PER math, no bookkeeping): at each regularized layer's output draw m locations per image and gather
+  their rows in forward, scatter-add them into the output's gradient in backward (``_floor_hooks``) /
+  vanilla step; ``floor_vs_bn`` the same step over the BN step and ``per_vs_floor`` the PER step (with the
+  timing hooks) over it, all paired per round. Where ``floor_vs_bn`` is already near 1, cheaper PER code
+  alone cannot bring this design to BN's cost on that machine.
 - ``per_parts/MODEL/first_op``: a location draw (one ``torch.randint``) at a layer's output inside a
   vanilla step / the same draw repeated at once: how much slower the first small op after the
   model's large kernels runs (the data and code it needs were evicted from the caches).

@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
 
 from per_core.progress import in_kernel
@@ -25,6 +26,7 @@ __all__ = [
     "EXIT_PIPE",
     "OneLineArgumentParser",
     "bar_shown",
+    "nonempty_folder",
     "nonempty_path",
     "parse_per_locations",
     "run_command",
@@ -67,8 +69,13 @@ def nonempty_path(text: str) -> str:
     'runs/demo'
     """
     if not text:
-        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?): give a run directory")
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?): name a folder")
     return text
+
+
+def nonempty_folder(text: str) -> Path:
+    """:func:`nonempty_path` as a ``Path``, for the ``--out`` and ``--table`` flags."""
+    return Path(nonempty_path(text))
 
 
 def parse_per_locations(text: str) -> int | None:

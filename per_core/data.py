@@ -326,10 +326,15 @@ def _file_lines(path: Path) -> list[str]:
     try:
         with path.open(encoding="utf-8") as f:
             return list(f)
-    except UnicodeDecodeError as err:
+    except UnicodeDecodeError:  # its offset counts from the decoder's chunk: decode the whole file for the file's
+        try:
+            path.read_bytes().decode("utf-8")
+            where = ""
+        except UnicodeDecodeError as err:
+            where = f" ({err.reason} at byte {err.start})"
         raise DataError(
-            f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); the file is damaged or in another encoding: "
-            "replace it with the data set's original file"
+            f"{path}: not UTF-8 text{where}; the file is damaged or in another encoding: replace it with the data "
+            "set's original file"
         ) from None
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from per_core.allocator import tune_malloc
-from per_core.cli import OneLineArgumentParser, run_command, say
+from per_core.cli import OneLineArgumentParser, nonempty_folder, run_command, say
 from per_core.configs import get_preset
 from per_core.rundir import RunDir, RunDirError, check_not_a_run
 from per_core.train import TrainingError, train, validate_config
@@ -79,7 +79,7 @@ def _distances(out: Path, epoch: int) -> tuple[dict[str, dict[str, object]], int
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = OneLineArgumentParser(prog="python -m per_core.demo", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="sweep directory (default runs/demo)")
+    p.add_argument("--out", type=nonempty_folder, default=Path("runs/demo"), help="sweep directory (default runs/demo)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per method (default: the demo preset's)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -225,9 +225,10 @@ class RunDir:
     def read_metrics(self, on_bad: Callable[[RunDirError], None] | None = None) -> list[dict[str, Any]]:
         """The rows of metrics.jsonl, one per epoch ([] when there is none).
 
-        A line that is not a JSON object of numbers (null allowed; ``epoch`` an integer) raises
-        :class:`RunDirError` naming the file, line and key; with ``on_bad``, that error is passed to it
-        instead and the line left out (the other epochs are kept).
+        A line that is not a JSON object raises :class:`RunDirError` naming the file and line; with
+        ``on_bad``, that error is passed to it instead and the line left out (the other epochs are kept).
+        Values are as written (the trainer writes numbers only; :func:`analysis.io.load_run` leaves out
+        any other).
         """
         path = self.metrics_path
         if not path.is_file():
@@ -238,7 +239,7 @@ class RunDir:
                 continue
             try:  # bytes that are not UTF-8 (a damaged file) fail here, a line of their own
                 row = json.loads(raw.decode("utf-8"))
-                problem = _not_metrics(row)
+                problem = None if isinstance(row, dict) else f"a JSON {type(row).__name__}, not an object of metrics"
             except ValueError as err:
                 problem = f"not valid JSON ({err})"
             if problem is None:
@@ -288,18 +289,6 @@ class RunDir:
             ) from err
 
 
-def _not_metrics(row: object) -> str | None:
-    """What makes a parsed line of metrics.jsonl not a row of metrics, or None when it is one."""
-    if not isinstance(row, dict):
-        return f"a JSON {type(row).__name__}, not an object of metrics"
-    for key, value in row.items():
-        if key == "epoch" and (not isinstance(value, int) or isinstance(value, bool)):
-            return f"epoch is {value!r}, not an integer"
-        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
-            return f"{key} is {value!r}, not a number"
-    return None
-
-
 def check_not_a_run(path: Path, writes: str) -> None:
     """Refuse a run directory, or a folder inside one, as the folder that ``writes`` (e.g. "a sweep writes its
     runs") below: those runs would nest inside that run, and every reader (tables, plots, ``load_run``) stops
@@ -311,8 +300,19 @@ def check_not_a_run(path: Path, writes: str) -> None:
 
 
 def enclosing_run(path: str | os.PathLike[str]) -> Path | None:
-    """The nearest folder above ``path`` that is a run directory, or None: a run written there would nest in it."""
-    return next((p for p in Path(path).resolve().parents if RunDir(p).is_run()), None)
+    """The nearest folder above ``path`` whose config.json :meth:`RunDir.write_config` wrote (a JSON object with
+    ``format_version``), or None: a run written at ``path`` would nest in that run. Another program's config.json
+    (a project's, a model's) does not count."""
+    return next((p for p in Path(path).resolve().parents if _written_config(RunDir(p).config_path)), None)
+
+
+def _written_config(path: Path) -> bool:
+    """Whether ``path`` is a config.json of a run directory (a JSON object holding ``format_version``)."""
+    try:
+        config = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "format_version" in config
 
 
 def holds_runs(path: Path) -> bool:

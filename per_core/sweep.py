@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 
 from per_core.allocator import tune_malloc
-from per_core.cli import OneLineArgumentParser, note, parse_per_locations, run_command, say
+from per_core.cli import (
+    OneLineArgumentParser,
+    nonempty_folder,
+    nonempty_path,
+    note,
+    parse_per_locations,
+    run_command,
+    say,
+)
 from per_core.configs import METHODS, PAPER_RESULTS, PRESETS, TrainConfig, get_preset, lambda_grid
 from per_core.models import MODELS
 from per_core.rundir import FAILED, RunDir, RunDirError, atomic_write, check_not_a_run, find_runs
@@ -121,9 +129,15 @@ def run_sweep(
                         f"{path} holds a run of another config ({lines}); choose another --out, or delete {path} "
                         "to train it again"
                     )
+                if resumes and done and not run.checkpoint_path.is_file():  # train(resume=True) would refuse it
+                    raise RunDirError(
+                        f"{path} finished {len(done)} epoch(s) but its checkpoint {run.checkpoint_path.name} is "
+                        f"missing, so the sweep cannot continue it; restore the checkpoint, or delete {path} to "
+                        "train it again"
+                    )
                 plan.append((cfg, path, done, failed, cfg.epochs if saved is None else saved["epochs"]))
     if twice:
-        note(f"note: asked for more than once, trained once: {', '.join(twice)}")
+        note(f"note: asked for more than once, taken once: {', '.join(twice)}")
     runs = []
     for cfg, path, done, failed, own_epochs in plan:
         if failed:
@@ -494,9 +508,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--per-locations", help="conv layers: spatial locations per image used by PER, or 'all'")
-    p.add_argument("--data-dir", help="folder with the real data files")
-    p.add_argument("--out", type=Path, help="sweep directory")
-    p.add_argument("--table", type=Path, help="print the results table of an existing sweep and exit")
+    p.add_argument("--data-dir", type=nonempty_path, help="folder with the real data files")
+    p.add_argument("--out", type=nonempty_folder, help="sweep directory")
+    p.add_argument("--table", type=nonempty_folder, help="print the results table of an existing sweep and exit")
     p.add_argument("--smoke", action="store_true", help="synthetic data, a few steps per run")
     p.add_argument("--no-record", action="store_true", help="do not record activations (faster, smaller)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (a log or a pipe never gets them)")

@@ -33,7 +33,16 @@ from torch import nn
 import per_core
 from per_core.allocator import malloc_setting, tune_malloc
 from per_core.baselines import VCL, L1Penalty, L2Penalty
-from per_core.cli import OneLineArgumentParser, bar_shown, note, parse_per_locations, run_command, say
+from per_core.cli import (
+    OneLineArgumentParser,
+    bar_shown,
+    nonempty_folder,
+    nonempty_path,
+    note,
+    parse_per_locations,
+    run_command,
+    say,
+)
 from per_core.configs import METHODS, PRESETS, SMOKE_STEPS, TRAINER_FIELDS, TrainConfig, get_preset
 from per_core.distributed import (
     DistEnv,
@@ -898,7 +907,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=METHODS,
         help="vanilla; bn / dbn (decorrelated BN) / rbn (recurrent BN, LSTMs); per; vcl / l1 / l2 (loss penalties)",
     )
-    p.add_argument("--out", type=Path, help="run directory to write (default: runs/PRESET-METHOD-seedS)")
+    p.add_argument("--out", type=nonempty_folder, help="run directory to write (default: runs/PRESET-METHOD-seedS)")
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--seed", type=int, help="the run's seed: each random stream (init, data, PER, ...) derives its own")
     p.add_argument(
@@ -913,7 +922,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grad-clip", type=float, help="clip the gradient norm to this value (each tensor's on Table 2 presets)"
     )
-    p.add_argument("--data-dir", help="folder with the real data files")
+    p.add_argument("--data-dir", type=nonempty_path, help="folder with the real data files")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--record", help="layers to record: all, none, or comma-separated labels (layer3,layer6)")
     p.add_argument("--record-every", type=int, help="record activations every k epochs")

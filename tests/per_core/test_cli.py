@@ -123,3 +123,28 @@ def test_running_the_library_module_names_the_commands():
     proc = subprocess.run([sys.executable, "-m", "per_core.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stdout == ""
     assert "it is not a command" in proc.stderr and "python -m per_core.train" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("module", "argv"),
+    [
+        ("per_core.train", ["--smoke", "--out", ""]),
+        ("per_core.train", ["--smoke", "--data-dir", ""]),
+        ("per_core.demo", ["--out", ""]),
+        ("per_core.sweep", ["--smoke", "--out", ""]),
+        ("per_core.sweep", ["--table", ""]),
+        ("analysis.plot", ["runs", "--out", ""]),
+        ("analysis.figures", ["--out", ""]),
+    ],
+)
+def test_an_empty_path_flag_is_refused(module, argv, capsys, tmp_path, monkeypatch):
+    # a review: analysis.plot R --out "" wrote its figures into the working directory, sweep --table "" tabled
+    # every run below it (an unset "$OUT" in a script)
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(module).main(argv)
+    assert stop.value.code == 2
+    assert "an empty path (an unset shell variable?): name a folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -82,8 +82,8 @@ def test_damaged_data_files_are_errors_naming_the_file(tmp_path):
         pickle.dump({b"data": np.zeros((2, 3072), dtype=np.uint8), b"labels": [3, 12]}, f)
     with pytest.raises(DataError, match=r"data_batch_3: labels from 3 to 12, not CIFAR-10's 0 to 9"):
         load_cifar(tmp_path, 10)
-    (tmp_path / "ptb.train.txt").write_bytes(b" a b \n\xff\xfe\n")
-    with pytest.raises(DataError, match=r"ptb\.train\.txt: not UTF-8 text \(invalid start byte at byte 6\)"):
+    (tmp_path / "ptb.train.txt").write_bytes(b" a b \n" * 20_000 + b"\xff\xfe\n")  # past the decoder's first chunk
+    with pytest.raises(DataError, match=r"ptb\.train\.txt: not UTF-8 text \(invalid start byte at byte 120000\)"):
         load_word_corpus(tmp_path, "ptb")
 
 

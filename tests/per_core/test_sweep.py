@@ -370,7 +370,7 @@ def test_runs_asked_for_twice_train_once_and_flags_a_table_ignores_are_named(tmp
     argv = ["--smoke", "--no-record", "--no-progress", "--methods", "per,per", "--lams", "0.01,1e-2", "--seeds", "0,0"]
     assert main([*argv, "--out", str(tmp_path / "s")]) == 0
     out, err = capsys.readouterr()
-    assert out.count(": training") == 1 and err == "note: asked for more than once, trained once: per-lam0.01/seed0\n"
+    assert out.count(": training") == 1 and err == "note: asked for more than once, taken once: per-lam0.01/seed0\n"
     assert main(["--table", str(tmp_path / "s"), "--methods", "vanilla", "--smoke"]) == 0
     out, err = capsys.readouterr()
     assert err == "note: --table prints the table of an existing sweep: --methods, --smoke ignored\n"
@@ -393,3 +393,19 @@ def test_an_out_that_is_a_file_or_inside_a_run_is_refused_before_training(tmp_pa
         out_text, err = capsys.readouterr()
         assert err.startswith(message) and out_text == ""
     assert [p.name for p in run.root.iterdir()] == ["config.json"]
+
+
+def test_a_run_without_its_checkpoint_stops_the_sweep_before_anything_trains(tmp_path, capsys):
+    # a review: seed0 was extended, then seed1 (checkpoint deleted) failed halfway with advice for per_core.train
+    argv = ["--smoke", "--no-record", "--no-progress", "--methods", "vanilla", "--seeds", "0,1", "--out", str(tmp_path)]
+    assert main([*argv, "--epochs", "1"]) == 0
+    (tmp_path / "vanilla" / "seed1" / "checkpoints" / "last.pt").unlink()
+    capsys.readouterr()
+    assert main([*argv, "--epochs", "2"]) == 2
+    out, err = capsys.readouterr()
+    assert err == (
+        f"error: {tmp_path / 'vanilla' / 'seed1'} finished 1 epoch(s) but its checkpoint last.pt is missing, so the "
+        f"sweep cannot continue it; restore the checkpoint, or delete {tmp_path / 'vanilla' / 'seed1'} to train it "
+        "again\n"
+    )
+    assert out == "" and len(RunDir(tmp_path / "vanilla" / "seed0").read_metrics()) == 1  # seed0 not extended

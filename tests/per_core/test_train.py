@@ -678,6 +678,18 @@ def test_resume_refuses_smoke_on_a_real_run_and_a_vcl_run_without_learned_betas(
     assert len(err) == 1 and "trained with a constant beta" in err[0] and "--overwrite" in err[0]
 
 
+def test_a_resume_after_a_kill_between_the_first_activation_file_and_checkpoint_starts_over(tmp_path, capsys):
+    # epoch 1's activation file is written before its checkpoint: alone, it says no epoch finished
+    run = RunDir(tmp_path / "r")
+    assert main(["--smoke", "--epochs", "1", "--out", str(run.root), "--no-progress"]) == 0
+    run.checkpoint_path.unlink()
+    run.metrics_path.unlink()
+    assert run.activation_epochs() == [1]
+    assert main(["--resume", "--epochs", "1", "--out", str(run.root), "--no-progress"]) == 0
+    assert f"{run.root}: no checkpoint yet, starting from epoch 1" in capsys.readouterr().out
+    assert [row["epoch"] for row in run.read_metrics()] == [1]
+
+
 def test_a_resume_without_a_checkpoint_starts_over_with_its_own_threads(tmp_path):
     threads = torch.get_num_threads()
     try:
@@ -732,6 +744,13 @@ def test_a_run_inside_another_run_or_an_infinite_lambda_is_refused(tmp_path, cap
     err = capsys.readouterr().err
     assert err.startswith(f"error: --out {outer.root / 'vanilla'} is inside the run directory {outer.root}: the reader")
     assert [p.name for p in outer.root.iterdir()] == ["config.json"]
+    # a review: another program's config.json above --out (a project's, a model's) is no run: training goes on
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text('{"name": "a project"}')
+    argv = ["--smoke", "--epochs", "1", "--record", "none", "--no-progress"]
+    assert main([*argv, "--out", str(project / "runs" / "x")]) == 0
+    capsys.readouterr()
     for method in ("bn", "per"):
         assert main(["--smoke", "--method", method, "--lam", "inf", "--out", str(tmp_path / method)]) == 2
         assert capsys.readouterr().err == "error: lam must be a finite number >= 0, got inf\n"

@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = OneLineArgumentParser(prog="python -m analysis.figures", description="Regenerate the README figures.")
     p.add_argument("--out", type=nonempty_folder, default=Path("figures"), help="output folder (default figures/)")
-    p.add_argument("--runs", type=Path, help="a demo sweep directory (runs/demo) for the run-based figures")
+    p.add_argument("--runs", type=nonempty_folder, help="a demo sweep directory (runs/demo) for the run-based figures")
     p.add_argument("--ridgeline", default="layer3", metavar="LAYER", help="layer of ridgeline.png (default layer3)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)

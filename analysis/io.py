@@ -45,7 +45,7 @@ import pandas as pd
 
 from analysis.recorder import COUNT_FIELDS, RECORDER_FORMAT, SPLITS, SUM_FIELDS, layer_stats, moments_from_sums
 from per_core.checks import is_integer
-from per_core.rundir import NpyHeader, RunDir, RunDirError, find_runs
+from per_core.rundir import NpyHeader, RunDir, RunDirError, find_runs, numbers_only
 
 __all__ = ["SKIP_BAD_HINT", "STATS_COLUMNS", "Histogram", "RunData", "load_run", "suggest_skip_bad"]
 
@@ -87,8 +87,8 @@ class RunData:
     skipped : list of str
         With ``skip_bad=True``, one message per file or run left out, naming it.
     ignored : list of str
-        One message per run whose metrics.jsonl holds values that are not numbers (left out of
-        ``metrics``), naming the keys and how many lines held them.
+        One message per metrics.jsonl holding values that are not numbers, or lines whose epoch is not
+        an integer (left out of ``metrics``: :func:`per_core.rundir.numbers_only`), naming the file.
     metrics_logged : DataFrame or None
         Booleans shaped like ``metrics`` (same index and columns): True where that line of
         ``metrics.jsonl`` holds the key. It tells a logged NaN (a diverged run) from a metric the run
@@ -320,12 +320,9 @@ def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False, metrics: b
         runs[label], configs[label] = rd, config
         methods[label] = str(config.get("method") or rd.root.name)
         if metrics:
-            rows, dropped = _numbers_only(rd.read_metrics(on_bad=bad))
+            rows, dropped = numbers_only(rd.read_metrics(on_bad=bad))
             if dropped:
-                keys = ", ".join(f"{k} ({n} line{'s' * (n != 1)})" for k, n in dropped.items())
-                ignored.append(
-                    f"run {label}'s {rd.metrics_path.name} has values that are not numbers, left out: {keys}"
-                )
+                ignored.append(f"{rd.metrics_path}: {dropped}")
             metric_frames.append(pd.DataFrame(rows).assign(run=label, method=methods[label]))
             logged_frames.append(pd.DataFrame([dict.fromkeys(row, True) for row in rows]))
         for epoch in rd.activation_epochs():
@@ -356,22 +353,6 @@ def load_run(path: str | os.PathLike[str], *, skip_bad: bool = False, metrics: b
         skipped=skipped,
         ignored=ignored,
     )
-
-
-def _numbers_only(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """``rows`` of metrics.jsonl without their values that are not numbers (None stands for a number: JSON
-    null), and how many lines held such a value per key. A string "12.5" is not read as a number: the trainer
-    writes numbers, and a value that is not one was written by something else."""
-    kept, dropped = [], {}
-    for row in rows:
-        good = {}
-        for key, value in row.items():
-            if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
-                good[key] = value
-            else:
-                dropped[key] = dropped.get(key, 0) + 1
-        kept.append(good)
-    return kept, dropped
 
 
 def logged_mask(parts: list[pd.DataFrame], metrics: pd.DataFrame) -> pd.DataFrame:

@@ -326,7 +326,7 @@ def _file_lines(path: Path) -> list[str]:
     try:
         with path.open(encoding="utf-8") as f:
             return list(f)
-    except UnicodeDecodeError:  # its offset counts from the decoder's chunk: decode the whole file for the file's
+    except UnicodeDecodeError:  # its offset counts from the decoder's chunk: the whole file decoded gives the file's
         try:
             path.read_bytes().decode("utf-8")
             where = ""

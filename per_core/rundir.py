@@ -41,6 +41,7 @@ __all__ = [
     "check_not_a_run",
     "find_runs",
     "holds_runs",
+    "numbers_only",
 ]
 
 #: Bumped whenever a file's layout changes in a way old readers cannot handle.
@@ -289,6 +290,35 @@ class RunDir:
             ) from err
 
 
+def numbers_only(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """The rows of metrics.jsonl (:meth:`RunDir.read_metrics`) as numbers only, and what was left out ('' if nothing).
+
+    A value that is not a number (a string, even "12.5", a list, a boolean) is left out of its row (JSON null
+    stays: it stands for a missing number); a line whose ``epoch`` is not an integer is left out whole (it has
+    no place on the epoch axis). The trainer writes numbers only; these rules are for files written by other
+    code, so that readers (``analysis.load_run``, the sweep's table) neither crash nor count a string.
+    """
+    kept, values, lines = [], {}, 0
+    for row in rows:
+        epoch = row.get("epoch", 0)
+        if not (isinstance(epoch, int | float) and not isinstance(epoch, bool) and float(epoch).is_integer()):
+            lines += 1
+            continue
+        good = {}
+        for key, value in row.items():
+            if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+                good[key] = value
+            else:
+                values[key] = values.get(key, 0) + 1
+        kept.append(good)
+    said = [f"{key} ({n} line{'s' * (n != 1)})" for key, n in values.items()]
+    if said:
+        said = [f"values that are not numbers left out: {', '.join(said)}"]
+    if lines:
+        said.append(f"{lines} line{'s' * (lines != 1)} whose epoch is not an integer left out")
+    return kept, "; ".join(said)
+
+
 def check_not_a_run(path: Path, writes: str) -> None:
     """Refuse a run directory, or a folder inside one, as the folder that ``writes`` (e.g. "a sweep writes its
     runs") below: those runs would nest inside that run, and every reader (tables, plots, ``load_run``) stops
@@ -300,19 +330,22 @@ def check_not_a_run(path: Path, writes: str) -> None:
 
 
 def enclosing_run(path: str | os.PathLike[str]) -> Path | None:
-    """The nearest folder above ``path`` whose config.json :meth:`RunDir.write_config` wrote (a JSON object with
-    ``format_version``), or None: a run written at ``path`` would nest in that run. Another program's config.json
-    (a project's, a model's) does not count."""
-    return next((p for p in Path(path).resolve().parents if _written_config(RunDir(p).config_path)), None)
+    """The nearest folder above ``path`` that holds a run's config.json (:func:`_run_config`), or None: a run
+    written at ``path`` would nest in that run. Another program's config.json (a project's, a model's) does
+    not count."""
+    return next((p for p in Path(path).resolve().parents if _run_config(RunDir(p).config_path)), None)
 
 
-def _written_config(path: Path) -> bool:
-    """Whether ``path`` is a config.json of a run directory (a JSON object holding ``format_version``)."""
-    try:
-        config = json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
+def _run_config(path: Path) -> bool:
+    """Whether ``path`` is a run's config.json: one :meth:`RunDir.write_config` wrote (a JSON object holding
+    ``format_version``), or a damaged one (not a JSON object); not a JSON object of another program's."""
+    if not path.is_file():
         return False
-    return isinstance(config, dict) and "format_version" in config
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):  # unreadable: a run's damaged config.json as far as anyone can tell
+        return True
+    return not isinstance(config, dict) or "format_version" in config
 
 
 def holds_runs(path: Path) -> bool:

@@ -38,11 +38,12 @@ from per_core.cli import (
 )
 from per_core.configs import METHODS, PAPER_RESULTS, PRESETS, TrainConfig, get_preset, lambda_grid
 from per_core.models import MODELS
-from per_core.rundir import FAILED, RunDir, RunDirError, atomic_write, check_not_a_run, find_runs
+from per_core.rundir import FAILED, RunDir, RunDirError, atomic_write, check_not_a_run, find_runs, numbers_only
 from per_core.train import (
     LAM_METHODS,
     TrainingError,
     config_differences,
+    finished_epochs,
     flag_notes,
     is_recurrent,
     read_trained_config,
@@ -129,17 +130,19 @@ def run_sweep(
                         f"{path} holds a run of another config ({lines}); choose another --out, or delete {path} "
                         "to train it again"
                     )
-                if resumes and done and not run.checkpoint_path.is_file():  # train(resume=True) would refuse it
-                    raise RunDirError(
-                        f"{path} finished {len(done)} epoch(s) but its checkpoint {run.checkpoint_path.name} is "
+                checkpoint = saved is not None and run.checkpoint_path.is_file()  # a resume restores metrics from it
+                if saved is not None and resumes and not checkpoint and (finished := finished_epochs(run)):
+                    raise RunDirError(  # train(resume=True) would refuse it; without resume, train over it
+                        f"{path} holds finished epochs ({finished}) but its checkpoint {run.checkpoint_path.name} is "
                         f"missing, so the sweep cannot continue it; restore the checkpoint, or delete {path} to "
                         "train it again"
                     )
-                plan.append((cfg, path, done, failed, cfg.epochs if saved is None else saved["epochs"]))
+                own_epochs = cfg.epochs if saved is None else saved["epochs"]
+                plan.append((cfg, path, done, failed, own_epochs, bool(done) or checkpoint))
     if twice:
         note(f"note: asked for more than once, taken once: {', '.join(twice)}")
     runs = []
-    for cfg, path, done, failed, own_epochs in plan:
+    for cfg, path, done, failed, own_epochs, resume in plan:
         if failed:
             say(f"== {path}: failed earlier, skipped (delete {path / FAILED} to retry)")
         elif cfg.epochs <= len(done) < own_epochs:  # extended beyond --epochs, then stopped
@@ -152,9 +155,9 @@ def run_sweep(
         elif len(done) == cfg.epochs:
             say(f"== {path}: finished, skipped")
         else:
-            say(f"== {path}: {'resuming' if done else 'training'}")
+            say(f"== {path}: {'resuming' if resume else 'training'}")
             try:
-                train(cfg, path, resume=bool(done), overwrite=not done, progress=progress)
+                train(cfg, path, resume=resume, overwrite=not resume, progress=progress)
             except TrainingError as err:  # e.g. divergence: report it in the table, go on with the rest
                 say(f"== {path}: FAILED: {err}")
                 atomic_write(path / FAILED, lambda f, e=err: f.write(f"{e}\n".encode()))
@@ -277,7 +280,9 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
         except RunDirError as err:  # a damaged or hand-written config.json: named under the table
             left_out.append(str(err))
             continue
-        rows = run.read_metrics()
+        rows, dropped = numbers_only(run.read_metrics())  # as analysis.load_run reads them
+        if dropped:
+            left_out.append(f"{run.metrics_path}: {dropped}")
         status = 0 if rows and len(rows) >= cfg["epochs"] else 2  # finished, else unfinished
         status = 1 if (run.root / FAILED).is_file() else status
         key = (_task(cfg), cfg["method"], cfg["lam"] if cfg["method"] in REGULARIZERS else None, cfg["seed"])

@@ -807,7 +807,7 @@ def _config_record(saved: dict[str, Any] | None, cfg: TrainConfig, start: int) -
     return {**cfg.to_dict(), **first, "resumed": [*saved.get("resumed", []), entry]}
 
 
-def _finished_epochs(run: RunDir) -> str:
+def finished_epochs(run: RunDir) -> str:
     """What says that ``run`` finished epochs (its metrics.jsonl rows, its activation files), or ''.
 
     The activation file of epoch 1 alone does not: it is written before the epoch's checkpoint, so a kill
@@ -842,7 +842,7 @@ def _train(run: RunDir, s: Setup, resume: bool, progress: bool) -> list[dict[str
                         f"(OMP_NUM_THREADS={first} would match it)"
                     )
         elif resume:  # killed before its first epoch finished: nothing to continue from
-            if finished := _finished_epochs(run):  # unless the checkpoint is gone: starting over would replace them
+            if finished := finished_epochs(run):  # unless the checkpoint is gone: starting over would replace them
                 raise RunDirError(
                     f"{run.checkpoint_path} is missing, but {run.root} holds finished epochs ({finished}): "
                     "--resume would train from epoch 1 over them; restore the checkpoint, or train the run again "

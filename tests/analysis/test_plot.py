@@ -1033,7 +1033,10 @@ def test_a_run_still_training_is_noted_as_unfinished(tmp_path, capsys):
     assert main([str(run.root), "--layers", "layer1"]) == 0
     err = capsys.readouterr().err
     assert "run r is unfinished (epoch 2 of 30" in err
-    assert "note: run r's metrics.jsonl has values that are not numbers, left out: note (1 line)" in err
+    assert (
+        f"note: {run.metrics_path}: values that are not numbers left out: note (1 line); 1 line whose epoch is not "
+        "an integer left out"
+    ) in err
     run.metrics_path.unlink()
     assert main([str(run.root), "--layers", "layer1"]) == 0
     assert "unfinished" not in capsys.readouterr().err
@@ -1137,14 +1140,14 @@ def test_values_that_are_no_numbers_are_left_out_of_the_metrics_with_a_note(tmp_
     rd = RunDir(tmp_path / "own")
     rd.write_config({"method": "mine"})
     rows = [{"epoch": e, "val_error": 50.0 / e, "train_loss": 2.0, "time": "12:00", "lr": [0.1]} for e in (1, 2)]
-    rd.write_metrics([*rows, {"epoch": "3", "val_error": "12.5", "ok": True}])
+    rd.write_metrics([*rows, {"epoch": "3", "val_error": 12.5}, {"epoch": 4, "val_error": 12.5, "ok": True}])
     assert main([str(rd.root)]) == 0
     out, err = capsys.readouterr()
     assert out.split()[-1].endswith("metrics.png")
     assert (
-        "note: run own's metrics.jsonl has values that are not numbers, left out: "
-        "lr (2 lines), time (2 lines), epoch (1 line), ok (1 line), val_error (1 line)"
+        f"note: {rd.metrics_path}: values that are not numbers left out: lr (2 lines), time (2 lines), ok (1 line); "
+        "1 line whose epoch is not an integer left out"
     ) in err
     data = load_run(rd.root)
-    assert data.metrics["val_error"].tolist()[:2] == [50.0, 25.0] and data.metrics["epoch"].notna().sum() == 2
-    assert not data.logged()["val_error"].iloc[2]  # not logged, not a logged NaN (a diverged run)
+    assert data.metrics["epoch"].tolist() == [1, 2, 4] and data.metrics["val_error"].tolist() == [50.0, 25.0, 12.5]
+    assert "ok" not in data.metrics and "time" not in data.metrics  # left out: not logged, not a NaN logged

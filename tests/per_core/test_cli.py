@@ -135,6 +135,7 @@ def test_running_the_library_module_names_the_commands():
         ("per_core.sweep", ["--table", ""]),
         ("analysis.plot", ["runs", "--out", ""]),
         ("analysis.figures", ["--out", ""]),
+        ("analysis.figures", ["--runs", ""]),
     ],
 )
 def test_an_empty_path_flag_is_refused(module, argv, capsys, tmp_path, monkeypatch):

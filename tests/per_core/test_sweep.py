@@ -403,9 +403,39 @@ def test_a_run_without_its_checkpoint_stops_the_sweep_before_anything_trains(tmp
     capsys.readouterr()
     assert main([*argv, "--epochs", "2"]) == 2
     out, err = capsys.readouterr()
+    seed1 = tmp_path / "vanilla" / "seed1"
     assert err == (
-        f"error: {tmp_path / 'vanilla' / 'seed1'} finished 1 epoch(s) but its checkpoint last.pt is missing, so the "
-        f"sweep cannot continue it; restore the checkpoint, or delete {tmp_path / 'vanilla' / 'seed1'} to train it "
-        "again\n"
+        f"error: {seed1} holds finished epochs (1 in metrics.jsonl) but its checkpoint last.pt is missing, so the "
+        f"sweep cannot continue it; restore the checkpoint, or delete {seed1} to train it again\n"
     )
     assert out == "" and len(RunDir(tmp_path / "vanilla" / "seed0").read_metrics()) == 1  # seed0 not extended
+    # a second review: with metrics.jsonl gone too, the activation files beyond epoch 1 say so (it trained over them)
+    rec = ["--smoke", "--no-progress", "--methods", "vanilla", "--seeds", "0", "--out", str(tmp_path / "r")]
+    assert main([*rec, "--epochs", "2"]) == 0
+    run = RunDir(tmp_path / "r" / "vanilla" / "seed0")
+    saved = run.checkpoint_path.read_bytes()
+    run.metrics_path.unlink()
+    run.checkpoint_path.unlink()
+    capsys.readouterr()
+    assert main([*rec, "--epochs", "3"]) == 2
+    assert "holds finished epochs (1 activation file(s)) but its checkpoint" in capsys.readouterr().err
+    # and metrics.jsonl gone with the checkpoint kept: resumed from it (it was overwritten from epoch 1)
+    run.checkpoint_path.write_bytes(saved)
+    assert main([*rec, "--epochs", "3"]) == 0
+    assert f"== {run.root}: resuming" in capsys.readouterr().out
+    assert [row["epoch"] for row in run.read_metrics()] == [1, 2, 3]
+
+
+def test_the_table_leaves_out_values_that_are_no_numbers_and_says_so(tmp_path, capsys):
+    # a review: "100.0" was counted as 100 and true as 1.0, "na" was an error naming no file, a list a traceback
+    argv = ["--smoke", "--no-record", "--no-progress", "--methods", "vanilla", "--seeds", "0,1", "--out", str(tmp_path)]
+    assert main([*argv, "--epochs", "1"]) == 0
+    run = RunDir(tmp_path / "vanilla" / "seed0")
+    rows = run.read_metrics()
+    run.write_metrics([{**rows[0], "val_error": True}])
+    capsys.readouterr()
+    assert main(["--table", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"note: left out: {run.metrics_path}: values that are not numbers left out: val_error (1 line)" in out
+    # seed0 has no val_error left: the seeds are compared on the metric both have, not on True read as 1 %
+    assert out.splitlines()[0].split() == ["method", "lambda", "val", "loss", "(mean", "+-", "std)", "seeds"]

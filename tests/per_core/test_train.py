@@ -751,6 +751,9 @@ def test_a_run_inside_another_run_or_an_infinite_lambda_is_refused(tmp_path, cap
     argv = ["--smoke", "--epochs", "1", "--record", "none", "--no-progress"]
     assert main([*argv, "--out", str(project / "runs" / "x")]) == 0
     capsys.readouterr()
+    outer.config_path.write_text('{"format_version": 1, "meth')  # a run's config.json, damaged: still a run
+    assert main([*argv, "--out", str(outer.root / "inner")]) == 2
+    assert "is inside the run directory" in capsys.readouterr().err
     for method in ("bn", "per"):
         assert main(["--smoke", "--method", method, "--lam", "inf", "--out", str(tmp_path / method)]) == 2
         assert capsys.readouterr().err == "error: lam must be a finite number >= 0, got inf\n"

@@ -294,14 +294,16 @@ def numbers_only(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]
     """The rows of metrics.jsonl (:meth:`RunDir.read_metrics`) as numbers only, and what was left out ('' if nothing).
 
     A value that is not a number (a string, even "12.5", a list, a boolean) is left out of its row (JSON null
-    stays: it stands for a missing number); a line whose ``epoch`` is not an integer is left out whole (it has
-    no place on the epoch axis). The trainer writes numbers only; these rules are for files written by other
-    code, so that readers (``analysis.load_run``, the sweep's table) neither crash nor count a string.
+    stays: it stands for a missing number); a line without an integer ``epoch`` (2.0 is one) is left out whole
+    (it has no place on the epoch axis, and would count as an epoch finished). The trainer writes numbers
+    only; these rules are for files written by other code, so that readers (``analysis.load_run``, the
+    sweep's plan and table) neither crash nor count a string.
     """
     kept, values, lines = [], {}, 0
     for row in rows:
-        epoch = row.get("epoch", 0)
-        if not (isinstance(epoch, int | float) and not isinstance(epoch, bool) and float(epoch).is_integer()):
+        epoch = row.get("epoch")
+        integral = isinstance(epoch, int) or (isinstance(epoch, float) and epoch.is_integer())
+        if not integral or isinstance(epoch, bool) or not -(2**53) < epoch < 2**53:  # 2**53: floats hold it exactly
             lines += 1
             continue
         good = {}
@@ -315,7 +317,7 @@ def numbers_only(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]
     if said:
         said = [f"values that are not numbers left out: {', '.join(said)}"]
     if lines:
-        said.append(f"{lines} line{'s' * (lines != 1)} whose epoch is not an integer left out")
+        said.append(f"{lines} line{'s' * (lines != 1)} without an integer epoch left out")
     return kept, "; ".join(said)
 
 
@@ -338,14 +340,17 @@ def enclosing_run(path: str | os.PathLike[str]) -> Path | None:
 
 def _run_config(path: Path) -> bool:
     """Whether ``path`` is a run's config.json: one :meth:`RunDir.write_config` wrote (a JSON object holding
-    ``format_version``), or a damaged one (not a JSON object); not a JSON object of another program's."""
-    if not path.is_file():
+    ``format_version``), or a damaged one that still shows the key; not another program's (JSON without the
+    key, a JSON list, JSON with comments)."""
+    try:
+        text = path.read_bytes() if path.is_file() else b""
+    except OSError:
         return False
     try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError):  # unreadable: a run's damaged config.json as far as anyone can tell
-        return True
-    return not isinstance(config, dict) or "format_version" in config
+        config = json.loads(text)
+    except ValueError:  # damaged: a run's if it names the key write_config puts in every config.json
+        return b'"format_version"' in text
+    return isinstance(config, dict) and "format_version" in config
 
 
 def holds_runs(path: Path) -> bool:

@@ -123,7 +123,7 @@ def run_sweep(
                 seen.add(path)
                 run, failed = RunDir(path), (path / FAILED).is_file()
                 saved = read_trained_config(run) if run.is_run() else None
-                done = run.read_metrics() if saved is not None else []
+                done = numbers_only(run.read_metrics())[0] if saved is not None else []  # as the table counts
                 resumes = not failed and len(done) < cfg.epochs
                 if saved is not None and (lines := _other_settings(saved, cfg, resumes)):
                     raise RunDirError(  # before anything trains: a sweep either runs whole or not at all
@@ -281,8 +281,9 @@ def results_table(sweep: str | Path) -> tuple[str, list[dict]]:
             left_out.append(str(err))
             continue
         rows, dropped = numbers_only(run.read_metrics())  # as analysis.load_run reads them
-        if dropped:
-            left_out.append(f"{run.metrics_path}: {dropped}")
+        if dropped:  # its final metrics may be among what was left out: the run is not counted
+            left_out.append(f"{run.root} ({run.metrics_path.name}: {dropped})")
+            continue
         status = 0 if rows and len(rows) >= cfg["epochs"] else 2  # finished, else unfinished
         status = 1 if (run.root / FAILED).is_file() else status
         key = (_task(cfg), cfg["method"], cfg["lam"] if cfg["method"] in REGULARIZERS else None, cfg["seed"])

@@ -140,3 +140,16 @@ def test_reading_the_config_of_a_missing_folder_or_a_sweep_says_which(tmp_path):
     RunDir(tmp_path / "sweep" / "per" / "seed0").write_config({"method": "per"})  # a sweep's layout
     with pytest.raises(RunDirError, match=r"holds runs \(per\), as a sweep does: name one of them"):
         RunDir(tmp_path / "sweep").read_config()
+
+
+def test_numbers_only_keeps_the_trainers_rows_and_leaves_out_the_rest():
+    from per_core.rundir import numbers_only
+
+    nan, inf = float("nan"), float("inf")
+    trainer = [{"epoch": 1, "val_loss": nan, "val_ppl": inf, "best_epoch": 1, "x": None}, {"epoch": 2.0, "lr": 0.1}]
+    kept, said = numbers_only(trainer)
+    assert kept == trainer and said == ""  # NaN/inf compare unequal: same objects, so == holds for the dicts
+    other = [{"epoch": 10**400}, {"note": "lr tweak"}, {"epoch": True}, {"epoch": 1.5}, {"epoch": 3, "t": "12:00"}]
+    kept, said = numbers_only(other)  # a review: 10**400 was an OverflowError traceback; no epoch counted as one
+    assert kept == [{"epoch": 3}]
+    assert said == "values that are not numbers left out: t (1 line); 4 lines without an integer epoch left out"

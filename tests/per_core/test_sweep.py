@@ -436,6 +436,23 @@ def test_the_table_leaves_out_values_that_are_no_numbers_and_says_so(tmp_path, c
     capsys.readouterr()
     assert main(["--table", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert f"note: left out: {run.metrics_path}: values that are not numbers left out: val_error (1 line)" in out
-    # seed0 has no val_error left: the seeds are compared on the metric both have, not on True read as 1 %
-    assert out.splitlines()[0].split() == ["method", "lambda", "val", "loss", "(mean", "+-", "std)", "seeds"]
+    assert (
+        f"note: left out: {run.root} (metrics.jsonl: values that are not numbers left out: val_error (1 line))" in out
+    )
+    # a third review: seed0's val_loss was then averaged alone under "seeds 2"; a run missing values is not counted
+    other = RunDir(tmp_path / "vanilla" / "seed1").read_metrics()[-1]["val_error"]
+    assert ["vanilla", "-", f"{other:.2f}%", "+-", "n/a", "1"] in [line.split() for line in out.splitlines()]
+
+
+def test_the_plan_counts_epochs_as_the_table_does(tmp_path, capsys):
+    # a review: a line with "epoch": "2" made the table call the run unfinished and advise rerunning the sweep,
+    # whose plan counted it finished: the advice looped; now the sweep resumes it and its checkpoint restores the line
+    argv = ["--smoke", "--no-record", "--no-progress", "--methods", "vanilla", "--seeds", "0", "--out", str(tmp_path)]
+    assert main([*argv, "--epochs", "2"]) == 0
+    run = RunDir(tmp_path / "vanilla" / "seed0")
+    rows = run.read_metrics()
+    run.write_metrics([rows[0], {**rows[1], "epoch": "2"}])
+    capsys.readouterr()
+    assert main([*argv, "--epochs", "2"]) == 0
+    assert f"== {run.root}: resuming" in capsys.readouterr().out
+    assert run.read_metrics() == rows

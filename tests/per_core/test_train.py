@@ -747,9 +747,10 @@ def test_a_run_inside_another_run_or_an_infinite_lambda_is_refused(tmp_path, cap
     # a review: another program's config.json above --out (a project's, a model's) is no run: training goes on
     project = tmp_path / "project"
     project.mkdir()
-    (project / "config.json").write_text('{"name": "a project"}')
     argv = ["--smoke", "--epochs", "1", "--record", "none", "--no-progress"]
-    assert main([*argv, "--out", str(project / "runs" / "x")]) == 0
+    for i, text in enumerate(('{"name": "a project"}', '["eslint", "prettier"]', '{"a": 1, // a comment\n}')):
+        (project / "config.json").write_text(text)
+        assert main([*argv, "--out", str(project / "runs" / f"x{i}")]) == 0
     capsys.readouterr()
     outer.config_path.write_text('{"format_version": 1, "meth')  # a run's config.json, damaged: still a run
     assert main([*argv, "--out", str(outer.root / "inner")]) == 2
